@@ -1,0 +1,54 @@
+"""factory: BERT, GPT-2 and BART in plain PyTorch, with Hugging Face checkpoints both ways."""
+
+from factory.auto import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+)
+from factory.checkpoint import CheckpointError, CheckpointTable
+from factory.config import ConfigError, PretrainedConfig
+from factory.modeling import PreTrainedModel
+from factory.models.bert import (
+    BertConfig,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertLMHeadModel,
+    BertModel,
+)
+from factory.outputs import ModelOutput
+from factory.registry import (
+    HEADS,
+    RegistryError,
+    model_class,
+    model_matrix,
+    register_config,
+    register_model,
+    registered_models,
+)
+
+__all__ = [
+    "HEADS",
+    "AutoConfig",
+    "AutoModel",
+    "AutoModelForCausalLM",
+    "AutoModelForQuestionAnswering",
+    "AutoModelForSequenceClassification",
+    "BertConfig",
+    "BertForQuestionAnswering",
+    "BertForSequenceClassification",
+    "BertLMHeadModel",
+    "BertModel",
+    "CheckpointError",
+    "CheckpointTable",
+    "ConfigError",
+    "ModelOutput",
+    "PreTrainedModel",
+    "RegistryError",
+    "model_class",
+    "model_matrix",
+    "register_config",
+    "register_model",
+    "registered_models",
+]

@@ -1,0 +1,74 @@
+"""`Auto*` classes: the checkpoint's `config.json` picks the architecture through the registry."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, ClassVar
+
+from factory import registry
+from factory.config import CONFIG_NAME, ConfigError, PretrainedConfig
+from factory.hub import resolve_file
+
+_LOAD_ARGS = ("config", "output_loading_info", "ignore_mismatched_sizes", "allow_bin", "dtype")
+
+
+class AutoConfig:
+    """Reads `config.json` and returns the config class its `model_type` names."""
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **overrides: Any) -> PretrainedConfig:
+        path = resolve_file(name_or_path, CONFIG_NAME)
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON: {e}") from e
+        if "model_type" not in values:
+            raise ConfigError(f"{path} has no 'model_type'; valid model types: {registry.model_types()}.")
+        config_cls = registry.config_class(values["model_type"])
+        return config_cls.from_json_file(path, **overrides)
+
+    @classmethod
+    def for_model(cls, model_type: str, **values: Any) -> PretrainedConfig:
+        """A config of `model_type` with `values` (common names allowed) over the defaults."""
+        return registry.config_class(model_type).from_dict({}, **values)
+
+
+class _AutoModel:
+    head: ClassVar[str]
+
+    @classmethod
+    def model_class(cls, config: PretrainedConfig) -> type:
+        return registry.model_class(config.model_type, cls.head)
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig):
+        """A randomly initialised model (HF's scheme, seeded by torch's global generator)."""
+        return cls.model_class(config)(config)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any):
+        """Load a checkpoint; keyword arguments that are not loading options override `config.json`."""
+        load = {k: kwargs.pop(k) for k in _LOAD_ARGS if k in kwargs}
+        config = load.pop("config", None)
+        if config is None:
+            config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+        elif kwargs:
+            config = config.replace(**kwargs)
+        return cls.model_class(config).from_pretrained(name_or_path, config=config, **load)
+
+
+class AutoModel(_AutoModel):
+    head = "base"
+
+
+class AutoModelForSequenceClassification(_AutoModel):
+    head = "seqcls"
+
+
+class AutoModelForQuestionAnswering(_AutoModel):
+    head = "qa"
+
+
+class AutoModelForCausalLM(_AutoModel):
+    head = "causal_lm"

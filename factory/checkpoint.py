@@ -1,0 +1,446 @@
+"""Reading and writing Hugging Face checkpoints: safetensors, shards, `.bin`, tied and legacy keys.
+
+What differs between a checkpoint's keys and our parameter names is data in each architecture's
+`CheckpointTable`; the one generic loader below applies it. Loading builds the model on the `meta`
+device and assigns the file's tensors, so no time goes into an initialisation that would be thrown away.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from factory.hub import resolve_file
+
+logger = logging.getLogger(__name__)
+
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+BIN_WEIGHTS = "pytorch_model.bin"
+BIN_INDEX = "pytorch_model.bin.index.json"
+_WEIGHT_FILE = re.compile(
+    r"^(model(-\d+-of-\d+)?\.safetensors|pytorch_model(-\d+-of-\d+)?\.bin)(\.index\.json)?$"
+)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded as asked; the message names the keys and files involved."""
+
+
+@dataclass(frozen=True)
+class CheckpointTable:
+    """How one architecture's checkpoint keys differ from its parameter names.
+
+    renames: (regex, replacement) applied to every file key, e.g. legacy `LayerNorm.gamma`.
+    ignore: regexes of file keys that hold no weights of ours (old buffers such as `attn.bias`).
+    transposed: regexes of 2-d weights stored as (in, out) in files, as GPT-2's Conv1D stores them.
+    layer: regex whose group 1 is a layer index, to report and drop layers beyond the model's depth.
+    """
+
+    renames: tuple[tuple[str, str], ...] = ()
+    ignore: tuple[str, ...] = ()
+    transposed: tuple[str, ...] = ()
+    layer: str | None = None
+
+    def rename(self, key: str) -> str:
+        for pattern, replacement in self.renames:
+            key = re.sub(pattern, replacement, key)
+        return key
+
+    def is_ignored(self, key: str) -> bool:
+        return any(re.search(p, key) for p in self.ignore)
+
+    def is_transposed(self, key: str) -> bool:
+        return any(re.search(p, key) for p in self.transposed)
+
+
+# Legacy names every architecture may meet: TF-era BERT files store LayerNorm as gamma/beta.
+COMMON_RENAMES: tuple[tuple[str, str], ...] = (
+    (r"LayerNorm\.gamma$", "LayerNorm.weight"),
+    (r"LayerNorm\.beta$", "LayerNorm.bias"),
+)
+
+
+@dataclass
+class LoadingInfo:
+    """What a load did; `output_loading_info=True` returns it as a dict with HF's key names."""
+
+    missing_keys: list[str] = field(default_factory=list)  # newly initialised
+    unexpected_keys: list[str] = field(default_factory=list)  # in the file, dropped
+    mismatched_keys: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    dropped_layers: list[int] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "missing_keys": self.missing_keys,
+            "unexpected_keys": self.unexpected_keys,
+            "mismatched_keys": self.mismatched_keys,
+            "dropped_layers": self.dropped_layers,
+            "files": self.files,
+            "error_msgs": [],
+        }
+
+
+# ---- reading ----------------------------------------------------------------------------------------
+class _Reader:
+    """Lazy access to the tensors of one checkpoint, whatever its file layout."""
+
+    def __init__(self, files: list[Path], safetensors: bool) -> None:
+        self.files = files
+        self._where: dict[str, Path] = {}
+        self._handles: dict[Path, Any] = {}
+        self._bin: dict[Path, dict[str, torch.Tensor]] = {}
+        for path in files:
+            if safetensors:
+                from safetensors import safe_open
+
+                handle = safe_open(str(path), framework="pt", device="cpu")
+                self._handles[path] = handle
+                keys: Iterable[str] = handle.keys()
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                if not isinstance(state, dict):
+                    raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict.")
+                self._bin[path] = state
+                keys = state.keys()
+            for key in keys:
+                self._where[key] = path
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        path = self._where[key]
+        if path in self._handles:
+            return tuple(self._handles[path].get_slice(key).get_shape())
+        return tuple(self._bin[path][key].shape)
+
+    def get(self, key: str) -> torch.Tensor:
+        path = self._where[key]
+        if path in self._handles:
+            return self._handles[path].get_tensor(key)
+        return self._bin[path][key]
+
+
+def _checked_shard_names(folder: Path, index_file: Path) -> list[Path]:
+    try:
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+        weight_map = index["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index_file} is not a valid shard index: {e}") from e
+    root = folder.resolve()
+    shards: list[Path] = []
+    for name in dict.fromkeys(weight_map.values()):
+        # A shard name is a file name inside the checkpoint folder; anything else could read any file.
+        if not isinstance(name, str) or os.path.isabs(name) or ".." in Path(name).parts:
+            raise CheckpointError(f"{index_file} names shard {name!r}, which leaves the checkpoint folder.")
+        path = (folder / name).resolve()
+        if root not in path.parents:
+            raise CheckpointError(f"{index_file} names shard {name!r}, which leaves the checkpoint folder.")
+        if not path.is_file():
+            raise CheckpointError(f"{index_file} names shard {name!r}, which is not in {folder}.")
+        shards.append(path)
+    return shards
+
+
+def checkpoint_files(name_or_path: str | os.PathLike, allow_bin: bool = True) -> tuple[list[Path], bool]:
+    """The weight files of a checkpoint and whether they are safetensors; safetensors win over `.bin`."""
+    for name, index in ((SAFE_WEIGHTS, SAFE_INDEX), (BIN_WEIGHTS, BIN_INDEX)):
+        safe = name == SAFE_WEIGHTS
+        if not safe and not allow_bin:
+            break
+        path = resolve_file(name_or_path, name, required=False)
+        if path is not None:
+            return [path], safe
+        path = resolve_file(name_or_path, index, required=False)
+        if path is not None:
+            return _checked_shard_names(path.parent, path), safe
+    looked = [SAFE_WEIGHTS, SAFE_INDEX] + ([BIN_WEIGHTS, BIN_INDEX] if allow_bin else [])
+    extra = "" if allow_bin else f" ({BIN_WEIGHTS} was not considered: allow_bin=False)"
+    raise FileNotFoundError(f"No weights in {name_or_path}: looked for {looked}{extra}.")
+
+
+# ---- matching file keys to parameters -------------------------------------------------------------
+def _align_prefix(keys: list[str], expected: set[str], prefix: str) -> dict[str, str]:
+    """Map file keys to model keys by adding or stripping the base-model prefix, whichever fits best.
+
+    A headless file (`embeddings.*`) loads into a head model (`bert.embeddings.*`) and a head file
+    (`bert.*`, `classifier.*`) into the headless model; keys that match nothing stay as they are.
+    """
+    p = prefix + "."
+    candidates = [
+        {k: k for k in keys},
+        {k: p + k for k in keys},
+        {k: k[len(p) :] if k.startswith(p) else k for k in keys},
+    ]
+    scores = [sum(v in expected for v in c.values()) for c in candidates]
+    return candidates[scores.index(max(scores))]
+
+
+def _layer_of(table: CheckpointTable, key: str) -> int | None:
+    if table.layer is None:
+        return None
+    m = re.search(table.layer, key)
+    return int(m.group(1)) if m else None
+
+
+def load_into(
+    model_cls: type,
+    config: Any,
+    name_or_path: str | os.PathLike,
+    *,
+    dtype: torch.dtype | None = None,
+    ignore_mismatched_sizes: bool = False,
+    allow_bin: bool = True,
+) -> tuple[nn.Module, LoadingInfo]:
+    """Build `model_cls(config)` on the meta device and fill it from the checkpoint's files."""
+    dtype = dtype or torch.float32
+    table: CheckpointTable = model_cls.checkpoint_table
+    files, safe = checkpoint_files(name_or_path, allow_bin=allow_bin)
+    reader = _Reader(files, safe)
+    info = LoadingInfo(files=[f.name for f in files])
+
+    with torch.device("meta"):
+        model = model_cls(config)
+    expected = model.state_dict()  # names -> meta tensors (tied names appear once each)
+    groups = [tuple(g) for g in model.tied_groups()]
+    known = set(expected) | {k for g in groups for k in g}
+
+    # File key -> model key, after legacy renames and prefix alignment.
+    renamed: dict[str, str] = {}
+    for key in reader.keys():
+        if table.is_ignored(key):
+            continue
+        renamed[key] = table.rename(key)
+    aligned = _align_prefix(list(renamed.values()), known, model.base_model_prefix)
+    source: dict[str, str] = {}  # model key -> file key
+    for file_key, name in renamed.items():
+        target = aligned[name]
+        if target in known:
+            source[target] = file_key
+        else:
+            layer = _layer_of(table, target)
+            if layer is not None and layer >= model.num_layers_for(target):
+                if layer not in info.dropped_layers:
+                    info.dropped_layers.append(layer)
+            info.unexpected_keys.append(file_key)
+    info.dropped_layers.sort()
+
+    def read(model_key: str) -> torch.Tensor:
+        t = reader.get(source[model_key])
+        if table.is_transposed(model_key) and t.dim() == 2:
+            t = t.t()
+        return t
+
+    state: dict[str, torch.Tensor] = {}
+    # Tied weights: any copy in the file supplies every member the model has; copies must agree.
+    for group in groups:
+        present = [k for k in group if k in source]
+        if not present:
+            continue
+        first = read(present[0])
+        for other in present[1:]:
+            t = read(other)
+            if t.shape != first.shape or not torch.equal(t, first):
+                raise CheckpointError(
+                    f"Tied weights differ in {name_or_path}: {source[present[0]]!r} and {source[other]!r} "
+                    f"should be equal copies (a model that ties them cannot hold both)."
+                )
+        for k in group:
+            if k in expected:
+                state[k] = first
+    for k in source:
+        if k in expected and k not in state:
+            state[k] = read(k)
+
+    for k in list(state):
+        want, got = tuple(expected[k].shape), tuple(state[k].shape)
+        if want != got:
+            info.mismatched_keys.append((k, got, want))
+            del state[k]
+    if info.mismatched_keys and not ignore_mismatched_sizes:
+        lines = "\n".join(
+            f"  {k}: checkpoint {list(g)} vs model {list(w)}" for k, g, w in info.mismatched_keys
+        )
+        raise CheckpointError(
+            f"Shapes in {name_or_path} do not fit {model_cls.__name__}:\n{lines}\n"
+            f"Fix the config, or pass ignore_mismatched_sizes=True to initialise these afresh."
+        )
+
+    prefix = model.base_model_prefix + "."
+    backbone = [k for k in expected if model.head == "base" or k.startswith(prefix)]
+    matched = [k for k in backbone if k in state or any(k == m[0] for m in info.mismatched_keys)]
+    if backbone and len(matched) < len(backbone) / 2:
+        sample = sorted(renamed)[:5]
+        raise CheckpointError(
+            f"{name_or_path} does not look like a {model_cls.__name__} checkpoint: only {len(matched)} of "
+            f"{len(backbone)} backbone tensors found (file keys start like {sample}; expected keys like "
+            f"{backbone[:3]}). Loading it would leave most of the model random."
+        )
+
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    info.missing_keys = _materialize(model, dtype)
+    info.unexpected_keys.sort()
+    if info.missing_keys or info.unexpected_keys or info.mismatched_keys:
+        logger.info(
+            "Loaded %s from %s: newly initialised %s; dropped from file %s%s",
+            model_cls.__name__,
+            name_or_path,
+            _summarise(info.missing_keys) or "nothing",
+            _summarise(info.unexpected_keys) or "nothing",
+            f"; shape-mismatched (re-initialised) {[m[0] for m in info.mismatched_keys]}"
+            if info.mismatched_keys
+            else "",
+        )
+    return model, info
+
+
+def _summarise(keys: list[str], limit: int = 6) -> str:
+    if len(keys) <= limit:
+        return ", ".join(keys)
+    return ", ".join(keys[:limit]) + f" and {len(keys) - limit} more"
+
+
+def _materialize(model: nn.Module, dtype: torch.dtype) -> list[str]:
+    """Give the parameters no file supplied real storage and the architecture's initialisation."""
+    missing = [n for n, p in model.named_parameters() if p.is_meta]
+    if not missing:
+        return []
+    modules = dict(model.named_modules())
+    for mod_name, module in list(modules.items()):
+        meta = [n for n, p in module.named_parameters(recurse=False) if p.is_meta]
+        if not meta:
+            continue
+        # Initialise the module and its parent (some schemes, like GPT-2's scaled residual projections,
+        # are set by the parent), then restore what the file supplied.
+        parent = modules[mod_name.rpartition(".")[0]] if mod_name else None
+        scope = [module] + ([parent] if parent is not None else [])
+        keep = {(id(m), n): p for m in scope for n, p in m.named_parameters(recurse=False) if not p.is_meta}
+        for n in meta:
+            p = getattr(module, n)
+            setattr(module, n, nn.Parameter(torch.empty(p.shape, dtype=dtype), requires_grad=p.requires_grad))
+        with torch.no_grad():
+            for m in scope:
+                model._init_weights(m)
+        for m in scope:
+            for n, _ in list(m.named_parameters(recurse=False)):
+                if (id(m), n) in keep:
+                    setattr(m, n, keep[(id(m), n)])
+    model.tie_weights()
+    return missing
+
+
+# ---- writing ----------------------------------------------------------------------------------------
+def parse_size(size: int | str) -> int:
+    """Bytes in `size`: an int, or a string like "5GB", "500MB", "2GiB" (HF's units)."""
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)\s*", str(size), flags=re.IGNORECASE)
+    if not m:
+        raise ValueError(f"max_shard_size={size!r} is not a size: use an int or e.g. '5GB', '500MB', '2GiB'.")
+    number, unit = float(m.group(1)), m.group(2).upper()
+    power = "BKMGT".index(unit[0]) if unit != "B" else 0
+    base = 1024 if "I" in unit else 1000
+    return int(number * base**power)
+
+
+def _atomic_replace(path: Path, write) -> None:
+    """Write through a temporary file in the target folder and rename it into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic_replace(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def save_state(
+    model: nn.Module, save_directory: str | os.PathLike, max_shard_size: int | str = "5GB"
+) -> list[str]:
+    """Write the model's weights as HF does: tied copies left out, GPT-2 Conv1D layout restored.
+
+    All files are written under temporary names first, so a failure (a full disk) leaves the previous
+    checkpoint as it was; old weight files that the new layout does not use are removed last.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(save_directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    table: CheckpointTable = model.checkpoint_table
+    state = model.state_dict()
+    for group in model.tied_groups():
+        kept = [k for k in group if k in state]
+        for k in kept[1:]:
+            del state[k]
+    tensors = {}
+    for k, t in state.items():
+        t = t.detach()
+        if table.is_transposed(k) and t.dim() == 2:
+            t = t.t()
+        tensors[k] = t.contiguous()
+
+    limit = parse_size(max_shard_size)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for k, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][k] = t
+        size += nbytes
+
+    written: dict[str, str] = {}  # final name -> temporary path
+    try:
+        if len(shards) == 1:
+            names = [SAFE_WEIGHTS]
+        else:
+            names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+        for name, shard in zip(names, shards):
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+            os.close(fd)
+            written[name] = tmp
+            save_file(shard, tmp, metadata={"format": "pt"})
+        if len(shards) > 1:
+            index = {
+                "metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+                "weight_map": {k: name for name, shard in zip(names, shards) for k in shard},
+            }
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{SAFE_INDEX}.", suffix=".tmp")
+            os.close(fd)
+            written[SAFE_INDEX] = tmp
+            Path(tmp).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        for tmp in written.values():
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+    except BaseException:
+        for tmp in written.values():
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    for name, tmp in written.items():
+        os.replace(tmp, folder / name)
+    for old in folder.iterdir():
+        if _WEIGHT_FILE.match(old.name) and old.name not in written:
+            old.unlink()
+    return sorted(written)

@@ -1,0 +1,227 @@
+"""Typed model configs with Hugging Face `config.json` field names.
+
+Each architecture subclasses `PretrainedConfig` as a dataclass whose fields are exactly the keys of its
+HF `config.json`, so reading a checkpoint's config is a field filter and writing one is `asdict`. Keys
+a checkpoint carries that do not change the model (`transformers_version`, `_name_or_path`, ...) are
+kept in `extra` and written back unchanged. Validation runs at construction and names the field, the
+value and what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+CONFIG_NAME = "config.json"
+
+
+class ConfigError(ValueError):
+    """A config value or key that is not valid; the message names the key, the value and the choices."""
+
+
+def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.6)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+@dataclass
+class PretrainedConfig:
+    """Fields shared by every architecture, with HF's names and defaults."""
+
+    model_type: ClassVar[str] = ""
+    # Names that work on every architecture (and in Hydra overrides), mapped to this architecture's own
+    # fields. One common name may set several fields (BART: both encoder and decoder depth).
+    aliases: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # Fields a checkpoint may carry whose only valid value is the one we implement: value -> reason.
+    unsupported: ClassVar[dict[str, tuple[Any, str]]] = {}
+
+    architectures: list[str] | None = None
+    id2label: dict[int, str] | None = None
+    label2id: dict[str, int] | None = None
+    problem_type: str | None = None
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    tie_word_embeddings: bool = True
+    is_decoder: bool = False
+    # Keys of config.json that do not change the model, kept so that a round trip loses nothing.
+    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    PROBLEM_TYPES: ClassVar[tuple[str, ...]] = (
+        "regression",
+        "single_label_classification",
+        "multi_label_classification",
+    )
+
+    # ---- construction -------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        if self.id2label is not None:
+            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+            if not self.id2label:
+                raise ConfigError(f"{type(self).__name__}.id2label is empty: give at least one label.")
+        if self.id2label is not None and self.label2id is None:
+            self.label2id = {v: k for k, v in self.id2label.items()}
+        if self.label2id is not None:
+            self.label2id = {str(k): int(v) for k, v in self.label2id.items()}
+        if self.problem_type is not None and self.problem_type not in self.PROBLEM_TYPES:
+            self._fail("problem_type", self.problem_type, f"one of {list(self.PROBLEM_TYPES)}")
+        for name, (value, reason) in self.unsupported.items():
+            got = getattr(self, name)
+            if got != value:
+                self._fail(name, got, f"{value!r} ({reason})")
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-field checks of one architecture; raise `ConfigError` through `_fail`."""
+
+    def _fail(self, name: str, value: Any, valid: str) -> None:
+        raise ConfigError(f"{type(self).__name__}.{name}={value!r} is not valid: expected {valid}.")
+
+    def _check_positive(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                self._fail(name, value, "a positive integer")
+
+    def _check_dropout(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                self._fail(name, value, "a probability in [0, 1)")
+
+    def _check_divides(self, heads: str, width: str) -> None:
+        h, w = getattr(self, heads), getattr(self, width)
+        if w % h:
+            divisors = [d for d in range(1, min(w, 64) + 1) if w % d == 0]
+            self._fail(heads, h, f"a divisor of {width}={w}, such as {divisors}")
+
+    def _check_choice(self, name: str, choices: tuple[str, ...] | list[str]) -> None:
+        value = getattr(self, name)
+        if value not in choices:
+            self._fail(name, value, f"one of {sorted(choices)}")
+
+    # ---- labels ---------------------------------------------------------------------------------------
+    @property
+    def num_labels(self) -> int:
+        """Number of classification labels; HF's default is 2 (`LABEL_0`, `LABEL_1`)."""
+        return len(self.id2label) if self.id2label is not None else 2
+
+    @num_labels.setter
+    def num_labels(self, n: int) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            self._fail("num_labels", n, "a positive integer")
+        if self.id2label is None or len(self.id2label) != n:
+            self.id2label = {i: f"LABEL_{i}" for i in range(n)}
+            self.label2id = {v: k for k, v in self.id2label.items()}
+
+    # ---- dict and json --------------------------------------------------------------------------------
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if f.name != "extra"]
+
+    @classmethod
+    def valid_keys(cls) -> list[str]:
+        return sorted({*cls.field_names(), *cls.aliases, "num_labels"})
+
+    @classmethod
+    def expand_aliases(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """Rewrite common names (`num_hidden_layers`, ...) to this architecture's fields."""
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            for target in cls.aliases.get(key, (key,)):
+                out[target] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, strict: bool = False, **overrides: Any) -> PretrainedConfig:
+        """Build a config from a `config.json` dict plus keyword overrides.
+
+        Unknown keys in `values` are kept in `extra` (checkpoints carry many harmless ones) unless
+        `strict`; unknown override keys are always an error, since they are typed by a person.
+        """
+        values = dict(values)
+        model_type = values.pop("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            raise ConfigError(
+                f"model_type={model_type!r} cannot be read by {cls.__name__}, "
+                f"which reads model_type={cls.model_type!r}."
+            )
+        known = set(cls.valid_keys())
+        for key in overrides:
+            if key not in known:
+                raise ConfigError(
+                    f"Unknown {cls.__name__} key {key!r}.{did_you_mean(key, sorted(known))} "
+                    f"Valid keys: {sorted(known)}."
+                )
+        if strict:
+            for key in values:
+                if key not in known:
+                    raise ConfigError(
+                        f"Unknown {cls.__name__} key {key!r}.{did_you_mean(key, sorted(known))} "
+                        f"Valid keys: {sorted(known)}."
+                    )
+        values = cls.expand_aliases(values)
+        overrides = cls.expand_aliases(overrides)
+        num_labels = overrides.pop("num_labels", values.pop("num_labels", None))
+        if "id2label" in overrides:
+            overrides.setdefault("label2id", None)
+        merged = {**values, **overrides}
+        names = set(cls.field_names())
+        kwargs = {k: v for k, v in merged.items() if k in names}
+        extra = {k: v for k, v in merged.items() if k not in names and k != "extra"}
+        config = cls(**kwargs)
+        config.extra = extra
+        if num_labels is not None:
+            config.num_labels = num_labels
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.extra)
+        for name in self.field_names():
+            out[name] = getattr(self, name)
+        out["id2label"] = {str(k): v for k, v in self._labels().items()}
+        out["label2id"] = {v: k for k, v in self._labels().items()}
+        out["model_type"] = self.model_type
+        return out
+
+    def _labels(self) -> dict[int, str]:
+        return self.id2label if self.id2label is not None else {0: "LABEL_0", 1: "LABEL_1"}
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> PretrainedConfig:
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON: {e}") from e
+        try:
+            return cls.from_dict(values, **overrides)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **overrides: Any) -> PretrainedConfig:
+        """Read `config.json` of a checkpoint folder, with keyword overrides as in HF."""
+        from factory.hub import resolve_file
+
+        return cls.from_json_file(resolve_file(name_or_path, CONFIG_NAME), **overrides)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        from factory.checkpoint import atomic_write_text
+
+        Path(save_directory).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(save_directory) / CONFIG_NAME, self.to_json_string())
+
+    def replace(self, **changes: Any) -> PretrainedConfig:
+        """A copy with `changes` applied (common names allowed), validated again."""
+        return type(self).from_dict(self.to_dict(), **changes)

@@ -1,0 +1,89 @@
+"""Parameter-free helpers shared by the architectures: activations, masks, the attention call."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+_ACTIVATIONS = {
+    "gelu": lambda x: F.gelu(x),
+    # GPT-2's "gelu_new" is the tanh approximation; torch's fused kernel computes the same formula.
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "tanh": torch.tanh,
+}
+ACTIVATIONS = tuple(sorted(_ACTIVATIONS))
+
+
+def activation(name: str):
+    """The activation function named as in HF configs (`hidden_act`, `activation_function`)."""
+    try:
+        return _ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"Unknown activation {name!r}; valid: {list(ACTIVATIONS)}") from None
+
+
+def attention_mask_for_sdpa(
+    attention_mask: torch.Tensor | None,
+    q_len: int,
+    kv_len: int,
+    causal: bool,
+) -> tuple[torch.Tensor | None, bool]:
+    """Turn a (B, kv_len) 1/0 padding mask into what `scaled_dot_product_attention` takes.
+
+    Returns `(mask, is_causal)`; `mask` is boolean (B, 1, q_len, kv_len) with True where a query may
+    attend, or None when no masking (or only a square causal mask) is needed, so that SDPA can pick its
+    fused kernels. The last `q_len` of `kv_len` keys are the current tokens (a cache holds the rest).
+    """
+    padded = attention_mask is not None and not bool(attention_mask.all())
+    if not padded:
+        if not causal or q_len == 1:
+            return None, False
+        if q_len == kv_len:
+            return None, True
+    device = attention_mask.device if attention_mask is not None else None
+    mask = None
+    if padded:
+        mask = attention_mask[:, None, None, :].bool()  # (B, 1, 1, kv)
+    if causal:
+        q_pos = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]
+        k_pos = torch.arange(kv_len, device=device)[None, :]
+        causal_mask = (k_pos <= q_pos)[None, None]  # (1, 1, q, kv)
+        mask = causal_mask if mask is None else mask & causal_mask
+    # A query that may attend to nothing (a left-pad position under a causal mask) would give NaN;
+    # let it attend everywhere instead: its output is padding and is never read.
+    mask = mask | ~mask.any(dim=-1, keepdim=True)
+    return mask, False
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    is_causal: bool,
+    dropout_p: float,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """SDPA over (B, nh, T, hs) tensors; returns (B, T, nh * hs)."""
+    y = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
+    )
+    b, nh, t, hs = y.shape
+    return y.transpose(1, 2).reshape(b, t, nh * hs)
+
+
+def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
+    """(B, T, C) -> (B, nh, T, hs)."""
+    b, t, c = x.shape
+    return x.view(b, t, n_head, c // n_head).transpose(1, 2)
+
+
+def default_scale(head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim)

@@ -1,0 +1,128 @@
+"""The base class of every model: construction, initialisation, and HF checkpoints in and out."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from factory.checkpoint import CheckpointTable, load_into, save_state
+from factory.config import ConfigError, PretrainedConfig
+
+logger = logging.getLogger(__name__)
+
+
+class PreTrainedModel(nn.Module):
+    """A model whose parameter names are those of the HF checkpoints of its architecture.
+
+    Subclasses set `config_class`, `base_model_prefix` (the attribute holding the backbone in head
+    models, as in HF), `checkpoint_table`, and implement `_init_weights(module)` (HF's scheme, applied to
+    one module, not recursively) and, if they tie weights, `tied_groups()`.
+    """
+
+    config_class: ClassVar[type[PretrainedConfig]]
+    base_model_prefix: ClassVar[str] = ""
+    checkpoint_table: ClassVar[CheckpointTable] = CheckpointTable()
+    head: ClassVar[str] = "base"
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise ConfigError(
+                f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}."
+            )
+        self.config = config
+
+    # ---- weights ------------------------------------------------------------------------------------
+    def post_init(self) -> None:
+        """Initialise every parameter with the architecture's scheme, then tie; call at the end of __init__."""
+        # Children before parents, as `nn.Module.apply` does (a parent's scheme may override its
+        # children's, as GPT-2's scaled residual projections do). Modules a nested model already
+        # initialised are skipped, so the backbone of a head model is initialised once.
+        with torch.no_grad():
+            for module in reversed(list(self.modules())):
+                if not getattr(module, "_factory_initialised", False):
+                    self._init_weights(module)
+                    module._factory_initialised = True
+        self.tie_weights()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        raise NotImplementedError
+
+    def tied_groups(self) -> list[tuple[str, ...]]:
+        """Groups of parameter names that share one tensor; the first name is the one saved to disk.
+
+        Names the model does not have may appear: they are other spellings of the tensor in files.
+        """
+        return []
+
+    def tie_weights(self) -> None:
+        params = dict(self.named_parameters(remove_duplicate=False))
+        for group in self.tied_groups():
+            present = [k for k in group if k in params]
+            if len(present) < 2:
+                continue
+            source = params[present[0]]
+            for name in present[1:]:
+                module_name, _, attr = name.rpartition(".")
+                setattr(self.get_submodule(module_name), attr, source)
+
+    def num_layers_for(self, key: str) -> int:
+        """How many layers the model has in the stack that `key` belongs to."""
+        return self.config.num_hidden_layers
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    # ---- checkpoints --------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        config: PretrainedConfig | None = None,
+        output_loading_info: bool = False,
+        ignore_mismatched_sizes: bool = False,
+        allow_bin: bool = True,
+        dtype: torch.dtype | None = None,
+        **config_overrides: Any,
+    ):
+        """Load a Hugging Face checkpoint folder into this class.
+
+        Keyword arguments that are config keys override `config.json` (`num_labels=3`,
+        `num_hidden_layers=10`: the first 10 layers load, the rest are reported as dropped). Weights are
+        loaded in float32 unless `dtype` says otherwise. `allow_bin=False` refuses `pytorch_model.bin`.
+        """
+        if config is None:
+            config = cls.config_class.from_pretrained(name_or_path, **config_overrides)
+        elif config_overrides:
+            config = config.replace(**config_overrides)
+        model, info = load_into(
+            cls,
+            config,
+            name_or_path,
+            dtype=dtype,
+            ignore_mismatched_sizes=ignore_mismatched_sizes,
+            allow_bin=allow_bin,
+        )
+        model.eval()
+        return (model, info.as_dict()) if output_loading_info else model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: int | str = "5GB") -> None:
+        """Write `config.json` and `model.safetensors` (or shards and an index) as `transformers` does."""
+        Path(save_directory).mkdir(parents=True, exist_ok=True)
+        self.config.architectures = [type(self).__name__]
+        save_state(self, save_directory, max_shard_size=max_shard_size)
+        self.config.save_pretrained(save_directory)

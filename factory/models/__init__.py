@@ -1,0 +1,3 @@
+"""The architectures; importing this package registers them."""
+
+from factory.models import bert  # noqa: F401

@@ -1,0 +1,282 @@
+"""BERT: its config, its blocks, its heads and its checkpoint table, with Hugging Face's parameter names.
+
+Modules nest exactly as in HF checkpoints (`bert.encoder.layer.0.attention.self.query.weight`), so
+loading is copying by key. Shapes in comments: B batch, T tokens, C width, nh heads, hs head size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from factory.checkpoint import COMMON_RENAMES, CheckpointTable
+from factory.config import PretrainedConfig
+from factory.layers import ACTIVATIONS, activation, attention, attention_mask_for_sdpa, split_heads
+from factory.losses import causal_lm_loss, question_answering_loss, sequence_classification_loss
+from factory.modeling import PreTrainedModel
+from factory.outputs import ModelOutput
+from factory.registry import register_config, register_model
+
+
+@register_config
+@dataclass
+class BertConfig(PretrainedConfig):
+    """Defaults are those of `bert-base-uncased`'s config.json."""
+
+    model_type: ClassVar[str] = "bert"
+    unsupported: ClassVar[dict] = {
+        "position_embedding_type": ("absolute", "relative position embeddings are not implemented"),
+        "add_cross_attention": (False, "cross-attention in BERT is not implemented"),
+    }
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int | None = 0
+    position_embedding_type: str = "absolute"
+    use_cache: bool = True
+    classifier_dropout: float | None = None
+    add_cross_attention: bool = False
+
+    def validate(self) -> None:
+        self._check_positive(
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+        )
+        self._check_divides("num_attention_heads", "hidden_size")
+        self._check_dropout("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")
+        self._check_choice("hidden_act", ACTIVATIONS)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        c, eps = config.hidden_size, config.layer_norm_eps
+        self.n_head = config.num_attention_heads
+        self.causal = config.is_decoder
+        self.attn_dropout = config.attention_probs_dropout_prob
+        self.attention = nn.ModuleDict(
+            dict(
+                self=nn.ModuleDict(dict(query=nn.Linear(c, c), key=nn.Linear(c, c), value=nn.Linear(c, c))),
+                output=nn.ModuleDict(dict(dense=nn.Linear(c, c), LayerNorm=nn.LayerNorm(c, eps=eps))),
+            )
+        )
+        self.intermediate = nn.ModuleDict(dict(dense=nn.Linear(c, config.intermediate_size)))
+        self.output = nn.ModuleDict(
+            dict(dense=nn.Linear(config.intermediate_size, c), LayerNorm=nn.LayerNorm(c, eps=eps))
+        )
+        self.act = activation(config.hidden_act)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None, past: tuple | None):
+        sa, ao = self.attention["self"], self.attention["output"]
+        q, k, v = (split_heads(sa[n](x), self.n_head) for n in ("query", "key", "value"))  # (B, nh, T, hs)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        mask, is_causal = attention_mask_for_sdpa(attention_mask, q.size(2), k.size(2), self.causal)
+        y = attention(q, k, v, mask, is_causal, self.attn_dropout if self.training else 0.0)
+        x = ao["LayerNorm"](x + self.dropout(ao["dense"](y)))  # post-LN, as in the original BERT
+        h = self.act(self.intermediate["dense"](x))
+        x = self.output["LayerNorm"](x + self.dropout(self.output["dense"](h)))
+        return x, (k, v)
+
+
+class BertPreTrainedModel(PreTrainedModel):
+    config_class = BertConfig
+    base_model_prefix = "bert"
+    checkpoint_table = CheckpointTable(
+        renames=COMMON_RENAMES,
+        # Old files store the position-id and token-type buffers; we compute them instead.
+        ignore=(r"embeddings\.position_ids$", r"embeddings\.token_type_ids$"),
+        layer=r"encoder\.layer\.(\d+)\.",
+    )
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(0.0, std)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(0.0, std)
+            if module.padding_idx is not None:
+                module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+        elif isinstance(module, BertLMPredictionHead):
+            module.bias.zero_()
+
+
+@register_model("base")
+class BertModel(BertPreTrainedModel):
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True) -> None:
+        super().__init__(config)
+        c = config.hidden_size
+        pad = (
+            config.pad_token_id
+            if config.pad_token_id is not None and config.pad_token_id < config.vocab_size
+            else None
+        )
+        self.embeddings = nn.ModuleDict(
+            dict(
+                word_embeddings=nn.Embedding(config.vocab_size, c, padding_idx=pad),
+                position_embeddings=nn.Embedding(config.max_position_embeddings, c),
+                token_type_embeddings=nn.Embedding(config.type_vocab_size, c),
+                LayerNorm=nn.LayerNorm(c, eps=config.layer_norm_eps),
+            )
+        )
+        self.emb_dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.encoder = nn.ModuleDict(
+            dict(layer=nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers)))
+        )
+        self.pooler = nn.ModuleDict(dict(dense=nn.Linear(c, c))) if add_pooling_layer else None
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: tuple | None = None,
+        use_cache: bool | None = None,
+    ) -> ModelOutput:
+        b, t = input_ids.shape
+        past_len = past_key_values[0][0].size(2) if past_key_values is not None else 0
+        if past_len + t > self.config.max_position_embeddings:
+            raise ValueError(
+                f"Sequence of {past_len + t} tokens is longer than max_position_embeddings="
+                f"{self.config.max_position_embeddings}; truncate the input."
+            )
+        if position_ids is None:
+            position_ids = torch.arange(past_len, past_len + t, device=input_ids.device)[None]
+        emb = self.embeddings
+        x = emb["word_embeddings"](input_ids) + emb["position_embeddings"](position_ids)
+        if token_type_ids is None:
+            x = x + emb["token_type_embeddings"].weight[0]
+        else:
+            x = x + emb["token_type_embeddings"](token_type_ids)
+        x = self.emb_dropout(emb["LayerNorm"](x))  # (B, T, C)
+
+        use_cache = (self.config.use_cache and not self.training) if use_cache is None else use_cache
+        use_cache = use_cache and self.config.is_decoder
+        presents = []
+        for i, layer in enumerate(self.encoder["layer"]):
+            x, kv = layer(x, attention_mask, past_key_values[i] if past_key_values is not None else None)
+            presents.append(kv)
+        pooled = torch.tanh(self.pooler["dense"](x[:, 0])) if self.pooler is not None else None
+        return ModelOutput(
+            last_hidden_state=x,
+            pooler_output=pooled,
+            past_key_values=tuple(presents) if use_cache else None,
+        )
+
+
+@register_model("seqcls")
+class BertForSequenceClassification(BertPreTrainedModel):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config)
+        self.bert = BertModel(config)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None):
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, use_cache=False)
+        logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
+        loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
+        return ModelOutput(loss=loss, logits=logits, last_hidden_state=out.last_hidden_state)
+
+
+@register_model("qa")
+class BertForQuestionAnswering(BertPreTrainedModel):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        start_positions=None,
+        end_positions=None,
+    ):
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, use_cache=False)
+        start, end = self.qa_outputs(out.last_hidden_state).unbind(-1)  # (B, T) each
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = question_answering_loss(start, end, start_positions, end_positions)
+        return ModelOutput(loss=loss, start_logits=start.contiguous(), end_logits=end.contiguous())
+
+
+class BertLMPredictionHead(nn.Module):
+    """`cls.predictions`: a transform, then the (tied) decoder with a bias of its own."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        c = config.hidden_size
+        self.transform = nn.ModuleDict(
+            dict(dense=nn.Linear(c, c), LayerNorm=nn.LayerNorm(c, eps=config.layer_norm_eps))
+        )
+        self.act = activation(config.hidden_act)
+        self.decoder = nn.Linear(c, config.vocab_size)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.transform["LayerNorm"](self.act(self.transform["dense"](x)))
+        return self.decoder(x)  # (B, T, vocab)
+
+
+@register_model("causal_lm")
+class BertLMHeadModel(BertPreTrainedModel):
+    """BERT as a decoder (`is_decoder=True` gives causal attention and a KV cache, as in HF)."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.cls = nn.ModuleDict(dict(predictions=BertLMPredictionHead(config)))
+        self.post_init()
+
+    def tied_groups(self) -> list[tuple[str, ...]]:
+        groups = [("cls.predictions.bias", "cls.predictions.decoder.bias")]
+        if self.config.tie_word_embeddings:
+            groups.append(("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"))
+        return groups
+
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        past_key_values=None,
+        use_cache=None,
+        labels=None,
+    ):
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, past_key_values, use_cache)
+        logits = self.cls["predictions"](out.last_hidden_state)
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values)

@@ -1,0 +1,39 @@
+"""The one output type every model returns, with Hugging Face's field names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+
+@dataclass
+class ModelOutput:
+    """Fields are read by name (`out.logits`, `out["logits"]`); unset fields are None."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    start_logits: torch.Tensor | None = None
+    end_logits: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    past_key_values: Any = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        if not isinstance(key, str):
+            raise TypeError("ModelOutput is indexed by field name, e.g. out['logits'].")
+        value = getattr(self, key, None)
+        if value is None:
+            raise KeyError(f"{key!r} is not set; set fields: {list(self.keys())}")
+        return value
+
+    def __contains__(self, key: str) -> bool:
+        return getattr(self, key, None) is not None
+
+    def keys(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(k, getattr(self, k)) for k in self.keys()]
