@@ -45,6 +45,7 @@ __all__ = [
     "ConfigError",
     "ModelOutput",
     "PreTrainedModel",
+    "PretrainedConfig",
     "RegistryError",
     "model_class",
     "model_matrix",
