@@ -28,6 +28,9 @@ class PreTrainedModel(nn.Module):
     base_model_prefix: ClassVar[str] = ""
     checkpoint_table: ClassVar[CheckpointTable] = CheckpointTable()
     head: ClassVar[str] = "base"
+    # Causal LM heads: whether `labels` are the input tokens (shifted inside, HF's GPT-2 and BERT) or
+    # already the next tokens (HF's BartForCausalLM). Training code reads this.
+    labels_shifted_inside: ClassVar[bool] = True
 
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()

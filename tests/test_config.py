@@ -1,0 +1,104 @@
+# pytest tests/test_config.py
+"""Typed configs: HF defaults, overrides, common names, round trips, and errors that name the key."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from factory import AutoConfig, BertConfig, ConfigError
+
+BERT_BASE_UNCASED = {
+    "architectures": ["BertForMaskedLM"],
+    "attention_probs_dropout_prob": 0.1,
+    "gradient_checkpointing": False,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "hidden_size": 768,
+    "initializer_range": 0.02,
+    "intermediate_size": 3072,
+    "layer_norm_eps": 1e-12,
+    "max_position_embeddings": 512,
+    "model_type": "bert",
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "pad_token_id": 0,
+    "position_embedding_type": "absolute",
+    "transformers_version": "4.6.0.dev0",
+    "type_vocab_size": 2,
+    "use_cache": True,
+    "vocab_size": 30522,
+}
+
+
+def test_defaults_are_bert_base_uncased():
+    config = BertConfig()
+    for key, value in BERT_BASE_UNCASED.items():
+        if key in BertConfig.field_names():
+            if key != "architectures":
+                assert getattr(config, key) == value, key
+    assert config.num_labels == 2
+
+
+def test_round_trip_keeps_unknown_keys(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(BERT_BASE_UNCASED))
+    config = BertConfig.from_pretrained(tmp_path, num_hidden_layers=10, num_labels=3)
+    assert config.num_hidden_layers == 10 and config.num_labels == 3
+    assert config.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
+    config.save_pretrained(tmp_path / "out")
+    written = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert written["gradient_checkpointing"] is False
+    assert written["transformers_version"] == "4.6.0.dev0"
+    assert written["num_hidden_layers"] == 10 and written["model_type"] == "bert"
+    assert written["id2label"] == {"0": "LABEL_0", "1": "LABEL_1", "2": "LABEL_2"}
+    again = BertConfig.from_pretrained(tmp_path / "out")
+    assert again == config and again.extra == config.extra
+
+
+def test_autoconfig_picks_the_class(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(BERT_BASE_UNCASED))
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), BertConfig)
+    bad = dict(BERT_BASE_UNCASED, model_type="bret")
+    (tmp_path / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(ConfigError, match=r"'bret'.*Did you mean 'bert'.*Valid model types"):
+        AutoConfig.from_pretrained(tmp_path)
+
+
+def test_label_maps_become_int_keyed():
+    config = BertConfig.from_dict({"id2label": {"0": "neg", "1": "pos"}})
+    assert config.id2label == {0: "neg", 1: "pos"} and config.label2id == {"neg": 0, "pos": 1}
+    assert config.num_labels == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        (dict(num_attention_heads=5), r"num_attention_heads=5 .*divisor of hidden_size=768"),
+        (dict(hidden_dropout_prob=1.5), r"hidden_dropout_prob=1.5 .*probability in \[0, 1\)"),
+        (dict(num_hidden_layers=0), r"num_hidden_layers=0 .*positive integer"),
+        (dict(hidden_act="gleu"), r"hidden_act='gleu' .*one of \[.*'gelu'"),
+        (
+            dict(position_embedding_type="relative_key"),
+            r"position_embedding_type='relative_key'.*not implemented",
+        ),
+        (dict(problem_type="ranking"), r"problem_type='ranking'.*regression"),
+    ],
+)
+def test_validation_names_field_value_and_choices(kwargs, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        BertConfig(**kwargs)
+
+
+def test_unknown_override_is_an_error_with_a_suggestion(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(BERT_BASE_UNCASED))
+    with pytest.raises(ConfigError, match=r"'num_hiden_layers'.*Did you mean 'num_hidden_layers'"):
+        BertConfig.from_pretrained(tmp_path, num_hiden_layers=10)
+    with pytest.raises(ConfigError, match=r"Unknown BertConfig key 'hidden_szie'"):
+        BertConfig.from_dict({"hidden_szie": 3}, strict=True)
+
+
+def test_invalid_checkpoint_config_names_the_file(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(dict(BERT_BASE_UNCASED, num_attention_heads=7)))
+    with pytest.raises(ConfigError, match=r"config.json: BertConfig.num_attention_heads=7"):
+        AutoConfig.from_pretrained(tmp_path)
