@@ -21,7 +21,14 @@ CONFIG_NAME = "config.json"
 
 
 class ConfigError(ValueError):
-    """A config value or key that is not valid; the message names the key, the value and the choices."""
+    """A config value or key that is not valid; the message names the key, the value and the choices.
+
+    `key` is the offending field (when there is one), so callers can name the path the user typed.
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
@@ -80,7 +87,7 @@ class PretrainedConfig:
         """Cross-field checks of one architecture; raise `ConfigError` through `_fail`."""
 
     def _fail(self, name: str, value: Any, valid: str) -> None:
-        raise ConfigError(f"{type(self).__name__}.{name}={value!r} is not valid: expected {valid}.")
+        raise ConfigError(f"{type(self).__name__}.{name}={value!r} is not valid: expected {valid}.", key=name)
 
     def _check_positive(self, *names: str) -> None:
         for name in names:
@@ -158,14 +165,16 @@ class PretrainedConfig:
             if key not in known:
                 raise ConfigError(
                     f"Unknown {cls.__name__} key {key!r}.{did_you_mean(key, sorted(known))} "
-                    f"Valid keys: {sorted(known)}."
+                    f"Valid keys: {sorted(known)}.",
+                    key=key,
                 )
         if strict:
             for key in values:
                 if key not in known:
                     raise ConfigError(
                         f"Unknown {cls.__name__} key {key!r}.{did_you_mean(key, sorted(known))} "
-                        f"Valid keys: {sorted(known)}."
+                        f"Valid keys: {sorted(known)}.",
+                        key=key,
                     )
         values = cls.expand_aliases(values)
         overrides = cls.expand_aliases(overrides)
