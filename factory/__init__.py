@@ -17,6 +17,13 @@ from factory.models.bert import (
     BertLMHeadModel,
     BertModel,
 )
+from factory.models.gpt2 import (
+    GPT2Config,
+    GPT2ForQuestionAnswering,
+    GPT2ForSequenceClassification,
+    GPT2LMHeadModel,
+    GPT2Model,
+)
 from factory.outputs import ModelOutput
 from factory.registry import (
     HEADS,
@@ -30,6 +37,11 @@ from factory.registry import (
 
 __all__ = [
     "HEADS",
+    "GPT2Config",
+    "GPT2ForQuestionAnswering",
+    "GPT2ForSequenceClassification",
+    "GPT2LMHeadModel",
+    "GPT2Model",
     "AutoConfig",
     "AutoModel",
     "AutoModelForCausalLM",

@@ -185,7 +185,13 @@ def _align_prefix(keys: list[str], expected: set[str], prefix: str) -> dict[str,
         {k: k[len(p) :] if k.startswith(p) else k for k in keys},
     ]
     scores = [sum(v in expected for v in c.values()) for c in candidates]
-    return candidates[scores.index(max(scores))]
+    best = candidates[scores.index(max(scores))]
+    # A key the best alignment misses (a head's `lm_head.weight` beside an unprefixed backbone) keeps
+    # whichever spelling the model has.
+    return {
+        k: v if v in expected else next((c[k] for c in candidates if c[k] in expected), v)
+        for k, v in best.items()
+    }
 
 
 def _layer_of(table: CheckpointTable, key: str) -> int | None:

@@ -1,0 +1,355 @@
+"""GPT-2: its config, its blocks, its heads and its checkpoint table, with Hugging Face's parameter names.
+
+Modules nest exactly as in HF checkpoints (`transformer.h.0.attn.c_attn.weight`), so loading is copying
+by key. HF stores the projections as `Conv1D` weights of shape (in, out); we use `nn.Linear` (out, in),
+and the checkpoint table's `transposed` entries turn them on the way in and out. Shapes in comments:
+B batch, T tokens, C width, nh heads, hs head size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from factory.checkpoint import CheckpointTable
+from factory.config import PretrainedConfig
+from factory.layers import ACTIVATIONS, activation, attention, attention_mask_for_sdpa, split_heads
+from factory.losses import causal_lm_loss, question_answering_loss, sequence_classification_loss
+from factory.modeling import PreTrainedModel
+from factory.outputs import ModelOutput
+from factory.registry import register_config, register_model
+
+
+@register_config
+@dataclass
+class GPT2Config(PretrainedConfig):
+    """Defaults are those of `gpt2`'s config.json.
+
+    The `summary_*` keys of HF's config only serve `GPT2DoubleHeadsModel`; they are kept in `extra`.
+    The common names (`num_hidden_layers`, `hidden_size`, ...) are accepted as keys and readable and
+    writable as properties, as HF's `attribute_map` makes them.
+    """
+
+    model_type: ClassVar[str] = "gpt2"
+    aliases: ClassVar[dict[str, tuple[str, ...]]] = {
+        "num_hidden_layers": ("n_layer",),
+        "hidden_size": ("n_embd",),
+        "num_attention_heads": ("n_head",),
+        "max_position_embeddings": ("n_positions",),
+    }
+    unsupported: ClassVar[dict] = {
+        "add_cross_attention": (False, "cross-attention in GPT-2 is not implemented"),
+    }
+
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None  # None: 4 * n_embd
+    activation_function: str = "gelu_new"
+    resid_pdrop: float = 0.1
+    embd_pdrop: float = 0.1
+    attn_pdrop: float = 0.1
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+    scale_attn_weights: bool = True
+    use_cache: bool = True
+    bos_token_id: int | None = 50256
+    eos_token_id: int | list[int] | None = 50256
+    pad_token_id: int | None = None
+    scale_attn_by_inverse_layer_idx: bool = False
+    # HF upcasts attention to float32 in its eager path only; we do it whenever the inputs are narrower.
+    reorder_and_upcast_attn: bool = False
+    add_cross_attention: bool = False
+
+    def validate(self) -> None:
+        self._check_positive("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
+        if self.n_inner is not None:
+            self._check_positive("n_inner")
+        self._check_divides("n_head", "n_embd")
+        self._check_dropout("resid_pdrop", "embd_pdrop", "attn_pdrop")
+        self._check_choice("activation_function", ACTIVATIONS)
+        if not isinstance(self.layer_norm_epsilon, (int, float)) or not self.layer_norm_epsilon > 0:
+            self._fail("layer_norm_epsilon", self.layer_norm_epsilon, "a positive number")
+
+    # Common names, as HF's GPT2Config.attribute_map gives them.
+    @property
+    def num_hidden_layers(self) -> int:
+        return self.n_layer
+
+    @num_hidden_layers.setter
+    def num_hidden_layers(self, value: int) -> None:
+        self.n_layer = value
+
+    @property
+    def hidden_size(self) -> int:
+        return self.n_embd
+
+    @hidden_size.setter
+    def hidden_size(self, value: int) -> None:
+        self.n_embd = value
+
+    @property
+    def num_attention_heads(self) -> int:
+        return self.n_head
+
+    @num_attention_heads.setter
+    def num_attention_heads(self, value: int) -> None:
+        self.n_head = value
+
+    @property
+    def max_position_embeddings(self) -> int:
+        return self.n_positions
+
+    @max_position_embeddings.setter
+    def max_position_embeddings(self, value: int) -> None:
+        self.n_positions = value
+
+
+class GPT2Attention(nn.Module):
+    """Causal self-attention: `c_attn` gives q, k, v in one matmul; `c_proj` is the output projection."""
+
+    def __init__(self, config: GPT2Config, layer_idx: int) -> None:
+        super().__init__()
+        c = config.n_embd
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(c, 3 * c)
+        self.c_proj = nn.Linear(c, c)
+        self.attn_dropout = config.attn_pdrop
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+        self.scale = (c // config.n_head) ** -0.5 if config.scale_attn_weights else 1.0
+        if config.scale_attn_by_inverse_layer_idx:
+            self.scale /= float(layer_idx + 1)
+        self.upcast = config.reorder_and_upcast_attn
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool, past: tuple | None):
+        q, k, v = (split_heads(t, self.n_head) for t in self.c_attn(x).split(x.size(-1), dim=2))
+        if past is not None:  # (B, nh, past + T, hs)
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        p = self.attn_dropout if self.training else 0.0
+        if self.upcast and q.dtype != torch.float32:
+            y = attention(q.float(), k.float(), v.float(), mask, is_causal, p, self.scale).to(q.dtype)
+        else:
+            y = attention(q, k, v, mask, is_causal, p, self.scale)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y)), (k, v)
+
+
+class GPT2MLP(nn.Module):
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        inner = config.n_inner if config.n_inner is not None else 4 * config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, inner)
+        self.c_proj = nn.Linear(inner, config.n_embd)
+        self.act = activation(config.activation_function)
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class GPT2Block(nn.Module):
+    """Pre-LN block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, config: GPT2Config, layer_idx: int) -> None:
+        super().__init__()
+        c, eps = config.n_embd, config.layer_norm_epsilon
+        self.ln_1 = nn.LayerNorm(c, eps=eps)
+        self.attn = GPT2Attention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(c, eps=eps)
+        self.mlp = GPT2MLP(config)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool, past: tuple | None):
+        a, kv = self.attn(self.ln_1(x), mask, is_causal, past)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, kv
+
+
+class GPT2PreTrainedModel(PreTrainedModel):
+    config_class = GPT2Config
+    base_model_prefix = "transformer"
+    checkpoint_table = CheckpointTable(
+        # Old files store the causal-mask buffers `h.{i}.attn.bias` and `h.{i}.attn.masked_bias`; SDPA
+        # builds the mask instead. Anchored on `.attn.` so that `c_attn.bias` is kept.
+        ignore=(r"(^|\.)attn\.(bias|masked_bias)$",),
+        # Conv1D weights are (in, out) in files; nn.Linear holds (out, in).
+        transposed=(r"\.(c_attn|c_proj|c_fc)\.weight$",),
+        layer=r"\bh\.(\d+)\.",
+    )
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(0.0, std)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(0.0, std)
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+        elif isinstance(module, (GPT2Attention, GPT2MLP)):
+            # GPT-2 paper: scale the residual projections by 1/sqrt(number of residual paths), two per
+            # block. post_init visits children first, so this overrides c_proj's plain init.
+            module.c_proj.weight.normal_(0.0, std / math.sqrt(2 * self.config.n_layer))
+
+
+@register_model("base")
+class GPT2Model(GPT2PreTrainedModel):
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__(config)
+        c = config.n_embd
+        self.wte = nn.Embedding(config.vocab_size, c)
+        self.wpe = nn.Embedding(config.n_positions, c)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList(GPT2Block(config, i) for i in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(c, eps=config.layer_norm_epsilon)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: tuple | None = None,
+        use_cache: bool | None = None,
+    ) -> ModelOutput:
+        """`attention_mask` is (B, past + T), 1 for tokens to attend to; `past_key_values` is a tuple
+        over layers of (k, v), each (B, nh, past, hs), as returned with `use_cache`."""
+        b, t = input_ids.shape
+        past_len = past_key_values[0][0].size(2) if past_key_values is not None else 0
+        if past_len + t > self.config.n_positions:
+            raise ValueError(
+                f"Sequence of {past_len + t} tokens ({past_len} cached + {t} new) is longer than "
+                f"n_positions={self.config.n_positions}; truncate the input."
+            )
+        if attention_mask is not None and tuple(attention_mask.shape) != (b, past_len + t):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}; expected (batch, cached + new "
+                f"tokens) = {(b, past_len + t)}: it covers the cached tokens too."
+            )
+        if position_ids is None:  # as HF: positions continue after the cache, padding or not
+            position_ids = torch.arange(past_len, past_len + t, device=input_ids.device)[None]
+        x = self.wte(input_ids) + self.wpe(position_ids)
+        if token_type_ids is not None:  # GPT-2 has no type table: HF embeds type ids with wte
+            x = x + self.wte(token_type_ids)
+        x = self.drop(x)  # (B, T, C)
+
+        mask, is_causal = attention_mask_for_sdpa(attention_mask, t, past_len + t, causal=True)
+        use_cache = (self.config.use_cache and not self.training) if use_cache is None else use_cache
+        presents = []
+        for i, block in enumerate(self.h):
+            x, kv = block(x, mask, is_causal, past_key_values[i] if past_key_values is not None else None)
+            presents.append(kv)
+        x = self.ln_f(x)
+        return ModelOutput(last_hidden_state=x, past_key_values=tuple(presents) if use_cache else None)
+
+
+@register_model("causal_lm")
+class GPT2LMHeadModel(GPT2PreTrainedModel):
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__(config)
+        self.transformer = GPT2Model(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.post_init()
+
+    def tied_groups(self) -> list[tuple[str, ...]]:
+        return [("transformer.wte.weight", "lm_head.weight")] if self.config.tie_word_embeddings else []
+
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        past_key_values=None,
+        use_cache=None,
+        labels=None,
+    ):
+        out = self.transformer(
+            input_ids, attention_mask, token_type_ids, position_ids, past_key_values, use_cache
+        )
+        logits = self.lm_head(out.last_hidden_state)  # (B, T, vocab)
+        loss = causal_lm_loss(logits, labels, shift=True) if labels is not None else None
+        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values)
+
+
+@register_model("seqcls")
+class GPT2ForSequenceClassification(GPT2PreTrainedModel):
+    """Classifies each sequence from the hidden state of its last token that is not padding.
+
+    As HF: with `pad_token_id` set, the last token is the rightmost one that is not `pad_token_id` (left
+    or right padding alike; `attention_mask` is not consulted). Without `pad_token_id`, HF takes the last
+    position and refuses batches of more than one; we do the same unless `attention_mask` is given, in
+    which case its rightmost 1 marks the last token (so a batch works without a pad token).
+    """
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__(config)
+        self.transformer = GPT2Model(config)
+        self.score = nn.Linear(config.n_embd, config.num_labels, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        past_key_values=None,
+        use_cache=None,
+        labels=None,
+    ):
+        out = self.transformer(
+            input_ids, attention_mask, token_type_ids, position_ids, past_key_values, use_cache
+        )
+        h = out.last_hidden_state  # (B, T, C)
+        b, t = input_ids.shape
+        pad = self.config.pad_token_id
+        if pad is not None:
+            keep = input_ids != pad
+        elif attention_mask is not None:
+            keep = attention_mask[:, -t:].bool()
+        elif b == 1:
+            keep = torch.ones_like(input_ids, dtype=torch.bool)
+        else:
+            raise ValueError(
+                f"Cannot find the last token of {b} sequences: config.pad_token_id is None and no "
+                "attention_mask was given. Set pad_token_id or pass attention_mask."
+            )
+        # Rightmost kept position (0 when none is kept, as HF's argmax gives).
+        last = (torch.arange(t, device=h.device) * keep.to(h.device, torch.int32)).argmax(-1)
+        logits = self.score(h[torch.arange(b, device=h.device), last])  # (B, num_labels)
+        loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
+        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values)
+
+
+@register_model("qa")
+class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__(config)
+        self.transformer = GPT2Model(config)
+        self.qa_outputs = nn.Linear(config.n_embd, 2)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        start_positions=None,
+        end_positions=None,
+    ):
+        out = self.transformer(input_ids, attention_mask, token_type_ids, position_ids, use_cache=False)
+        start, end = self.qa_outputs(out.last_hidden_state).unbind(-1)  # (B, T) each
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = question_answering_loss(start, end, start_positions, end_positions)
+        return ModelOutput(loss=loss, start_logits=start.contiguous(), end_logits=end.contiguous())
