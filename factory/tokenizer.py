@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import tokenizers
 
+from factory.hub import resolve_file
+
 if TYPE_CHECKING:
     import torch
 
@@ -119,27 +121,11 @@ _UNSAVED_CONFIG_KEYS = (
 
 
 def resolve_files(path: str | os.PathLike, filenames: Sequence[str]) -> dict[str, str | None]:
-    """Find tokenizer files in a local folder.
-
-    This is the one place that turns a user-given location into file paths; hub ids will slot in here.
-
-    Args:
-        path: a local directory.
-        filenames: the file names to look for.
-
-    Returns:
-        `{filename: full path, or None when the folder does not have it}`.
-
-    Raises:
-        FileNotFoundError: `path` is not an existing directory.
-    """
-    folder = os.fspath(path)
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"Tokenizer folder {folder!r} does not exist (or is not a directory).")
+    """`{filename: local path, or None when the checkpoint lacks it}`, through `factory.hub`."""
     found = {}
     for name in filenames:
-        full = os.path.join(folder, name)
-        found[name] = full if os.path.isfile(full) else None
+        full = resolve_file(path, name, required=False)
+        found[name] = os.fspath(full) if full is not None else None
     return found
 
 
