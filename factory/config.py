@@ -114,6 +114,19 @@ class PretrainedConfig:
         if value not in choices:
             self._fail(name, value, f"one of {sorted(choices)}")
 
+    # ---- common names ---------------------------------------------------------------------------------
+    # `config.num_hidden_layers` reads the first field the common name stands for and sets all of them,
+    # as HF's `attribute_map` does.
+    def __getattr__(self, name: str) -> Any:
+        targets = type(self).aliases.get(name)
+        if targets is None:
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+        return getattr(self, targets[0])
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        for target in type(self).aliases.get(name, (name,)):
+            object.__setattr__(self, target, value)
+
     # ---- labels ---------------------------------------------------------------------------------------
     @property
     def num_labels(self) -> int:

@@ -40,6 +40,7 @@ class GPT2Config(PretrainedConfig):
         "hidden_size": ("n_embd",),
         "num_attention_heads": ("n_head",),
         "max_position_embeddings": ("n_positions",),
+        "intermediate_size": ("n_inner",),
     }
     unsupported: ClassVar[dict] = {
         "add_cross_attention": (False, "cross-attention in GPT-2 is not implemented"),
@@ -76,39 +77,6 @@ class GPT2Config(PretrainedConfig):
         self._check_choice("activation_function", ACTIVATIONS)
         if not isinstance(self.layer_norm_epsilon, (int, float)) or not self.layer_norm_epsilon > 0:
             self._fail("layer_norm_epsilon", self.layer_norm_epsilon, "a positive number")
-
-    # Common names, as HF's GPT2Config.attribute_map gives them.
-    @property
-    def num_hidden_layers(self) -> int:
-        return self.n_layer
-
-    @num_hidden_layers.setter
-    def num_hidden_layers(self, value: int) -> None:
-        self.n_layer = value
-
-    @property
-    def hidden_size(self) -> int:
-        return self.n_embd
-
-    @hidden_size.setter
-    def hidden_size(self, value: int) -> None:
-        self.n_embd = value
-
-    @property
-    def num_attention_heads(self) -> int:
-        return self.n_head
-
-    @num_attention_heads.setter
-    def num_attention_heads(self, value: int) -> None:
-        self.n_head = value
-
-    @property
-    def max_position_embeddings(self) -> int:
-        return self.n_positions
-
-    @max_position_embeddings.setter
-    def max_position_embeddings(self, value: int) -> None:
-        self.n_positions = value
 
 
 class GPT2Attention(nn.Module):
