@@ -10,6 +10,13 @@ from factory.auto import (
 from factory.checkpoint import CheckpointError, CheckpointTable
 from factory.config import ConfigError, PretrainedConfig
 from factory.modeling import PreTrainedModel
+from factory.models.bart import (
+    BartConfig,
+    BartForCausalLM,
+    BartForQuestionAnswering,
+    BartForSequenceClassification,
+    BartModel,
+)
 from factory.models.bert import (
     BertConfig,
     BertForQuestionAnswering,
@@ -47,6 +54,11 @@ __all__ = [
     "AutoModelForCausalLM",
     "AutoModelForQuestionAnswering",
     "AutoModelForSequenceClassification",
+    "BartConfig",
+    "BartForCausalLM",
+    "BartForQuestionAnswering",
+    "BartForSequenceClassification",
+    "BartModel",
     "BertConfig",
     "BertForQuestionAnswering",
     "BertForSequenceClassification",

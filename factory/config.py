@@ -152,11 +152,16 @@ class PretrainedConfig:
 
     @classmethod
     def expand_aliases(cls, values: dict[str, Any]) -> dict[str, Any]:
-        """Rewrite common names (`num_hidden_layers`, ...) to this architecture's fields."""
+        """Rewrite common names (`num_hidden_layers`, ...) to this architecture's fields.
+
+        A field given by its own name wins over a common name in the same dict, whatever the key order:
+        old BART files hold `"num_hidden_layers": 12` next to `"decoder_layers": 6` (distilbart).
+        """
         out: dict[str, Any] = {}
         for key, value in values.items():
-            for target in cls.aliases.get(key, (key,)):
+            for target in cls.aliases.get(key, ()):
                 out[target] = value
+        out.update({k: v for k, v in values.items() if k not in cls.aliases})
         return out
 
     @classmethod

@@ -1,3 +1,3 @@
 """The architectures; importing this package registers them."""
 
-from factory.models import bert, gpt2  # noqa: F401
+from factory.models import bart, bert, gpt2  # noqa: F401
