@@ -41,6 +41,7 @@ from factory.registry import (
     register_model,
     registered_models,
 )
+from factory.tokenizer import AutoTokenizer
 
 __all__ = [
     "HEADS",
@@ -54,6 +55,7 @@ __all__ = [
     "AutoModelForCausalLM",
     "AutoModelForQuestionAnswering",
     "AutoModelForSequenceClassification",
+    "AutoTokenizer",
     "BartConfig",
     "BartForCausalLM",
     "BartForQuestionAnswering",
