@@ -8,17 +8,26 @@ from typing import Any, ClassVar
 
 from factory import registry
 from factory.config import CONFIG_NAME, ConfigError, PretrainedConfig
-from factory.hub import resolve_file
+from factory.hub import HubOptions, resolve_file
 
 _LOAD_ARGS = ("config", "output_loading_info", "ignore_mismatched_sizes", "allow_bin", "dtype")
+_HUB_ARGS = ("revision", "cache_dir", "local_files_only")
 
 
 class AutoConfig:
     """Reads `config.json` and returns the config class its `model_type` names."""
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **overrides: Any) -> PretrainedConfig:
-        path = resolve_file(name_or_path, CONFIG_NAME)
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        **overrides: Any,
+    ) -> PretrainedConfig:
+        path = resolve_file(name_or_path, CONFIG_NAME, hub=HubOptions(revision, cache_dir, local_files_only))
         try:
             values = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
@@ -50,12 +59,13 @@ class _AutoModel:
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any):
         """Load a checkpoint; keyword arguments that are not loading options override `config.json`."""
         load = {k: kwargs.pop(k) for k in _LOAD_ARGS if k in kwargs}
+        hub = {k: kwargs.pop(k) for k in _HUB_ARGS if k in kwargs}
         config = load.pop("config", None)
         if config is None:
-            config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+            config = AutoConfig.from_pretrained(name_or_path, **hub, **kwargs)
         elif kwargs:
             config = config.replace(**kwargs)
-        return cls.model_class(config).from_pretrained(name_or_path, config=config, **load)
+        return cls.model_class(config).from_pretrained(name_or_path, config=config, **hub, **load)
 
 
 class AutoModel(_AutoModel):

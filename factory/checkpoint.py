@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from factory.hub import resolve_file
+from factory.hub import HubOptions, resolve_file
 
 logger = logging.getLogger(__name__)
 
@@ -133,39 +133,43 @@ class _Reader:
         return self._bin[path][key]
 
 
-def _checked_shard_names(folder: Path, index_file: Path) -> list[Path]:
+def _checked_shard_names(
+    name_or_path: str | os.PathLike, index_file: Path, hub: HubOptions | None
+) -> list[Path]:
     try:
         index = json.loads(index_file.read_text(encoding="utf-8"))
         weight_map = index["weight_map"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{index_file} is not a valid shard index: {e}") from e
-    root = folder.resolve()
-    shards: list[Path] = []
-    for name in dict.fromkeys(weight_map.values()):
+    names = list(dict.fromkeys(weight_map.values()))
+    for name in names:
         # A shard name is a file name inside the checkpoint folder; anything else could read any file.
-        if not isinstance(name, str) or os.path.isabs(name) or ".." in Path(name).parts:
+        # Checked on the name, before anything is opened (hub-cache files are links to blobs elsewhere).
+        if not isinstance(name, str) or os.path.isabs(name) or ".." in Path(name).parts or "\\" in name:
             raise CheckpointError(f"{index_file} names shard {name!r}, which leaves the checkpoint folder.")
-        path = (folder / name).resolve()
-        if root not in path.parents:
-            raise CheckpointError(f"{index_file} names shard {name!r}, which leaves the checkpoint folder.")
-        if not path.is_file():
-            raise CheckpointError(f"{index_file} names shard {name!r}, which is not in {folder}.")
-        shards.append(path)
+    shards = []
+    for name in names:
+        try:
+            shards.append(resolve_file(name_or_path, name, hub=hub))
+        except FileNotFoundError as e:
+            raise CheckpointError(f"{index_file} names shard {name!r}, which cannot be found: {e}") from None
     return shards
 
 
-def checkpoint_files(name_or_path: str | os.PathLike, allow_bin: bool = True) -> tuple[list[Path], bool]:
+def checkpoint_files(
+    name_or_path: str | os.PathLike, allow_bin: bool = True, hub: HubOptions | None = None
+) -> tuple[list[Path], bool]:
     """The weight files of a checkpoint and whether they are safetensors; safetensors win over `.bin`."""
     for name, index in ((SAFE_WEIGHTS, SAFE_INDEX), (BIN_WEIGHTS, BIN_INDEX)):
         safe = name == SAFE_WEIGHTS
         if not safe and not allow_bin:
             break
-        path = resolve_file(name_or_path, name, required=False)
+        path = resolve_file(name_or_path, name, required=False, hub=hub)
         if path is not None:
             return [path], safe
-        path = resolve_file(name_or_path, index, required=False)
+        path = resolve_file(name_or_path, index, required=False, hub=hub)
         if path is not None:
-            return _checked_shard_names(path.parent, path), safe
+            return _checked_shard_names(name_or_path, path, hub), safe
     looked = [SAFE_WEIGHTS, SAFE_INDEX] + ([BIN_WEIGHTS, BIN_INDEX] if allow_bin else [])
     extra = "" if allow_bin else f" ({BIN_WEIGHTS} was not considered: allow_bin=False)"
     raise FileNotFoundError(f"No weights in {name_or_path}: looked for {looked}{extra}.")
@@ -209,11 +213,12 @@ def load_into(
     dtype: torch.dtype | None = None,
     ignore_mismatched_sizes: bool = False,
     allow_bin: bool = True,
+    hub: HubOptions | None = None,
 ) -> tuple[nn.Module, LoadingInfo]:
     """Build `model_cls(config)` on the meta device and fill it from the checkpoint's files."""
     dtype = dtype or torch.float32
     table: CheckpointTable = model_cls.checkpoint_table
-    files, safe = checkpoint_files(name_or_path, allow_bin=allow_bin)
+    files, safe = checkpoint_files(name_or_path, allow_bin=allow_bin, hub=hub)
     reader = _Reader(files, safe)
     info = LoadingInfo(files=[f.name for f in files])
 

@@ -237,11 +237,20 @@ class PretrainedConfig:
             raise ConfigError(f"{path}: {e}") from None
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **overrides: Any) -> PretrainedConfig:
-        """Read `config.json` of a checkpoint folder, with keyword overrides as in HF."""
-        from factory.hub import resolve_file
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        **overrides: Any,
+    ) -> PretrainedConfig:
+        """Read `config.json` of a checkpoint folder or hub id, with keyword overrides as in HF."""
+        from factory.hub import HubOptions, resolve_file
 
-        return cls.from_json_file(resolve_file(name_or_path, CONFIG_NAME), **overrides)
+        hub = HubOptions(revision, cache_dir, local_files_only)
+        return cls.from_json_file(resolve_file(name_or_path, CONFIG_NAME, hub=hub), **overrides)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         from factory.checkpoint import atomic_write_text

@@ -12,6 +12,7 @@ from torch import nn
 
 from factory.checkpoint import CheckpointTable, load_into, save_state
 from factory.config import ConfigError, PretrainedConfig
+from factory.hub import HubOptions
 
 logger = logging.getLogger(__name__)
 
@@ -100,16 +101,26 @@ class PreTrainedModel(nn.Module):
         ignore_mismatched_sizes: bool = False,
         allow_bin: bool = True,
         dtype: torch.dtype | None = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
         **config_overrides: Any,
     ):
-        """Load a Hugging Face checkpoint folder into this class.
+        """Load a Hugging Face checkpoint (a folder, or a hub id with `revision`/`cache_dir`) into this class.
 
         Keyword arguments that are config keys override `config.json` (`num_labels=3`,
         `num_hidden_layers=10`: the first 10 layers load, the rest are reported as dropped). Weights are
         loaded in float32 unless `dtype` says otherwise. `allow_bin=False` refuses `pytorch_model.bin`.
         """
+        hub = HubOptions(revision, cache_dir, local_files_only)
         if config is None:
-            config = cls.config_class.from_pretrained(name_or_path, **config_overrides)
+            config = cls.config_class.from_pretrained(
+                name_or_path,
+                revision=revision,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+                **config_overrides,
+            )
         elif config_overrides:
             config = config.replace(**config_overrides)
         model, info = load_into(
@@ -119,6 +130,7 @@ class PreTrainedModel(nn.Module):
             dtype=dtype,
             ignore_mismatched_sizes=ignore_mismatched_sizes,
             allow_bin=allow_bin,
+            hub=hub,
         )
         model.eval()
         return (model, info.as_dict()) if output_loading_info else model

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import tokenizers
 
-from factory.hub import resolve_file
+from factory.hub import HubOptions, resolve_file
 
 if TYPE_CHECKING:
     import torch
@@ -120,11 +120,13 @@ _UNSAVED_CONFIG_KEYS = (
 )
 
 
-def resolve_files(path: str | os.PathLike, filenames: Sequence[str]) -> dict[str, str | None]:
+def resolve_files(
+    path: str | os.PathLike, filenames: Sequence[str], hub: HubOptions | None = None
+) -> dict[str, str | None]:
     """`{filename: local path, or None when the checkpoint lacks it}`, through `factory.hub`."""
     found = {}
     for name in filenames:
-        full = resolve_file(path, name, required=False)
+        full = resolve_file(path, name, required=False, hub=hub)
         found[name] = os.fspath(full) if full is not None else None
     return found
 
@@ -450,13 +452,16 @@ class Tokenizer:
             FileNotFoundError: the folder or its tokenizer.json is missing.
             ValueError: an unknown keyword argument or an invalid config value.
         """
+        hub = HubOptions(
+            **{k: kwargs.pop(k) for k in ("revision", "cache_dir", "local_files_only") if k in kwargs}
+        )
         unknown = set(kwargs) - _LOAD_KWARGS - _IGNORED_LOAD_KWARGS
         if unknown:
             raise ValueError(
                 f"Unknown from_pretrained argument(s) {sorted(unknown)}; valid: {sorted(_LOAD_KWARGS)}."
             )
         names = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE, MODEL_CONFIG_FILE)
-        files = resolve_files(path, names)
+        files = resolve_files(path, names, hub)
         if files[TOKENIZER_FILE] is None:
             raise FileNotFoundError(
                 f"No {TOKENIZER_FILE} in {os.fspath(path)!r} (looked for {', '.join(names[:3])}). "
