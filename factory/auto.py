@@ -10,7 +10,7 @@ from factory import registry
 from factory.config import CONFIG_NAME, ConfigError, PretrainedConfig
 from factory.hub import HubOptions, resolve_file
 
-_LOAD_ARGS = ("config", "output_loading_info", "ignore_mismatched_sizes", "allow_bin", "dtype")
+_LOAD_ARGS = ("config", "output_loading_info", "ignore_mismatched_sizes", "allow_bin", "dtype", "layers")
 _HUB_ARGS = ("revision", "cache_dir", "local_files_only")
 
 

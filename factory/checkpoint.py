@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from factory.hub import HubOptions, resolve_file
 
@@ -79,6 +80,7 @@ class LoadingInfo:
     unexpected_keys: list[str] = field(default_factory=list)  # in the file, dropped
     mismatched_keys: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     dropped_layers: list[int] = field(default_factory=list)
+    kept_layers: dict[str, list[int]] = field(default_factory=dict)  # stack -> file layers kept, in order
     files: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -87,6 +89,7 @@ class LoadingInfo:
             "unexpected_keys": self.unexpected_keys,
             "mismatched_keys": self.mismatched_keys,
             "dropped_layers": self.dropped_layers,
+            "kept_layers": self.kept_layers,
             "files": self.files,
             "error_msgs": [],
         }
@@ -198,11 +201,58 @@ def _align_prefix(keys: list[str], expected: set[str], prefix: str) -> dict[str,
     }
 
 
-def _layer_of(table: CheckpointTable, key: str) -> int | None:
-    if table.layer is None:
-        return None
-    m = re.search(table.layer, key)
-    return int(m.group(1)) if m else None
+LAYER_CHOICES = ("first", "last", "even")
+
+
+def select_layers(
+    n_file: int, n_model: int, choice: str | list[int] | tuple[int, ...] = "first"
+) -> list[int]:
+    """Which of a checkpoint's `n_file` layers fill a model of `n_model` layers, in order.
+
+    `first` (HF's behaviour), `last`, `even` (spread evenly, first and last included), or explicit indices.
+    """
+    if isinstance(choice, str):
+        if choice == "first":
+            return list(range(n_model))
+        if choice == "last":
+            return list(range(n_file - n_model, n_file))
+        if choice == "even":
+            if n_model == 1:
+                return [0]
+            return [round(i * (n_file - 1) / (n_model - 1)) for i in range(n_model)]
+        raise ValueError(
+            f"layers={choice!r} is not valid: expected one of {list(LAYER_CHOICES)} or a list of indices."
+        )
+    chosen = [int(i) for i in choice]
+    if len(chosen) != n_model or len(set(chosen)) != n_model or not all(0 <= i < n_file for i in chosen):
+        raise ValueError(
+            f"layers={chosen} is not valid: expected {n_model} distinct indices in [0, {n_file}) "
+            f"(the model has {n_model} layers, the checkpoint {n_file})."
+        )
+    return chosen
+
+
+class _SkipMetaInit(TorchFunctionMode):
+    """Skip weight initialisation on meta tensors while a model is built to be loaded.
+
+    Meta tensors hold no data, so `reset_parameters` and `_init_weights` achieve nothing there, yet torch
+    runs `normal_` on meta through its Python decompositions, whose first call imports `torch._dynamo`
+    (0.8 s of a cold start here). What the file does not supply is initialised for real by `_materialize`.
+    """
+
+    _TENSOR_INITS = frozenset(
+        {torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.fill_, torch.Tensor.zero_}
+    )
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._TENSOR_INITS or (
+            getattr(func, "__module__", None) == "torch.nn.init" and func.__name__.endswith("_")
+        ):
+            target = args[0] if args else kwargs.get("tensor")
+            if isinstance(target, torch.Tensor) and target.is_meta:
+                return target
+        return func(*args, **kwargs)
 
 
 def load_into(
@@ -214,15 +264,20 @@ def load_into(
     ignore_mismatched_sizes: bool = False,
     allow_bin: bool = True,
     hub: HubOptions | None = None,
+    layers: str | list[int] = "first",
 ) -> tuple[nn.Module, LoadingInfo]:
-    """Build `model_cls(config)` on the meta device and fill it from the checkpoint's files."""
+    """Build `model_cls(config)` on the meta device and fill it from the checkpoint's files.
+
+    A model shallower than the checkpoint takes the layers `layers` chooses (see `select_layers`) and
+    reports the others as dropped; a deeper one is an error unless `ignore_mismatched_sizes`.
+    """
     dtype = dtype or torch.float32
     table: CheckpointTable = model_cls.checkpoint_table
     files, safe = checkpoint_files(name_or_path, allow_bin=allow_bin, hub=hub)
     reader = _Reader(files, safe)
     info = LoadingInfo(files=[f.name for f in files])
 
-    with torch.device("meta"):
+    with torch.device("meta"), _SkipMetaInit():
         model = model_cls(config)
     expected = model.state_dict()  # names -> meta tensors (tied names appear once each)
     groups = [tuple(g) for g in model.tied_groups()]
@@ -235,18 +290,16 @@ def load_into(
             continue
         renamed[key] = table.rename(key)
     aligned = _align_prefix(list(renamed.values()), known, model.base_model_prefix)
+    renumber = _layer_plan(
+        table, model, aligned.values(), layers, ignore_mismatched_sizes, name_or_path, info
+    )
     source: dict[str, str] = {}  # model key -> file key
     for file_key, name in renamed.items():
-        target = aligned[name]
+        target = renumber(aligned[name])
         if target in known:
             source[target] = file_key
         else:
-            layer = _layer_of(table, target)
-            if layer is not None and layer >= model.num_layers_for(target):
-                if layer not in info.dropped_layers:
-                    info.dropped_layers.append(layer)
             info.unexpected_keys.append(file_key)
-    info.dropped_layers.sort()
 
     def read(model_key: str) -> torch.Tensor:
         t = reader.get(source[model_key])
@@ -317,6 +370,46 @@ def load_into(
             else "",
         )
     return model, info
+
+
+def _layer_plan(table, model, targets, layers, ignore_mismatched_sizes, name_or_path, info: LoadingInfo):
+    """Plan which file layer fills which model layer; returns a function renaming a key accordingly."""
+    if table.layer is None:
+        return lambda key: key
+    stacks: dict[str, int] = {}  # key prefix up to the layer index -> layers in the file
+    for key in targets:
+        m = re.search(table.layer, key)
+        if m:
+            prefix = key[: m.start(1)]
+            stacks[prefix] = max(stacks.get(prefix, 0), int(m.group(1)) + 1)
+    plan: dict[str, dict[int, int]] = {}
+    dropped: set[int] = set()
+    for prefix, n_file in stacks.items():
+        n_model = model.num_layers_for(prefix)
+        if n_model > n_file and not ignore_mismatched_sizes:
+            raise CheckpointError(
+                f"{name_or_path} has {n_file} layers in {prefix}* but the model asks for {n_model} "
+                f"(num_hidden_layers): a deeper model than its checkpoint would start with random layers. "
+                f"Ask for at most {n_file}, or pass ignore_mismatched_sizes=True to initialise the rest afresh."
+            )
+        kept = select_layers(n_file, min(n_model, n_file), layers)
+        plan[prefix] = {old: new for new, old in enumerate(kept)}
+        if n_model < n_file:
+            info.kept_layers[prefix.rstrip(".")] = kept
+            dropped.update(i for i in range(n_file) if i not in kept)
+    info.dropped_layers = sorted(dropped)
+
+    def renumber(key: str) -> str:
+        m = re.search(table.layer, key)
+        if not m:
+            return key
+        prefix = key[: m.start(1)]
+        new = plan[prefix].get(int(m.group(1)))
+        if new is None:
+            return key + "#dropped"  # matches no parameter: reported as unexpected
+        return f"{prefix}{new}{key[m.end(1) :]}"
+
+    return renumber
 
 
 def _summarise(keys: list[str], limit: int = 6) -> str:

@@ -104,12 +104,14 @@ class PreTrainedModel(nn.Module):
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool = False,
+        layers: str | list[int] = "first",
         **config_overrides: Any,
     ):
         """Load a Hugging Face checkpoint (a folder, or a hub id with `revision`/`cache_dir`) into this class.
 
         Keyword arguments that are config keys override `config.json` (`num_labels=3`,
-        `num_hidden_layers=10`: the first 10 layers load, the rest are reported as dropped). Weights are
+        `num_hidden_layers=10`: the layers `layers` picks, first 10 by default, load and the rest are
+        reported as dropped). Weights are
         loaded in float32 unless `dtype` says otherwise. `allow_bin=False` refuses `pytorch_model.bin`.
         """
         hub = HubOptions(revision, cache_dir, local_files_only)
@@ -131,6 +133,7 @@ class PreTrainedModel(nn.Module):
             ignore_mismatched_sizes=ignore_mismatched_sizes,
             allow_bin=allow_bin,
             hub=hub,
+            layers=layers,
         )
         model.eval()
         return (model, info.as_dict()) if output_loading_info else model

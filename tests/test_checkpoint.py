@@ -247,3 +247,63 @@ def test_parse_size():
     assert parse_size("5GB") == 5 * 10**9 and parse_size("2GiB") == 2 * 2**30 and parse_size(100) == 100
     with pytest.raises(ValueError, match="max_shard_size='lots'"):
         parse_size("lots")
+
+
+@pytest.mark.parametrize(
+    "layers, kept", [("first", [0, 1]), ("last", [1, 2]), ("even", [0, 2]), ([2, 0], [2, 0])]
+)
+def test_layer_choice_on_a_shallower_model(bert_dir, layers, kept):
+    model, info = BertModel.from_pretrained(
+        bert_dir, num_hidden_layers=2, layers=layers, output_loading_info=True
+    )
+    assert info["kept_layers"] == {"encoder.layer": kept}
+    assert info["dropped_layers"] == sorted({0, 1, 2} - set(kept))
+    state = weights(bert_dir)
+    for new, old in enumerate(kept):
+        assert_close(
+            model.encoder["layer"][new].output["dense"].weight,
+            state[f"encoder.layer.{old}.output.dense.weight"],
+        )
+
+
+def test_bad_layer_choices_and_deeper_models(bert_dir):
+    with pytest.raises(
+        ValueError, match=r"layers='middle' is not valid: expected one of \['first', 'last', 'even'\]"
+    ):
+        BertModel.from_pretrained(bert_dir, num_hidden_layers=2, layers="middle")
+    with pytest.raises(
+        ValueError, match=r"layers=\[0, 7\] is not valid: expected 2 distinct indices in \[0, 3\)"
+    ):
+        BertModel.from_pretrained(bert_dir, num_hidden_layers=2, layers=[0, 7])
+    with pytest.raises(CheckpointError, match=r"has 3 layers in encoder.layer.\* but the model asks for 5"):
+        BertModel.from_pretrained(bert_dir, num_hidden_layers=5)
+    model, info = BertModel.from_pretrained(
+        bert_dir, num_hidden_layers=4, ignore_mismatched_sizes=True, output_loading_info=True
+    )
+    assert {k for k in info["missing_keys"] if not k.startswith("encoder.layer.3.")} == set()
+    assert info["missing_keys"]
+
+
+def test_layer_choice_applies_to_both_bart_stacks(tmp_path):
+    torch.manual_seed(0)
+    hf = transformers.BartModel(
+        transformers.BartConfig(
+            vocab_size=99,
+            d_model=16,
+            encoder_layers=4,
+            decoder_layers=3,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=20,
+            decoder_ffn_dim=20,
+            max_position_embeddings=32,
+        )
+    )
+    hf.save_pretrained(tmp_path)
+    from factory import BartModel
+
+    model, info = BartModel.from_pretrained(
+        tmp_path, num_hidden_layers=2, layers="last", output_loading_info=True
+    )
+    assert info["kept_layers"] == {"encoder.layers": [2, 3], "decoder.layers": [1, 2]}
+    assert_close(model.decoder.layers[0].fc1.weight, hf.decoder.layers[1].fc1.weight)
