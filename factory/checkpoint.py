@@ -359,7 +359,10 @@ def load_into(
     info.missing_keys = _materialize(model, dtype)
     info.unexpected_keys.sort()
     if info.missing_keys or info.unexpected_keys or info.mismatched_keys:
-        logger.info(
+        # Random weights in a loaded model deserve the user's attention; dropped ones are routine.
+        level = logging.WARNING if info.missing_keys else logging.INFO
+        logger.log(
+            level,
             "Loaded %s from %s: newly initialised %s; dropped from file %s%s",
             model_cls.__name__,
             name_or_path,

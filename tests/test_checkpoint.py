@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 
 import pytest
 import safetensors.torch
@@ -47,10 +48,14 @@ def weights(path):
     return safetensors.torch.load_file(path / "model.safetensors")
 
 
-def test_headless_file_into_a_head_and_head_file_into_the_backbone(tmp_path, bert_dir):
-    clf, info = AutoModelForSequenceClassification.from_pretrained(
-        bert_dir, num_labels=3, output_loading_info=True
-    )
+def test_headless_file_into_a_head_and_head_file_into_the_backbone(tmp_path, bert_dir, caplog):
+    with caplog.at_level(logging.INFO, logger="factory.checkpoint"):
+        clf, info = AutoModelForSequenceClassification.from_pretrained(
+            bert_dir, num_labels=3, output_loading_info=True
+        )
+    [record] = [r for r in caplog.records if r.name == "factory.checkpoint"]
+    assert record.levelno == logging.WARNING
+    assert "newly initialised classifier.weight, classifier.bias" in record.getMessage()
     assert info["missing_keys"] == ["classifier.weight", "classifier.bias"]
     assert not info["unexpected_keys"]
     assert_close(
