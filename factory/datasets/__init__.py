@@ -1,0 +1,1 @@
+"""The small datasets shipped with factory, one folder per head; `generate.py` writes them."""
