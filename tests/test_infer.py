@@ -1,0 +1,387 @@
+# Run: python -m pytest tests/test_infer.py   (offline, CPU, under a minute)
+"""factory.inference and infer.py on tiny random model folders of every arch and head."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import factory.inference
+import factory.models.bart  # noqa: F401  (explicit until every architecture is wired into factory.models)
+import factory.models.gpt2  # noqa: F401
+from factory.build import build_model
+from factory.inference import (
+    INFER_DEFAULTS,
+    INFER_OPTIONS,
+    InferenceError,
+    load_predictor,
+    parse_args,
+    run,
+    sampling_mode,
+)
+from factory.tokenizer_training import special_token_ids, train_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+ARCHS = ("bert", "gpt2", "bart")
+HEADS = ("seqcls", "qa", "causal_lm", "base")
+LABELS = {0: "negative", 1: "positive", 2: "neutral"}
+TEXTS = [
+    "a great movie with a good story",
+    "the film was bad and boring",
+    "once upon a time there was a king",
+    "the king lived in a castle near the sea",
+    "what a wonderful day it was for a walk",
+] * 20
+QUESTION, CONTEXT = "where did the king live?", "Once upon a time the king lived in a castle near the sea."
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    """`{(arch, head): folder}`: random tiny models saved with their trained tokenizers (nothing trained)."""
+    root = tmp_path_factory.mktemp("models")
+    dirs = {}
+    for arch in ARCHS:
+        tok = train_tokenizer(arch, TEXTS, vocab_size=120 if arch == "bert" else 300)
+        for head in HEADS:
+            extra = dict(vocab_size=len(tok), **special_token_ids(tok))
+            if head == "seqcls":
+                extra["id2label"] = LABELS
+            if head == "causal_lm":
+                extra["is_decoder"] = True  # as the training pipeline sets it (BERT needs it to be causal)
+            arch_cfg = dict(
+                model_type=arch,
+                num_hidden_layers=2,
+                hidden_size=32,
+                num_attention_heads=2,
+                max_position_embeddings=128,
+            )
+            _, model = build_model(arch_cfg, head, seed=0, **extra)
+            folder = root / f"{arch}_{head}"
+            model.save_pretrained(folder)
+            tok.save_pretrained(folder)
+            dirs[arch, head] = folder
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def predictors(model_dirs):
+    return {key: load_predictor(folder) for key, folder in model_dirs.items()}
+
+
+# ---- loading ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("head", HEADS)
+def test_head_comes_from_config_architectures(predictors, model_dirs, arch, head):
+    p = predictors[arch, head]
+    assert p.head == head
+    saved = json.loads((model_dirs[arch, head] / "config.json").read_text())
+    assert type(p.model).__name__ == saved["architectures"][0]
+    assert not p.model.training
+
+
+def test_run_dir_uses_its_model_folder(model_dirs, tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    model = run_dir / "model"
+    model.mkdir()
+    for f in model_dirs["bert", "seqcls"].iterdir():
+        (model / f.name).write_bytes(f.read_bytes())
+    assert load_predictor(run_dir).path == str(model)
+
+
+def test_missing_or_empty_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nope"))):
+        load_predictor(tmp_path / "nope")
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"neither model/config\.json .* it holds: \['checkpoints'\]"):
+        load_predictor(tmp_path / "empty")
+
+
+# ---- heads ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_classify_gives_labels_and_probabilities(predictors, arch):
+    p = predictors[arch, "seqcls"]
+    texts = ["a great movie", "the film was bad and boring, so boring", "king"]
+    results = p.classify(texts)
+    assert [set(r) for r in results] == [{"label", "score"}] * 3
+    for text, r in zip(texts, results):
+        # Each row alone gives the same answer as in a padded batch, and the score is the softmax maximum.
+        enc = p.tokenizer([text], return_tensors="pt")
+        inputs = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        with torch.no_grad():
+            probs = p.model(**inputs).logits.softmax(-1)[0]
+        assert r["label"] == LABELS[int(probs.argmax())]
+        assert r["score"] == pytest.approx(float(probs.max()), abs=1e-5)
+    pairs = p.classify(["a great movie"], ["the film was bad"])
+    assert pairs[0]["label"] in LABELS.values()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("max_length", [None, 24], ids=["one_window", "many_windows"])
+def test_answer_spans_index_the_context(predictors, arch, max_length):
+    p = predictors[arch, "qa"]
+    long_context = " ".join([CONTEXT] * 4)
+    results = p.answer([QUESTION, QUESTION], [CONTEXT, long_context], max_length=max_length, stride=4)
+    for context, r in zip([CONTEXT, long_context], results):
+        assert set(r) == {"answer", "score", "start", "end"}
+        assert 0 <= r["start"] <= r["end"] <= len(context)
+        assert context[r["start"] : r["end"]] == r["answer"]
+        assert r["answer"] and math.isfinite(r["score"])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_generate_continues_each_prompt(predictors, arch):
+    p = predictors[arch, "causal_lm"]
+    prompts = ["once upon a time", "the king", "what a wonderful day it was for"]
+    batch = p.generate(prompts, max_new_tokens=6)
+    assert all(text.startswith(prompt) for text, prompt in zip(batch, prompts))
+    # Left padding in the batch changes nothing: each prompt alone gives the same greedy text.
+    assert batch == [p.generate([prompt], max_new_tokens=6)[0] for prompt in prompts]
+    sampled = p.generate(prompts, max_new_tokens=6, temperature=0.9, top_p=0.95, seed=0)
+    assert sampled == p.generate(prompts, max_new_tokens=6, temperature=0.9, top_p=0.95, seed=0)
+    assert p.generate(prompts, max_new_tokens=6, temperature=0.0) == batch
+    assert p.generate(prompts, max_new_tokens=6, do_sample=True, top_k=1, seed=3) == batch
+    assert isinstance(p.generate([""], max_new_tokens=2)[0], str)  # starts from the document separator
+
+
+def test_generated_text_matches_transformers_pipeline_of_the_same_folder(model_dirs, predictors):
+    transformers = pytest.importorskip("transformers")
+    folder = model_dirs["gpt2", "causal_lm"]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    prompt = "once upon a time"
+    ids = tok(prompt, return_tensors="pt")
+    out = hf.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert predictors["gpt2", "causal_lm"].generate([prompt], max_new_tokens=12) == [
+        tok.decode(out[0], skip_special_tokens=True)
+    ]
+
+
+@pytest.mark.parametrize("arch, eos", [("gpt2", "<|endoftext|>"), ("bart", "</s>"), ("bert", "[SEP]")])
+def test_generation_stops_at_the_document_separator_of_training(predictors, monkeypatch, arch, eos):
+    # Training joins documents with eos, or [SEP] for BERT (no eos): that token ends a generation.
+    p = predictors[arch, "causal_lm"]
+    seen = {}
+    real = factory.inference.generate
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(factory.inference, "generate", spy)
+    p.generate(["the king"], max_new_tokens=2)
+    assert seen["eos_token_id"] == p.tokenizer.convert_tokens_to_ids(eos)
+
+
+def test_generation_past_the_position_limit_is_a_clear_error(predictors):
+    with pytest.raises(ValueError, match=r"max_position_embeddings=128; use max_new_tokens <= \d+"):
+        predictors["gpt2", "causal_lm"].generate(["the king"], max_new_tokens=200)
+
+
+def test_embed_matches_sentence_transformers_pooling(minilm_path):
+    transformers = pytest.importorskip("transformers")
+    p = load_predictor(minilm_path)
+    assert p.head == "base"
+    texts = ["a great movie", "the film was bad and boring"]
+    got = torch.tensor(p.embed(texts))
+    tok = transformers.AutoTokenizer.from_pretrained(minilm_path)
+    hf = transformers.AutoModel.from_pretrained(minilm_path).eval()
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = hf(**enc).last_hidden_state
+    mask = enc["attention_mask"].unsqueeze(-1).float()
+    torch.testing.assert_close(got, (hidden * mask).sum(1) / mask.sum(1), rtol=1e-4, atol=1e-4)
+
+
+def test_predict_dispatches_on_the_head(predictors):
+    assert set(predictors["bert", "seqcls"].predict({"text": "a great movie"})) == {"label", "score"}
+    qa = predictors["bart", "qa"].predict({"question": QUESTION, "context": CONTEXT, "id": "x"})
+    assert set(qa) == {"answer", "score", "start", "end"}
+    gen = predictors["gpt2", "causal_lm"].predict({"prompt": "the king"}, max_new_tokens=3)
+    assert gen["generated_text"].startswith("the king")
+    assert len(predictors["bert", "base"].predict({"text": "king"})["embedding"]) == 32
+
+
+def test_wrong_record_or_method_names_what_the_head_reads(predictors):
+    with pytest.raises(
+        InferenceError, match=r"no string 'prompt'.*GPT2LMHeadModel \(causal_lm head\).*\['text'\]"
+    ):
+        predictors["gpt2", "causal_lm"].predict({"text": "the king"})
+    with pytest.raises(InferenceError, match=r"classify\(\) needs a seqcls model.*use answer\(\)"):
+        predictors["bert", "qa"].classify(["a great movie"])
+
+
+# ---- the command line, in process -------------------------------------------------------------------
+
+
+def test_parse_args_types_values_like_hydra():
+    opts = parse_args(
+        ["model=/m", "prompt=Once upon", "max_new_tokens=40", "temperature=0.8", "top_p=0.9", "+seed=3"]
+        + ["do_sample=true", "top_k=null", "text='quoted 1'"]
+    )
+    assert opts == dict(
+        model="/m",
+        prompt="Once upon",
+        max_new_tokens=40,
+        temperature=0.8,
+        top_p=0.9,
+        seed=3,
+        do_sample=True,
+        top_k=None,
+        text="quoted 1",
+    )
+    assert parse_args(["text=123"])["text"] == "123"  # text keys stay strings
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["max_new_token=5"],
+            r"Unknown key 'max_new_token'. Did you mean 'max_new_tokens'.* Valid keys: \['model'",
+        ),
+        (["temprature=1"], r"Did you mean 'temperature'"),
+        (["max_new_tokens=lots"], r"max_new_tokens='lots' is not valid: expected an integer"),
+        (["top_p=nan"], r"top_p='nan' is not valid: expected a finite number"),
+        (["do_sample=maybe"], r"do_sample='maybe' is not valid: expected true or false"),
+        (["text"], r"Argument 'text' is not key=value"),
+        (["seed=1", "seed=2"], r"Key 'seed' is given twice"),
+    ],
+)
+def test_parse_args_errors(argv, message):
+    with pytest.raises(InferenceError, match=message):
+        parse_args(argv)
+
+
+def test_infer_yaml_documents_exactly_the_options():
+    yaml = pytest.importorskip("yaml")
+    documented = yaml.safe_load((REPO / "conf" / "infer.yaml").read_text())
+    assert documented == INFER_DEFAULTS
+    assert list(documented) == list(INFER_OPTIONS)
+
+
+@pytest.mark.parametrize(
+    "do_sample, temperature, top_k, top_p, expected",
+    [
+        (None, None, None, None, (False, 1.0)),  # a bare prompt is greedy
+        (None, 0.0, None, None, (False, 1.0)),
+        (None, 0.0, 5, 0.9, (False, 1.0)),  # temperature 0 wins: greedy
+        (None, 0.8, None, None, (True, 0.8)),
+        (None, None, None, 0.9, (True, 1.0)),
+        (None, None, 10, None, (True, 1.0)),
+        (False, 0.8, None, 0.9, (False, 1.0)),
+        (True, None, None, None, (True, 1.0)),
+    ],
+)
+def test_sampling_rule(do_sample, temperature, top_k, top_p, expected):
+    assert sampling_mode(do_sample, temperature, top_k, top_p) == expected
+
+
+def test_run_reads_and_writes_jsonl(model_dirs, tmp_path):
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    rows = [{"question": QUESTION, "context": CONTEXT}, {"question": "who?", "context": "the king was old"}]
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    n = run(
+        dict(model=str(model_dirs["bert", "qa"]), input=str(src), output=str(dst), batch_size=1),
+        io.StringIO(),
+    )
+    out = [json.loads(line) for line in dst.read_text().splitlines()]
+    assert n == 2 and len(out) == 2
+    assert all(r["context"][o["start"] : o["end"]] == o["answer"] for r, o in zip(rows, out))
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (['{"question": "q", "context": "c"}', "{not json"], r"in\.jsonl:2: not valid JSON"),
+        (
+            ['{"question": "q", "context": "c"}', '{"text": "t"}'],
+            r"in\.jsonl:2: no string 'question' / 'context'",
+        ),
+        (["[1, 2]"], r"in\.jsonl:1: expected a JSON object, got list"),
+    ],
+)
+def test_bad_records_name_file_and_line(model_dirs, tmp_path, lines, message):
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InferenceError, match=message):
+        run(dict(model=str(model_dirs["bert", "qa"]), input=str(src)), io.StringIO())
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(text="a"), r"model= is required"),
+        (dict(model="m"), r"Nothing to predict"),
+        (dict(model="m", question="q"), r"needs both question= and context=; context= is missing"),
+        (dict(model="m", text="a", prompt="b"), r"Give one kind of input"),
+        (dict(model="m", text="a", input="x.jsonl"), r"drop text="),
+        (dict(model="m", prompt="a", temperature=-1.0), r"temperature=-1.0 is not valid"),
+        (dict(model="m", prompt="a", do_sample=True, temperature=0.0), r"temperature=0 with do_sample=True"),
+        (dict(model="m", prompt="a", max_new_tokens=0), r"max_new_tokens=0 is not valid"),
+    ],
+)
+def test_option_errors_come_before_loading(options, message):
+    with pytest.raises(ValueError, match=message):
+        run(options, io.StringIO())
+
+
+# ---- infer.py in a subprocess -----------------------------------------------------------------------
+
+
+def _infer(*args: str, importtime: bool = False) -> subprocess.CompletedProcess:
+    flags = ["-X", "importtime"] if importtime else []
+    return subprocess.run(
+        [sys.executable, *flags, str(REPO / "infer.py"), *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_classifies_without_importing_lightning_or_hydra(model_dirs):
+    proc = _infer(f"model={model_dirs['bert', 'seqcls']}", "text=a great movie", importtime=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (line,) = proc.stdout.splitlines()
+    assert json.loads(line)["label"] in LABELS.values()
+    imported = {row.split("|")[-1].strip().split(".")[0] for row in proc.stderr.splitlines() if "|" in row}
+    assert "torch" in imported  # the import log was read
+    assert not imported & {"pytorch_lightning", "lightning", "hydra", "omegaconf", "transformers"}
+
+
+def test_cli_answers_and_generates(model_dirs):
+    proc = _infer(f"model={model_dirs['bart', 'qa']}", f"question={QUESTION}", f"context={CONTEXT}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    answer = json.loads(proc.stdout)
+    assert CONTEXT[answer["start"] : answer["end"]] == answer["answer"]
+    argv = ["prompt=Once upon", "max_new_tokens=5", "temperature=0.8", "top_p=0.9", "seed=1"]
+    runs = [_infer(f"model={model_dirs['gpt2', 'causal_lm']}", *argv) for _ in range(2)]
+    assert runs[0].returncode == 0, runs[0].stderr[-2000:]
+    assert json.loads(runs[0].stdout)["generated_text"].startswith("Once upon")
+    assert runs[0].stdout == runs[1].stdout  # seeded
+
+
+def test_cli_jsonl_in_and_out(model_dirs, tmp_path):
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["a great movie", "bad", "the king"]))
+    proc = _infer(f"model={model_dirs['gpt2', 'seqcls']}", f"input={src}", f"output={dst}", "batch_size=2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == ""
+    assert [set(json.loads(line)) for line in dst.read_text().splitlines()] == [{"label", "score"}] * 3
+
+
+def test_cli_errors_exit_1_with_a_message(model_dirs, tmp_path):
+    proc = _infer(f"model={model_dirs['bert', 'seqcls']}", "txt=a great movie")
+    assert proc.returncode == 1
+    assert "Unknown key 'txt'. Did you mean 'text'" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _infer(f"model={tmp_path / 'missing'}", "text=a")
+    assert proc.returncode == 1 and "is not a directory" in proc.stderr and "Traceback" not in proc.stderr
