@@ -46,12 +46,12 @@ def build_config(arch: Mapping[str, Any], path: str = "arch", **extra: Any) -> P
     except ConfigError as e:
         if e.key is None:
             raise
-        typed = _typed_name(cls, e.key, values)
+        typed = typed_name(cls, e.key, values)
         shown = values.get(typed, extra.get(typed, "<unset>"))
         raise ConfigError(f"{path}.{typed}={shown!r}: {e}", key=typed) from None
 
 
-def _typed_name(cls: type, key: str, values: Mapping[str, Any]) -> str:
+def typed_name(cls: type, key: str, values: Mapping[str, Any]) -> str:
     """The name the user typed for field `key` (a common name like `num_hidden_layers` maps to it)."""
     if key in values:
         return key
