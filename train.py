@@ -1,0 +1,33 @@
+"""Train a model: `python train.py [group=option ...] [key=value ...]`; the groups are in conf/.
+
+A thin shell over `factory.experiment.train`; returns the monitored metric, for Hydra's sweepers.
+"""
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from factory.config import ConfigError
+from factory.data import DataError
+from factory.experiment import check_overrides, hydra_overrides, train
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    try:
+        return train(cfg)
+    except (ConfigError, DataError) as e:  # the user's config or data: the message says it all
+        print(f"Error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    try:  # key typos, with the valid keys, before Hydra rejects them without saying what is valid
+        overrides, config_name = hydra_overrides(sys.argv[1:])
+        check_overrides(overrides, Path(__file__).parent / "conf", config_name)
+    except ConfigError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        sys.exit(1)
+    main()
