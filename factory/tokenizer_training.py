@@ -14,6 +14,7 @@ The result is a `factory.tokenizer.Tokenizer`; its `save_pretrained` folder load
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -93,19 +94,26 @@ def train_tokenizer(
 def _train_wordpiece(
     texts: Iterable[str], vocab_size: int, min_frequency: int
 ) -> tuple[RustTokenizer, dict[str, Any]]:
-    backend = RustTokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
-    backend.normalizer = normalizers.BertNormalizer(
+    normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
     )
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=_BERT_SPECIALS,
-        continuing_subword_prefix="##",
-        show_progress=False,
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    # The vocabulary is chosen here rather than by `tokenizers`' WordPieceTrainer, whose ties between
+    # equally frequent pieces fall differently in every process: a seeded run must get the same ids.
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for word in counts for c in word})
+    pieces = [*_BERT_SPECIALS, *chars, *(f"##{c}" for c in chars)]
+    # Then whole words by frequency (ties by spelling); a word outside the vocabulary splits into characters.
+    words = sorted(
+        (w for w, n in counts.items() if n >= min_frequency and len(w) > 1), key=lambda w: (-counts[w], w)
     )
-    backend.train_from_iterator(texts, trainer=trainer)
+    pieces.extend(words[: max(0, vocab_size - len(pieces))])
+    vocab = {piece: i for i, piece in enumerate(dict.fromkeys(pieces))}
+    backend = RustTokenizer(models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix="##"))
+    backend.normalizer = normalizer
+    backend.pre_tokenizer = pre_tokenizer
     cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
     backend.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
