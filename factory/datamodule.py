@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from factory import qa
-from factory.data import DataSplits, load_examples
+from factory.data import DataError, DataSplits, load_examples
 from factory.tokenizer import NO_MAX_LENGTH
 from factory.tokenizer_training import pad_token_id
 
@@ -151,14 +151,17 @@ class FactoryDataModule(pl.LightningDataModule):
 
     def _encode_qa(self, examples: Sequence[dict[str, Any]], train: bool) -> list[dict[str, Any]]:
         stride = self.data_cfg.get("stride") or max(1, self.max_length // 4)
-        windows = qa.encode_qa(
-            self.tokenizer,
-            [e["question"] for e in examples],
-            [e["context"] for e in examples],
-            [e["answers"] for e in examples],
-            max_length=self.max_length,
-            stride=stride,
-        )
+        try:
+            windows = qa.encode_qa(
+                self.tokenizer,
+                [e["question"] for e in examples],
+                [e["context"] for e in examples],
+                [e["answers"] for e in examples],
+                max_length=self.max_length,
+                stride=stride,
+            )
+        except ValueError as e:  # the settings do not fit the data: say which keys to change
+            raise DataError(f"data.max_length={self.max_length}, data.stride={stride}: {e}") from None
         keys = [k for k in (*qa.MODEL_INPUTS, "start_positions", "end_positions") if k in windows]
         rows = [{k: windows[k][i] for k in keys} for i in range(len(windows["input_ids"]))]
         if not train:
