@@ -53,7 +53,8 @@ class Option:
 
 # The keys of `infer.py`, in the order `--help` lists them. conf/infer.yaml mirrors them (tested).
 INFER_OPTIONS: dict[str, Option] = {
-    "model": Option(str, None, "run dir (uses <run>/model) or model dir; required"),
+    "model": Option(str, None, "run dir (uses <run>/model), model dir or hub id; required"),
+    "revision": Option(str, None, "hub ids: branch, tag or commit (default main)"),
     "text": Option(str, None, "seqcls: text to classify (base models: text to embed)"),
     "text_pair": Option(str, None, "seqcls: optional second text of a pair"),
     "question": Option(str, None, "qa: the question (with context=)"),
@@ -97,17 +98,30 @@ class InferenceError(ConfigError):
 # ---- loading ----------------------------------------------------------------------------------------
 
 
-def resolve_model_dir(model: str | os.PathLike) -> Path:
-    """The model folder of a run dir or model dir.
+def resolve_model_dir(model: str | os.PathLike, revision: str | None = None) -> Path:
+    """The model folder of a run dir, a model dir, or a hub id (its snapshot in the hub cache).
 
-    This is the one place a user-given model location becomes a folder; hub ids slot in here later.
+    This is the one place a user-given model location becomes a folder.
     """
     path = Path(model)
     if not path.is_dir():
-        raise FileNotFoundError(
-            f"model={str(model)!r} is not a directory: give a run dir (holding {MODEL_SUBDIR}/) or a model "
-            f"dir (holding {CONFIG_NAME}, weights and tokenizer files). Hub ids are not supported yet."
-        )
+        from factory.checkpoint import checkpoint_files
+        from factory.hub import HubOptions, resolve_file
+        from factory.tokenizer import TOKENIZER_FILES
+
+        hub = HubOptions(revision=revision)
+        try:
+            config = resolve_file(model, CONFIG_NAME, hub=hub)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(
+                f"model={str(model)!r}: {e} Give a run dir (holding {MODEL_SUBDIR}/), a model dir (holding "
+                f"{CONFIG_NAME}, weights and tokenizer files) or a hub id."
+            ) from None
+        # Only the files a prediction needs; they land in one snapshot folder of the hub cache.
+        checkpoint_files(model, hub=hub)
+        for name in TOKENIZER_FILES:
+            resolve_file(model, name, required=False, hub=hub)
+        return config.parent
     for folder in (path / MODEL_SUBDIR, path):
         if (folder / CONFIG_NAME).is_file():
             return folder
@@ -118,9 +132,11 @@ def resolve_model_dir(model: str | os.PathLike) -> Path:
     )
 
 
-def load_predictor(model: str | os.PathLike, device: str | torch.device = "cpu") -> Predictor:
-    """A `Predictor` for the model in a run dir or model dir; the head comes from config.json."""
-    folder = resolve_model_dir(model)
+def load_predictor(
+    model: str | os.PathLike, device: str | torch.device = "cpu", revision: str | None = None
+) -> Predictor:
+    """A `Predictor` for the model in a run dir, model dir or hub id; the head comes from config.json."""
+    folder = resolve_model_dir(model, revision)
     config = AutoConfig.from_pretrained(folder)
     if not config.architectures:
         raise InferenceError(
@@ -635,7 +651,7 @@ def run(options: Mapping[str, Any], stdout: TextIO) -> int:
         # on a busy machine its threads wait on each other at every op (10-100x slower, measured).
         threads = 1
     with _torch_threads(threads):
-        predictor = load_predictor(opts["model"], device=opts["device"])
+        predictor = load_predictor(opts["model"], device=opts["device"], revision=opts["revision"])
         if record is not None:
             try:
                 predictor.check_record(record)

@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
+TOKENIZER_FILES = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE)
 # Read only to pick the tokenizer class when tokenizer_config.json does not name one (the official gpt2
 # repository names none), see `_TOKENIZER_CLASSES`.
 MODEL_CONFIG_FILE = "config.json"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -341,10 +342,14 @@ def test_option_errors_come_before_loading(options, message):
 # ---- infer.py in a subprocess -----------------------------------------------------------------------
 
 
-def _infer(*args: str, importtime: bool = False) -> subprocess.CompletedProcess:
+def _infer(*args: str, importtime: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
     flags = ["-X", "importtime"] if importtime else []
     return subprocess.run(
-        [sys.executable, *flags, str(REPO / "infer.py"), *args], capture_output=True, text=True, timeout=120
+        [sys.executable, *flags, str(REPO / "infer.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -384,4 +389,21 @@ def test_cli_errors_exit_1_with_a_message(model_dirs, tmp_path):
     assert proc.returncode == 1
     assert "Unknown key 'txt'. Did you mean 'text'" in proc.stderr and "Traceback" not in proc.stderr
     proc = _infer(f"model={tmp_path / 'missing'}", "text=a")
-    assert proc.returncode == 1 and "is not a directory" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        proc.returncode == 1
+        and "is neither a local folder nor a hub id" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
+
+
+def test_hub_id_from_the_cache(tmp_path, model_dirs):
+    """`model=org/name` finds the snapshot in the hub cache (HF_HUB_OFFLINE=1), including by revision."""
+    from tests.test_hub import SHA_MAIN, add_snapshot
+
+    add_snapshot(tmp_path / "hub", "org/clf", model_dirs["bert", "seqcls"], SHA_MAIN, branch="v1")
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    proc = _infer("model=org/clf", "revision=v1", "text=a great movie", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert set(json.loads(proc.stdout)) >= {"label", "score"}
+    proc = _infer("model=org/clf", "text=a great movie", env=env)  # no 'main' branch in this cache
+    assert proc.returncode == 1 and "org/clf at revision 'main' is not in the hub cache" in proc.stderr
