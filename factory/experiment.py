@@ -16,7 +16,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from factory import registry
 from factory.build import build_config, build_model
 from factory.config import ConfigError, PretrainedConfig, did_you_mean
 from factory.lightning import FactoryModule, check_optim, config_values, plain_data
+from factory.pretrained import PretrainedInit, load_pretrained, merge_overrides, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +143,10 @@ class Plan:
     optim: dict[str, Any]
     trainer: dict[str, Any]
     seed: int
+    # init=pretrained: the typed init node, and the arch values the user set (not the YAML defaults).
+    pretrained: PretrainedInit | None = None
+    user_arch: dict[str, Any] = field(default_factory=dict)
+    arch_choice: str | None = None
 
 
 def resolve(cfg: DictConfig) -> Plan:
@@ -160,8 +165,8 @@ def resolve(cfg: DictConfig) -> Plan:
         raise ConfigError(f"init.name={init.get('name')!r} is not valid: expected one of {list(INITS)}.")
     if init["name"] == "pretrained" and OmegaConf.is_missing(cfg.init, "name_or_path"):
         raise ConfigError(
-            "init.name_or_path is not set: give a checkpoint folder or a cached hub name, "
-            "e.g. init=pretrained init.name_or_path=path/to/checkpoint."
+            "init.name_or_path is not set: give a checkpoint folder or a hub id, "
+            "e.g. init=pretrained init.name_or_path=bert-base-uncased."
         )
     seed = init.get("seed", 42)
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -170,16 +175,28 @@ def resolve(cfg: DictConfig) -> Plan:
     extra = {"is_decoder": True} if head == "causal_lm" else {}
     config = build_config(arch, **extra)
     registry.model_class(config.model_type, head)  # every registered arch has every head; say so if not
+    pretrained, user_arch, arch_choice = None, {}, None
+    if init["name"] == "pretrained":
+        # The checkpoint's config.json (no weights yet) decides the architecture; the user's values
+        # on top are checked now, so a bad combination fails before data or weights are read.
+        pretrained = PretrainedInit.from_mapping(init)
+        user_arch, arch_choice = user_set_arch(cfg, arch)
+        from factory.pretrained import checkpoint_config
+
+        ckpt, _ = checkpoint_config(pretrained)
+        config, _ = merge_overrides(ckpt, head, user_arch, pretrained, arch_choice=arch_choice)
+        config = config.replace(**extra)
     data = plain_data(cfg.data, "data")
     for key in ("batch_size", "max_length"):
         value = data.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ConfigError(f"data.{key}={value!r} is not valid: expected a positive integer.", key=key)
     positions = config.max_position_embeddings
-    if init["name"] == "random" and data["max_length"] > positions:
+    if data["max_length"] > positions:
         raise ConfigError(
-            f"data.max_length={data['max_length']} is longer than arch.max_position_embeddings={positions}: "
-            f"lower data.max_length or raise arch.max_position_embeddings.",
+            f"data.max_length={data['max_length']} is longer than arch.max_position_embeddings={positions}"
+            f"{' (the checkpoint' + chr(39) + 's)' if pretrained else ''}: lower data.max_length"
+            f"{'' if pretrained else ' or raise arch.max_position_embeddings'}.",
             key="max_length",
         )
     stride = data.get("stride")
@@ -200,7 +217,42 @@ def resolve(cfg: DictConfig) -> Plan:
                 f"{did_you_mean(key, valid)} Valid keys: {valid}.",
                 key=key,
             )
-    return Plan(head, arch, config, init, data, optim, trainer, seed)
+    return Plan(head, arch, config, init, data, optim, trainer, seed, pretrained, user_arch, arch_choice)
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def user_set_arch(cfg: DictConfig, arch: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The `arch` values a user set, and the arch they chose explicitly (None: the checkpoint decides).
+
+    A value counts as set when it differs from the arch group's YAML and the default experiment (the
+    command line, or a named experiment file), so `arch/*.yaml` never overrides a checkpoint. An arch
+    counts as chosen when `arch=` is on the command line or differs from train.yaml's default.
+    """
+    model_type = arch.get("model_type")
+    baseline: dict[str, Any] = {}
+    for path, node in (
+        (CONF_DIR / "arch" / f"{model_type}.yaml", None),
+        (CONF_DIR / "experiment" / "default.yaml", "arch"),
+    ):
+        if path.is_file():
+            values = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+            baseline.update((values.get(node) or {}) if node else values)
+    user = {k: v for k, v in arch.items() if k != "model_type" and (k not in baseline or baseline[k] != v)}
+    explicit = False
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        explicit = any(o.split("=")[0].lstrip("+~") == "arch" for o in HydraConfig.get().overrides.task)
+    default_arch = None
+    train_yaml = CONF_DIR / "train.yaml"
+    if train_yaml.is_file():
+        for entry in OmegaConf.to_container(OmegaConf.load(train_yaml)).get("defaults", []):
+            if isinstance(entry, dict) and "arch" in entry:
+                default_arch = entry["arch"]
+    explicit = explicit or (default_arch is not None and model_type != default_arch)
+    return user, (model_type if explicit else None)
 
 
 def run_dir_of(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> Path:
@@ -222,12 +274,7 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
     With init=random the vocab size is the tokenizer's target (`arch.vocab_size`), an upper bound.
     """
     plan = resolve(cfg)
-    if plan.init["name"] == "pretrained":
-        from factory.auto import AutoConfig
-
-        config = AutoConfig.from_pretrained(plan.init["name_or_path"])
-    else:
-        config = plan.config
+    config = plan.config  # with init=pretrained: the checkpoint's, with the user's overrides
     with torch.device("meta"):  # shapes only: nothing is allocated or initialised
         _, model = build_model(config_values(config), plan.head)
     n_params = model.num_parameters()
@@ -334,8 +381,8 @@ def _target_class(target: str) -> Any:
     return get_class(target)
 
 
-def _tokenizer_and_model(plan: Plan, splits: Any) -> tuple[Any, FactoryModule]:
-    """The tokenizer (trained, or the checkpoint's) and the module with the config it implies."""
+def _tokenizer_and_model(plan: Plan, splits: Any) -> tuple[Any, FactoryModule, dict[str, Any] | None]:
+    """The tokenizer (trained, or the checkpoint's), the module, and init=pretrained's load report."""
     from factory.data import texts_for_tokenizer
     from factory.tokenizer_training import special_token_ids, train_tokenizer
 
@@ -344,24 +391,17 @@ def _tokenizer_and_model(plan: Plan, splits: Any) -> tuple[Any, FactoryModule]:
         extra["is_decoder"] = True
     if head == "seqcls" and getattr(splits, "labels", None):
         extra["id2label"] = dict(enumerate(splits.labels))
-    if plan.init["name"] == "pretrained":
-        from factory.auto import AutoConfig
-        from factory.tokenizer import AutoTokenizer
-
-        path = plan.init["name_or_path"]
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        config = AutoConfig.from_pretrained(path, **extra)
-        # The checkpoint decides the architecture; the arch group's values are not applied on top (yet).
-        logger.info(
-            "init=pretrained: %s from %s; the arch group (%s) is not used.",
-            config.model_type,
-            path,
-            plan.config.model_type,
+    if plan.pretrained is not None:
+        config, model, tokenizer, report = load_pretrained(
+            plan.pretrained,
+            head,
+            user_arch=plan.user_arch,
+            arch_choice=plan.arch_choice,
+            labels=extra.pop("id2label", None),
+            extra=extra,
         )
-        torch.manual_seed(plan.seed)  # the new head's weights
-        model = registry.model_class(config.model_type, head).from_pretrained(path, config=config)
-        model.train()
-        return tokenizer, FactoryModule(config_values(model.config), head, plan.optim, plan.seed, model=model)
+        module = FactoryModule(config_values(config), head, plan.optim, plan.seed, model=model)
+        return tokenizer, module, report
     started = time.perf_counter()
     tokenizer = train_tokenizer(
         plan.config.model_type, texts_for_tokenizer(head, splits), plan.arch["vocab_size"]
@@ -372,7 +412,7 @@ def _tokenizer_and_model(plan: Plan, splits: Any) -> tuple[Any, FactoryModule]:
     extra["vocab_size"] = len(tokenizer)
     arch = {k: v for k, v in plan.arch.items() if k not in extra}
     config = build_config(arch, **extra)
-    return tokenizer, FactoryModule(config_values(config), head, plan.optim, plan.seed)
+    return tokenizer, FactoryModule(config_values(config), head, plan.optim, plan.seed), None
 
 
 def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
@@ -390,7 +430,9 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
     from factory.datamodule import FactoryDataModule
 
     splits = load_examples(plan.head, plan.data)
-    tokenizer, module = _tokenizer_and_model(plan, splits)
+    tokenizer, module, load_report = _tokenizer_and_model(plan, splits)
+    if load_report is not None:
+        write_report(load_report, out)
     datamodule = FactoryDataModule(
         plan.head,
         plan.data,

@@ -18,6 +18,7 @@ from factory.build import build_config
 from factory.config import ConfigError
 from factory.experiment import check_overrides, describe, estimate_memory, hydra_overrides, resolve, train
 from factory.lightning import accuracy_and_macro_f1, check_optim, lr_factor, parameter_groups
+from tests.conftest import tiny_config
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 ARCHS = sorted(registry.model_matrix())
@@ -44,7 +45,10 @@ def no_data(monkeypatch):
 @pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_arch_head_init_composes_and_resolves(arch, head, init, tmp_path):
-    extra = [f"init.name_or_path={tmp_path}"] if init == "pretrained" else []
+    extra = []
+    if init == "pretrained":  # resolving reads the checkpoint's config.json (and no weights)
+        tiny_config(arch, max_position_embeddings=512).save_pretrained(tmp_path)
+        extra = [f"init.name_or_path={tmp_path}"]
     cfg = compose_cfg(f"arch={arch}", f"head={head}", f"init={init}", *extra)
     assert cfg.arch.model_type == arch and cfg.head.name == head and cfg.init.name == init
     # The head brings its own data and metric; the checkpoint callback follows the metric.

@@ -16,7 +16,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import factory
-from factory import registry
+from factory import ConfigError, registry
 from factory.experiment import train
 from factory.lightning import FactoryModule
 from factory.tokenizer import AutoTokenizer
@@ -173,14 +173,27 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+def pretrained_cfg(checkpoint: Path, head: str, *more: str):
+    limits = [o for o in TINY if not o.startswith("arch.")]
+    return compose_cfg(
+        f"head={head}",
+        *limits,
+        *MAX_LENGTH[head],
+        "init=pretrained",
+        f"init.name_or_path={checkpoint}",
+        *more,
+    )
+
+
 @pytest.mark.parametrize("head", ["seqcls", "qa"])
 def test_init_pretrained_starts_from_the_checkpoint(tiny_checkpoint, head, tmp_path):
-    # arch=gpt2 is ignored: the checkpoint decides the architecture; so are the arch dims.
-    cfg = tiny_cfg("gpt2", head, "init=pretrained", f"init.name_or_path={tiny_checkpoint}", "optim.lr=1e-12")
+    # The checkpoint decides the architecture: the arch group's YAML values (bert-base) are not applied.
+    cfg = pretrained_cfg(tiny_checkpoint, head, "optim.lr=1e-12", "arch.hidden_dropout_prob=0.2")
     train(cfg, run_dir=tmp_path)
     assert_run_dir(tmp_path, head)
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["model_type"] == "bert" and config["hidden_size"] == 32
+    assert config["hidden_dropout_prob"] == 0.2  # a value the user set that keeps every shape applies
     assert (tmp_path / "model" / "tokenizer.json").read_text() == (
         tiny_checkpoint / "tokenizer.json"
     ).read_text()
@@ -189,6 +202,30 @@ def test_init_pretrained_starts_from_the_checkpoint(tiny_checkpoint, head, tmp_p
     # With lr ~0 the backbone is still the checkpoint's.
     key = "encoder.layer.0.attention.self.query.weight"
     torch.testing.assert_close(trained[f"bert.{key}"], start[key], atol=1e-6, rtol=0)
+    report = json.loads((tmp_path / "load_report.json").read_text())
+    new_head = {
+        "seqcls": ["classifier.weight", "classifier.bias"],
+        "qa": ["qa_outputs.weight", "qa_outputs.bias"],
+    }
+    assert report["newly_initialised"] == new_head[head] and report["overrides"]["hidden_dropout_prob"] == 0.2
+    assert report["files"]["model.safetensors"] and report["name_or_path"] == str(tiny_checkpoint)
+
+
+@pytest.mark.parametrize(
+    "more, pattern",
+    [
+        (["arch=gpt2"], r"arch=gpt2 disagrees with the checkpoint .* model_type='bert'"),
+        (["arch.hidden_size=64"], r"arch.hidden_size=64 differs from the checkpoint .* hidden_size=32"),
+        (["arch.num_hidden_layers=3"], r"arch.num_hidden_layers=3 asks for more layers than the checkpoint"),
+        (["+init.layer=even"], r"Unknown key init.layer. Did you mean 'layers'"),
+    ],
+)
+def test_init_pretrained_conflicts_fail_before_data(tiny_checkpoint, tmp_path, monkeypatch, more, pattern):
+    import factory.data
+
+    monkeypatch.setattr(factory.data, "load_examples", lambda *a, **k: pytest.fail("data was read"))
+    with pytest.raises(ConfigError, match=pattern):
+        train(pretrained_cfg(tiny_checkpoint, "seqcls", *more), run_dir=tmp_path)
 
 
 def test_fast_dev_run_preset_exports_without_checkpoints(tmp_path):
