@@ -19,14 +19,38 @@ _ACTIVATIONS = {
     "tanh": torch.tanh,
 }
 ACTIVATIONS = tuple(sorted(_ACTIVATIONS))
+# The same functions overwriting their argument: no second tensor of the (B, T, 4C) MLP width.
+_INPLACE = {
+    "gelu": lambda x: torch.ops.aten.gelu_(x),
+    "gelu_new": lambda x: torch.ops.aten.gelu_(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: torch.ops.aten.gelu_(x, approximate="tanh"),
+    "gelu_fast": lambda x: torch.ops.aten.gelu_(x, approximate="tanh"),
+    "relu": torch.relu_,
+    "silu": lambda x: F.silu(x, inplace=True),
+    "swish": lambda x: F.silu(x, inplace=True),
+    "tanh": torch.tanh_,
+}
 
 
-def activation(name: str):
-    """The activation function named as in HF configs (`hidden_act`, `activation_function`)."""
+def activation(name: str, inplace: bool = False):
+    """The activation function named as in HF configs (`hidden_act`, `activation_function`).
+
+    With `inplace=True` the function overwrites its argument whenever autograd is not recording it
+    (inference), which saves allocating and filling a second tensor of its size; give it only a fresh
+    tensor that nothing else reads.
+    """
     try:
-        return _ACTIVATIONS[name]
+        fn = _ACTIVATIONS[name]
     except KeyError:
         raise ValueError(f"Unknown activation {name!r}; valid: {list(ACTIVATIONS)}") from None
+    if not inplace:
+        return fn
+    fn_ = _INPLACE[name]
+
+    def maybe_inplace(x: torch.Tensor) -> torch.Tensor:
+        return fn(x) if torch.is_grad_enabled() and x.requires_grad else fn_(x)
+
+    return maybe_inplace
 
 
 def attention_mask_for_sdpa(

@@ -165,15 +165,18 @@ class BartEncoderLayer(nn.Module):
         self.fc1 = nn.Linear(c, config.encoder_ffn_dim)
         self.fc2 = nn.Linear(config.encoder_ffn_dim, c)
         self.final_layer_norm = nn.LayerNorm(c)
-        self.act = activation(config.activation_function)
+        self.act = activation(config.activation_function, inplace=True)
         self.dropout = nn.Dropout(config.dropout)
         self.activation_dropout = nn.Dropout(config.activation_dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        # Post-LN. Residuals are added into the fresh projection outputs (autograd does not keep them) and
+        # the activation works in place in inference, so no further (B, S, C) or (B, S, ffn) tensors. A
+        # forward hook that keeps a projection's output must clone it.
         y, _ = self.self_attn(x, mask, False)
-        x = self.self_attn_layer_norm(x + self.dropout(y))  # post-LN
+        x = self.self_attn_layer_norm(self.dropout(y).add_(x))
         h = self.activation_dropout(self.act(self.fc1(x)))
-        x = self.final_layer_norm(x + self.dropout(self.fc2(h)))
+        x = self.final_layer_norm(self.dropout(self.fc2(h)).add_(x))
         if x.dtype == torch.float16 and not torch.isfinite(x).all():  # HF clamps fp16 overflow here
             big = torch.finfo(x.dtype).max - 1000
             x = x.clamp(-big, big)
@@ -191,7 +194,7 @@ class BartDecoderLayer(nn.Module):
         self.fc1 = nn.Linear(c, config.decoder_ffn_dim)
         self.fc2 = nn.Linear(config.decoder_ffn_dim, c)
         self.final_layer_norm = nn.LayerNorm(c)
-        self.act = activation(config.activation_function)
+        self.act = activation(config.activation_function, inplace=True)
         self.dropout = nn.Dropout(config.dropout)
         self.activation_dropout = nn.Dropout(config.activation_dropout)
 
@@ -206,14 +209,15 @@ class BartDecoderLayer(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """`past` is (self_k, self_v) or (self_k, self_v, cross_k, cross_v); returns the same, updated."""
         past = past or ()
+        # As in the encoder layer: residuals added in place into fresh projection outputs.
         y, present = self.self_attn(x, self_mask, is_causal, past=past[:2])
-        x = self.self_attn_layer_norm(x + self.dropout(y))
+        x = self.self_attn_layer_norm(self.dropout(y).add_(x))
         if encoder_states is not None:  # as HF: no cross-attention without encoder states
             y, cross = self.encoder_attn(x, cross_mask, False, source=encoder_states, past=past[2:])
-            x = self.encoder_attn_layer_norm(x + self.dropout(y))
+            x = self.encoder_attn_layer_norm(self.dropout(y).add_(x))
             present = present + cross
         h = self.activation_dropout(self.act(self.fc1(x)))
-        x = self.final_layer_norm(x + self.dropout(self.fc2(h)))
+        x = self.final_layer_norm(self.dropout(self.fc2(h)).add_(x))
         return x, present
 
 

@@ -82,7 +82,7 @@ class BertLayer(nn.Module):
         self.output = nn.ModuleDict(
             dict(dense=nn.Linear(config.intermediate_size, c), LayerNorm=nn.LayerNorm(c, eps=eps))
         )
-        self.act = activation(config.hidden_act)
+        self.act = activation(config.hidden_act, inplace=True)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None, past: tuple | None):
@@ -92,9 +92,14 @@ class BertLayer(nn.Module):
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         mask, is_causal = attention_mask_for_sdpa(attention_mask, q.size(2), k.size(2), self.causal)
         y = attention(q, k, v, mask, is_causal, self.attn_dropout if self.training else 0.0)
-        x = ao["LayerNorm"](x + self.dropout(ao["dense"](y)))  # post-LN, as in the original BERT
-        h = self.act(self.intermediate["dense"](x))
-        x = self.output["LayerNorm"](x + self.dropout(self.output["dense"](h)))
+        # Post-LN, as in the original BERT. Residuals are added into the fresh projection outputs (which
+        # autograd does not keep): fewer (B, T, C) allocations, half the page faults of `x + dense(y)`.
+        # A forward hook that keeps a projection's output must clone it.
+        r = self.dropout(ao["dense"](y))
+        x = ao["LayerNorm"](r.add_(x))
+        h = self.act(self.intermediate["dense"](x))  # (B, T, 4C), activated in place in inference
+        r = self.dropout(self.output["dense"](h))
+        x = self.output["LayerNorm"](r.add_(x))
         return x, (k, v)
 
 

@@ -113,7 +113,7 @@ class GPT2MLP(nn.Module):
         inner = config.n_inner if config.n_inner is not None else 4 * config.n_embd
         self.c_fc = nn.Linear(config.n_embd, inner)
         self.c_proj = nn.Linear(inner, config.n_embd)
-        self.act = activation(config.activation_function)
+        self.act = activation(config.activation_function, inplace=True)  # on c_fc's fresh output
         self.dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
