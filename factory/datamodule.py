@@ -25,6 +25,8 @@ from torch.utils.data import DataLoader
 
 from factory import qa
 from factory.data import DataError, DataSplits, load_examples
+from factory.guards import check_rows
+from factory.resume import ResumableDataLoader
 from factory.tokenizer import NO_MAX_LENGTH
 from factory.tokenizer_training import pad_token_id
 
@@ -134,6 +136,8 @@ class FactoryDataModule(pl.LightningDataModule):
         self.train_rows = encode[self.head](splits.train, train=True)
         self.val_examples = list(splits.validation)
         self.val_rows = encode[self.head](splits.validation, train=False)
+        check_rows(self.train_rows, "training", splits.train_file, self.head, self.max_length)
+        check_rows(self.val_rows, "validation", splits.validation_file, self.head, self.max_length)
         logger.info(
             "Encoded %s data: %d train rows, %d validation rows (max_length=%d)",
             self.head,
@@ -224,8 +228,11 @@ class FactoryDataModule(pl.LightningDataModule):
     def _loader(self, rows: list[dict[str, Any]] | None, shuffle: bool) -> DataLoader:
         if rows is None:
             raise RuntimeError("Call setup() before asking for data loaders.")
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
+        # Both loaders draw from their own generator, never the global one (a DataLoader draws a seed for
+        # its workers at every pass): validating must not change the random numbers training sees next.
+        generator = torch.Generator().manual_seed(self.seed)
+        # The training loader's position in the epoch goes into checkpoints, for an exact resume.
+        return (ResumableDataLoader if shuffle else DataLoader)(
             _ListDataset(rows),
             batch_size=self.batch_size,
             shuffle=shuffle,

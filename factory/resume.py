@@ -1,0 +1,462 @@
+"""Exact resume: what `last.ckpt` holds beyond Lightning's own state, and checkpoints never half-written.
+
+Lightning's checkpoint holds the model, the optimizer, the schedulers and the loop counters. Continuing a
+killed run so that it ends with the same weights as an uninterrupted one also needs:
+
+- the random generators (torch CPU and CUDA, Python's `random`, NumPy's global one): `ResumeState` keeps
+  them as tensors and plain lists, so the checkpoint still loads with `torch.load(weights_only=True)`
+  (Lightning's own `_collect_rng_states` gives NumPy arrays, which it refuses);
+- where the training data stood: `ResumableDataLoader` remembers its shuffling generator at the start of
+  the epoch and how many batches of the epoch it gave out; a resumed run reshuffles the same way and skips
+  those batches by index (nothing is read or collated for them).
+
+`LastCheckpoint` writes `last.ckpt` every N optimizer steps (after validation when one follows the step:
+Lightning does not rerun a validation that a resumed run finds pending), and `AtomicCheckpointIO` writes
+every checkpoint to a temporary file in the target folder, fsyncs it and renames it into place, so a full
+disk or a kill never leaves a broken file where a good one was.
+
+`python train.py resume=<run dir>` goes through `resume_argv`: the run's own `.hydra/config.yaml`, the same
+run dir, and `trainer.fit(ckpt_path=<run dir>/checkpoints/last.ckpt)` (see `last_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import random
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from torch.utils.data import DataLoader
+
+from factory.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+RUN_CONFIG = Path(".hydra") / "config.yaml"
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+STATE_VERSION = 1
+
+
+# ---- random generators as plain data --------------------------------------------------------------------
+def rng_states() -> dict[str, Any]:
+    """This process's random generators as tensors and plain containers (what `weights_only` loads)."""
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": {"version": version, "state": list(internal), "gauss": gauss},
+    }
+    try:
+        import numpy as np
+    except ImportError:  # NumPy is optional: nothing of ours draws from it
+        pass
+    else:
+        numpy = np.random.get_state(legacy=False)
+        state["numpy"] = {
+            "bit_generator": str(numpy["bit_generator"]),
+            "key": [int(k) for k in numpy["state"]["key"]],
+            "pos": int(numpy["state"]["pos"]),
+            "has_gauss": int(numpy["has_gauss"]),
+            "gauss": float(numpy["gauss"]),
+        }
+    # Only when CUDA is in use: asking for its state would initialise it in a CPU run.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def set_rng_states(state: Mapping[str, Any]) -> None:
+    """Restore what `rng_states` returned."""
+    torch.set_rng_state(state["torch"])
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
+    if "numpy" in state:
+        import numpy as np
+
+        numpy = state["numpy"]
+        key = np.asarray(numpy["key"], dtype=np.uint32)
+        np.random.set_state((numpy["bit_generator"], key, numpy["pos"], numpy["has_gauss"], numpy["gauss"]))
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            logger.warning(
+                "The checkpoint has CUDA generator states for %d devices, this machine has %d: the CUDA "
+                "generators are not restored, so dropout on the GPU will not repeat the interrupted run.",
+                len(cuda),
+                torch.cuda.device_count(),
+            )
+
+
+# ---- the training data's position -----------------------------------------------------------------------
+class _SkipFirst:
+    """A batch sampler that leaves out its first `skip` batches while `skip` is set.
+
+    Its length stays the full length: Lightning counts the batches of an epoch from the loader's length and
+    the batches it already saw, so the epoch ends where it would have.
+    """
+
+    def __init__(self, batches: Any) -> None:
+        self.batches = batches
+        self.skip = 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(iter(self.batches), self.skip, None)
+
+
+class ResumableDataLoader(DataLoader):
+    """A `DataLoader` whose position in the epoch is part of the checkpoint (Lightning's `_Stateful`).
+
+    `state_dict()` holds the shuffling sampler's generator as it was when the current pass began and as it
+    is now, and the number of batches given out in this pass. After `load_state_dict()`, the next pass
+    either repeats the interrupted one from that generator state, skipping the batches already given out
+    (by index: they are not loaded), or, when that pass had ended, starts the next one from the generator
+    as it was then.
+
+    Lightning calls these itself when it resumes mid-epoch; `ResumeState` calls `load_state_dict` again
+    when training starts, with what Lightning's counters say about the epoch (it also covers a resume at an
+    epoch boundary, where Lightning does not). A sampler Lightning puts in for several processes
+    (`DistributedSampler`, shuffled by seed and epoch) is skipped the same way. Randomness inside worker
+    processes (none in our datasets) is not part of the state.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # DataLoader draws its workers' seed from `generator`, at every pass or (persistent workers) at
+        # the first only; a shuffle drawing from the same generator could not be repeated after a
+        # restart, so the loader keeps a copy of its own for that seed.
+        if self.generator is not None and self._shuffle is self.generator:
+            self.generator = torch.Generator().set_state(self.generator.get_state())
+        self._skipper: _SkipFirst | None = None
+        self._epoch_generator: torch.Tensor | None = None  # the shuffle when this pass began
+        self._passes = 0  # passes begun
+        self._batches = 0  # batches given out in this pass
+        self._resume: dict[str, Any] | None = None
+
+    @property
+    def _shuffle(self) -> torch.Generator | None:
+        """The generator the sampler shuffles with (RandomSampler's; None for other samplers)."""
+        return getattr(self.sampler, "generator", None)
+
+    @property
+    def _index_sampler(self) -> Any:  # what DataLoader's iterators draw indices from
+        base = super()._index_sampler
+        if getattr(self, "_skipper", None) is None or self._skipper.batches is not base:
+            self._skipper = _SkipFirst(base)
+        return self._skipper
+
+    def __iter__(self) -> Iterator[Any]:
+        # A generator: nothing below runs before the first batch is asked for, so a position set after
+        # Lightning called iter() (when training starts) still applies.
+        position, self._resume = self._resume, None
+        shuffle, skip = self._shuffle, 0
+        if position is not None:
+            rewind = not position.get("finished")
+            state = position.get("epoch_generator" if rewind else "generator")
+            if state is not None and shuffle is not None:
+                shuffle.set_state(state)
+            skip = int(position.get("batches", 0)) if rewind else 0
+        self._epoch_generator = shuffle.get_state() if shuffle is not None else None
+        self._passes += 1
+        self._batches = skip
+        # Set while the iterator is made: DataLoader's iterators call iter() on the sampler more than once
+        # then, and persistent workers reuse theirs for the next pass, which must not skip.
+        self._index_sampler.skip = skip
+        try:
+            batches = super().__iter__()
+        finally:
+            self._index_sampler.skip = 0
+        for batch in batches:
+            self._batches += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        shuffle = self._shuffle
+        return {
+            "epoch_generator": self._epoch_generator,
+            "generator": shuffle.get_state() if shuffle is not None else None,
+            "batches": self._batches,
+            # ResumeState replaces this with what Lightning's counters say (limit_train_batches ends an
+            # epoch before the loader does).
+            "finished": self._passes == 0 or self._batches >= len(self),
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self._resume = dict(state_dict)
+
+
+def _train_loader(trainer: pl.Trainer) -> ResumableDataLoader | None:
+    """The training loader as Lightning uses it (under DDP, the copy with its DistributedSampler)."""
+    loop = trainer.fit_loop
+    combined = getattr(loop, "_combined_loader", None)
+    loaders = combined.flattened if combined is not None else []
+    return next((dl for dl in loaders if isinstance(dl, ResumableDataLoader)), None)
+
+
+# ---- the callback ---------------------------------------------------------------------------------------
+class ResumeState(pl.Callback):
+    """Random generators and the training data's position in every checkpoint; restored when training
+    starts again (after Lightning's sanity check, right before the first batch).
+
+    With several processes each one's generators are gathered (rank 0 writes the checkpoint) and each
+    process gets its own back.
+    """
+
+    def __init__(self) -> None:
+        self._trainer: pl.Trainer | None = None
+        self._pending: dict[str, Any] | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        trainer = self._trainer
+        position = None
+        loader = _train_loader(trainer) if trainer is not None else None
+        if loader is not None:
+            position = loader.state_dict()
+            progress = trainer.fit_loop.epoch_loop.batch_progress
+            # Lightning starts a new epoch on resume exactly when these say this one is done.
+            position["finished"] = bool(progress.is_last_batch) or (
+                progress.current.ready >= trainer.num_training_batches
+            )
+        return {"version": STATE_VERSION, "rng": _gather(rng_states()), "loader": position}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state, self._pending = self._pending, None
+        if state is None:
+            return
+        states = state.get("rng") or []
+        if states:
+            if len(states) != trainer.world_size:
+                logger.warning(
+                    "The checkpoint holds random generator states of %d process(es), this run has %d: each "
+                    "process takes rank 0's, so dropout will not repeat the interrupted run.",
+                    len(states),
+                    trainer.world_size,
+                )
+            rank = trainer.global_rank if len(states) == trainer.world_size else 0
+            set_rng_states(states[rank])
+        position = state.get("loader")
+        loader = _train_loader(trainer)
+        if position is not None and loader is not None:
+            loader.load_state_dict(position)
+        elif position is not None:
+            logger.warning(
+                "The checkpoint has a data position, but the training loader is not a ResumableDataLoader: "
+                "the resumed run starts its epoch from the first batch."
+            )
+
+
+def _gather(state: dict[str, Any]) -> list[dict[str, Any]]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        states: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(states, state)
+        return states
+    return [state]
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """`last.ckpt` every `every_n_train_steps` optimizer steps and when training ends; no top-k.
+
+    When validation runs right after such a step, the checkpoint is written after it: a resumed run would
+    not repeat that validation (Lightning skips it), so saving before it would lose its metrics.
+    """
+
+    def __init__(self, every_n_train_steps: int = 100, dirpath: str | os.PathLike | None = None) -> None:
+        if isinstance(every_n_train_steps, bool) or not isinstance(every_n_train_steps, int):
+            raise ConfigError(
+                f"last_checkpoint.every_n_train_steps={every_n_train_steps!r} is not valid: expected an "
+                "integer >= 1."
+            )
+        if every_n_train_steps < 1:
+            raise ConfigError(
+                f"last_checkpoint.every_n_train_steps={every_n_train_steps} is not valid: expected >= 1."
+            )
+        super().__init__(
+            dirpath=dirpath,
+            save_top_k=0,
+            save_last=True,
+            every_n_train_steps=every_n_train_steps,
+            enable_version_counter=False,  # one last.ckpt, overwritten (a resumed run writes it again)
+        )
+        self._after_validation: int | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        due = trainer.global_step % self._every_n_train_steps == 0
+        if due and _validation_follows(trainer):
+            self._after_validation = trainer.global_step
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self._after_validation == trainer.global_step and not trainer.sanity_checking:
+            self._after_validation = None
+            if not self._should_skip_saving_checkpoint(trainer):
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def _validation_follows(trainer: pl.Trainer) -> bool:
+    """Whether the fit loop validates right after the current training batch (Lightning's own test)."""
+    loop = trainer.fit_loop
+    try:
+        return bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
+    except (AttributeError, TypeError):  # another Lightning version: save at the step as usual
+        return False
+
+
+# ---- atomic writes --------------------------------------------------------------------------------------
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """`torch.save(obj, path)` through a temporary file in `path`'s folder, fsynced, renamed into place.
+
+    The rename is atomic on one file system, so `path` is always either the previous file or the new one;
+    if anything fails (a full disk, an interrupt) the temporary file is removed and the exception raised.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    # os.open applies the umask, as torch.save's own open would (mkstemp would make the file 0600).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX; elsewhere a no-op)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's `TorchCheckpointIO`, writing local files with `atomic_save`.
+
+    Lightning's own atomic save writes through a temporary folder and copies across file systems, which
+    on a full disk destroyed the previous `last.ckpt`; remote paths (`s3://...`) still go that way.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_save(checkpoint, path)
+
+
+# ---- `resume=<run dir>` ---------------------------------------------------------------------------------
+def last_checkpoint(run_dir: str | os.PathLike) -> Path:
+    """`<run dir>/checkpoints/last.ckpt`; `ConfigError` naming what is missing when it is not there."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise ConfigError(f"resume={run_dir}: no such run directory.")
+    path = run / LAST_CHECKPOINT
+    if not path.is_file():
+        raise ConfigError(
+            f"resume={run_dir}: {path} does not exist, so there is nothing to continue from "
+            "(a run writes it every callbacks.last_checkpoint.every_n_train_steps steps)."
+        )
+    return path.resolve()
+
+
+def run_config(run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> Any:
+    """A run's own composed config (`<run dir>/.hydra/config.yaml`) with `resume` set to the run dir and
+    `overrides` (`key=value`) applied: what `train.py resume=<run dir>` trains with."""
+    from omegaconf import OmegaConf, open_dict
+
+    run = Path(run_dir).resolve()
+    path = run / RUN_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"resume={run_dir}: {path} does not exist (is this a run directory of train.py?).")
+    cfg = OmegaConf.load(path)
+    with open_dict(cfg):
+        cfg.resume = str(run)
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
+
+
+def resume_argv(argv: Sequence[str]) -> list[str]:
+    """`train.py` arguments with `resume=<run dir>` turned into the run's own config and dir.
+
+    `resume=<run>` (with optional `key=value` changes, e.g. `trainer.max_epochs=10`) becomes
+    `--config-dir <run>/.hydra --config-name config ++resume=<run> hydra.run.dir=<run>
+    hydra.output_subdir=null`: Hydra composes the saved config (no defaults list: presets are already
+    merged), writes into the same run dir and leaves the run's `.hydra/` record as it was. Anything else
+    is returned unchanged (also the rewritten form, as Lightning passes it to the other DDP processes).
+    """
+    from hydra._internal.utils import get_args_parser
+
+    argv = list(argv)
+    args = get_args_parser().parse_intermixed_args(argv)
+    overrides = list(args.overrides or [])
+    resume = [o for o in overrides if o.split("=", 1)[0] == "resume"]
+    if not resume:
+        return argv
+    if len(resume) > 1:
+        raise ConfigError(f"resume= is given {len(resume)} times: {resume}.")
+    value = resume[0].split("=", 1)[1].strip("'\"")
+    if not value or value in ("null", "None"):
+        return [a for a in argv if a != resume[0]]
+    for flag in ("config_dir", "config_name", "config_path", "multirun"):
+        if getattr(args, flag, None):
+            raise ConfigError(
+                f"resume={value} continues one run with its own config: drop "
+                f"--{flag.replace('_', '-')} (a sweep is resumed by running its members)."
+            )
+    run = Path(value).expanduser().resolve()
+    last_checkpoint(run)
+    config = run / RUN_CONFIG
+    if not config.is_file():
+        raise ConfigError(f"resume={value}: {config} does not exist (is this a run directory of train.py?).")
+    rest = [o for o in overrides if o != resume[0]]
+    groups = [o for o in rest if "." not in o.split("=", 1)[0].lstrip("+~") and "/" not in o]
+    groups = [o for o in groups if not o.startswith("hydra")]
+    if groups or any("/" in o.split("=", 1)[0] for o in rest):
+        raise ConfigError(
+            f"resume={value} uses the run's own config, where presets are already merged: "
+            f"{groups or rest} cannot be applied. Change single keys (e.g. trainer.max_epochs=10)."
+        )
+    flags = [a for a in argv if a not in overrides]  # e.g. `--cfg job`: Hydra's own flags, kept
+    return [
+        *flags,
+        "--config-dir",
+        str(config.parent),
+        "--config-name",
+        "config",
+        *rest,
+        f'++resume="{run}"',
+        f'hydra.run.dir="{run}"',
+        "hydra.output_subdir=null",
+    ]
