@@ -1,0 +1,392 @@
+"""Sweeps (`python train.py -m ...`): failed trials recorded instead of a crashed sweep, and a summary.
+
+- `run_trial(cfg, train)` runs one trial. Under `-m`, a combination that cannot work (`ConfigError`, e.g.
+  heads not dividing the width; `DataError`) or a non-finite objective ends that trial as failed, with
+  the reason in `<trial dir>/trial.json`, and the sweep goes on. Outside `-m` it only calls `train`.
+- `write_summary(sweep_dir)` reads every trial dir (`.hydra/overrides.yaml`, `results.json`,
+  `trial.json`) and writes `summary.csv`, `summary.md` (best first per the head's mode) and
+  `summary.png` (the objective against each swept value) into the sweep dir. `run_trial` rewrites it
+  after every trial, so a killed sweep keeps a partial one; `SweepSummary` (a Hydra callback) writes
+  the final one, and before the sweep creates the sweep dir (Optuna's SQLite file lives there) and
+  reseeds the sampler of a resumed study.
+- The resolver `${factory.next_trial_dir:...}` numbers trial dirs across processes, so that a resumed
+  Optuna sweep or a second worker on the same sweep dir adds trials instead of writing over trial 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from factory.config import ConfigError
+from factory.data import DataError
+from factory.guards import NonFiniteError
+
+logger = logging.getLogger(__name__)
+
+TRIAL_FILE = "trial.json"
+# Sweepers that ignore a trial's return value and stop the whole sweep on an exception: a failed trial
+# returns nan there. Any other sweeper (Optuna: its trial is marked FAIL) gets `TrialFailed` raised.
+# Returning nan to the Optuna sweeper would crash it: with optuna 2.x, `study.tell(nan)` raises and the
+# plugin's fallback `tell(FAIL, values=[nan])` raises again.
+NAN_SWEEPERS = ("hydra._internal.core_plugins.basic_sweeper.BasicSweeper",)
+# A non-finite loss stops a run (factory.guards): in a sweep, that trial failed (too high an lr, ...).
+EXPECTED_FAILURES: tuple[type[BaseException], ...] = (ConfigError, DataError, NonFiniteError)
+
+
+class TrialFailed(RuntimeError):
+    """A sweep trial that gives no result: a combination that cannot work, bad data, a non-finite value."""
+
+
+# ---- one trial ------------------------------------------------------------------------------------------
+def _hydra() -> Any:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def in_multirun() -> bool:
+    """Whether this process runs a trial of a Hydra sweep (`-m`)."""
+    from hydra.types import RunMode
+
+    hc = _hydra()
+    return hc is not None and hc.mode == RunMode.MULTIRUN
+
+
+def run_trial(cfg: DictConfig, fn: Callable[[DictConfig], float]) -> float:
+    """`fn(cfg)` (train), and under `-m` a record of the trial: `<trial dir>/trial.json` and the summary.
+
+    A `ConfigError`, a `DataError`, a non-finite loss or objective fails the trial, not the sweep: nan is
+    returned to the basic (grid) sweeper, `TrialFailed` is raised to the others (Optuna marks the trial
+    failed). Any other exception is recorded and raised as it is.
+    """
+    if not in_multirun():
+        return fn(cfg)
+    from pytorch_lightning.utilities import rank_zero_only
+
+    hc = _hydra()
+    trial_dir = Path(hc.runtime.output_dir)
+    monitor, mode = OmegaConf.select(cfg, "head.monitor"), OmegaConf.select(cfg, "head.mode")
+    record: dict[str, Any] = {
+        "trial": trial_dir.name,
+        "job_num": hc.job.num,
+        "monitor": monitor,
+        "mode": mode,
+    }
+    started = time.perf_counter()
+    failure: BaseException | None = None
+    value = math.nan
+    try:
+        value = float(fn(cfg))
+        if not math.isfinite(value):
+            raise TrialFailed(
+                f"{monitor}={value}: the objective is not finite (no validation ran, or training diverged)."
+            )
+        record["status"] = "ok"
+    except (*EXPECTED_FAILURES, TrialFailed) as e:
+        failure, value = e, math.nan
+        record.update(status="failed", error=type(e).__name__, reason=str(e))
+        logger.warning("Trial %s failed: %s", trial_dir.name, e)
+    except Exception as e:
+        record.update(status="error", error=type(e).__name__, reason=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        record.update(
+            objective=value if math.isfinite(value) else None,  # JSON has no nan
+            wall_time_s=round(time.perf_counter() - started, 3),
+        )
+        if rank_zero_only.rank == 0:
+            _write_text(trial_dir / TRIAL_FILE, json.dumps(record, indent=2) + "\n")
+            try:  # a partial summary after every trial; a problem with it never fails the trial
+                write_summary(trial_dir.parent, declared=_declared_keys(hc), mode=mode)
+            except Exception:  # noqa: BLE001
+                logger.exception("Could not write the sweep summary in %s", trial_dir.parent)
+    if failure is not None and hc.sweeper.get("_target_") not in NAN_SWEEPERS:
+        raise TrialFailed(record["reason"]) from failure
+    return value
+
+
+def _declared_keys(hydra_cfg: Any) -> list[str]:
+    params = OmegaConf.select(hydra_cfg, "sweeper.params") if hydra_cfg is not None else None
+    return [str(k) for k in params] if params else []
+
+
+# ---- trial dirs -----------------------------------------------------------------------------------------
+_claimed: dict[tuple[str, str], str] = {}
+
+
+def next_trial_dir(sweep_dir: str, job_num: Any) -> str:
+    """The lowest number above every trial dir in `sweep_dir`, claimed by creating its folder.
+
+    `${hydra.job.num}` restarts at 0 in every process; this keeps counting where the sweep dir stands,
+    and the atomic `mkdir` keeps two workers apart. Within a process one job always gets one dir.
+    """
+    key = (str(Path(sweep_dir).resolve()), str(job_num))
+    if key in _claimed:
+        return _claimed[key]
+    root = Path(sweep_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    number = max((int(p.name) for p in root.iterdir() if p.name.isdigit()), default=-1) + 1
+    while True:
+        try:
+            (root / str(number)).mkdir()
+            break
+        except FileExistsError:
+            number += 1
+    _claimed[key] = str(number)
+    return _claimed[key]
+
+
+OmegaConf.register_new_resolver("factory.next_trial_dir", next_trial_dir, replace=True)
+
+
+# ---- the sweep summary ----------------------------------------------------------------------------------
+def _parse(value: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def collect_trials(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """One row per trial dir in `sweep_dir` (a folder with `.hydra/overrides.yaml`), in trial order."""
+    import yaml
+
+    rows = []
+    for trial in Path(sweep_dir).iterdir():
+        overrides_file = trial / ".hydra" / "overrides.yaml"
+        if not overrides_file.is_file():
+            continue
+        overrides = [str(o) for o in yaml.safe_load(overrides_file.read_text(encoding="utf-8")) or []]
+        results, record = _read_json(trial / "results.json"), _read_json(trial / TRIAL_FILE)
+        status = record.get("status") or ("ok" if results else "incomplete")  # incomplete: running or killed
+        objective = results.get("best_value", record.get("objective"))
+        rows.append(
+            {
+                "trial": int(trial.name) if trial.name.isdigit() else trial.name,
+                "status": status,
+                "objective": float(objective) if objective is not None else math.nan,
+                "monitor": results.get("monitor", record.get("monitor")),
+                "mode": results.get("mode", record.get("mode")),
+                "values": {k.lstrip("+~"): _parse(v) for k, _, v in (o.partition("=") for o in overrides)},
+                "num_parameters": results.get("num_parameters"),
+                "wall_time_s": results.get("wall_time_s", record.get("wall_time_s")),
+                "reason": record.get("reason", ""),
+                "overrides": " ".join(overrides),
+            }
+        )
+    return sorted(rows, key=lambda r: (isinstance(r["trial"], str), r["trial"]))
+
+
+def swept_keys(rows: Sequence[Mapping[str, Any]], declared: Iterable[str] = ()) -> list[str]:
+    """Keys whose value differs between trials; with one trial, the sweeper's declared keys it has."""
+    keys = list(dict.fromkeys(k for r in rows for k in r["values"]))
+    varying = [k for k in keys if len({repr(r["values"].get(k)) for r in rows}) > 1]
+    if len(rows) > 1:
+        return varying
+    return [k for k in keys if k in set(declared)]
+
+
+def rank_trials(rows: Sequence[Mapping[str, Any]], mode: str | None) -> list[Mapping[str, Any]]:
+    """Finished trials best first (`mode` max or min), then the others in trial order."""
+    ok = [r for r in rows if r["status"] == "ok" and math.isfinite(r["objective"])]
+    rest = [r for r in rows if r not in ok]
+    return sorted(ok, key=lambda r: r["objective"], reverse=mode == "max") + rest
+
+
+def write_summary(
+    sweep_dir: str | os.PathLike, declared: Iterable[str] = (), mode: str | None = None
+) -> list[dict[str, Any]]:
+    """Write summary.csv, summary.md and summary.png into `sweep_dir`; return the rows (trial order).
+
+    `mode` (max or min) orders the table; by default the trials' own (the head's `mode`).
+    """
+    sweep_dir = Path(sweep_dir)
+    rows = collect_trials(sweep_dir)
+    if not rows:
+        return rows
+    keys = swept_keys(rows, declared)
+    modes = [r["mode"] for r in rows if r["mode"]]
+    mode = mode or (modes[0] if modes else "max")
+    monitor = next((r["monitor"] for r in rows if r["monitor"]), "objective")
+    ranked = rank_trials(rows, mode)
+    _write_text(sweep_dir / "summary.csv", _csv(rows, keys))
+    _write_text(sweep_dir / "summary.md", _markdown(ranked, keys, monitor, mode, sweep_dir))
+    try:
+        plot_summary(rows, keys, monitor, mode, sweep_dir / "summary.png")
+    except ImportError as e:  # matplotlib draws it; the tables stand without the picture
+        logger.warning("No summary.png: %s", e)
+    return rows
+
+
+COLUMNS = ("trial", "status", "objective", "monitor", "mode")
+TAIL = ("num_parameters", "wall_time_s", "reason", "overrides")
+
+
+def _csv(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*COLUMNS, *keys, *TAIL])
+    for r in rows:
+        row = {**r, "objective": r["objective"] if math.isfinite(r["objective"]) else ""}
+        writer.writerow(
+            [*(row[c] for c in COLUMNS), *(r["values"].get(k, "") for k in keys), *(row[c] for c in TAIL)]
+        )
+    return out.getvalue()
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown(
+    ranked: Sequence[Mapping[str, Any]], keys: Sequence[str], monitor: str, mode: str, sweep_dir: Path
+) -> str:
+    counts = {s: sum(r["status"] == s for r in ranked) for s in dict.fromkeys(r["status"] for r in ranked)}
+    mixed = {r["mode"] for r in ranked if r["mode"]} - {mode}
+    lines = [
+        f"# Sweep {sweep_dir.name}",
+        "",
+        f"{len(ranked)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())}), best {monitor} "
+        f"({mode}) first; failed and unfinished trials last."
+        + (f" Warning: some trials' heads use mode {sorted(mixed)}." if mixed else ""),
+        "",
+        "| rank | trial | "
+        + " | ".join([monitor, *keys, "parameters", "wall time (s)", "status", "reason"])
+        + " |",
+        "|" + " --- |" * (len(keys) + 7),
+    ]
+    for i, r in enumerate(ranked, 1):
+        ok = r["status"] == "ok" and math.isfinite(r["objective"])
+        cells = [
+            str(i) if ok else "",
+            str(r["trial"]),
+            _cell(r["objective"]),
+            *(_cell(r["values"].get(k)) for k in keys),
+            _cell(r["num_parameters"]),
+            f"{r['wall_time_s']:.1f}" if r["wall_time_s"] is not None else "",
+            r["status"],
+            _cell(r["reason"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_summary(
+    rows: Sequence[Mapping[str, Any]], keys: Sequence[str], monitor: str, mode: str, path: Path
+) -> None:
+    """One panel per swept key: each finished trial's objective against its value; the best in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display, and no GUI toolkit to import
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r["status"] == "ok" and math.isfinite(r["objective"])]
+    best = rank_trials(done, mode)[0] if done else None
+    panels = list(keys) or ["trial"]
+    ncols = min(len(panels), 4)
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.5 * nrows), squeeze=False)
+    try:
+        for ax in axes.flat[len(panels) :]:
+            ax.set_visible(False)
+        for ax, key in zip(axes.flat, panels):
+            values = [r["trial"] if key == "trial" else r["values"].get(key) for r in done]
+            if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                xs = values
+                if min(xs) > 0 and max(xs) >= 10 * min(xs):
+                    ax.set_xscale("log")
+            else:  # categories in order of first appearance
+                names = list(dict.fromkeys(str(v) for v in values))
+                xs = [names.index(str(v)) for v in values]
+                ax.set_xticks(range(len(names)), names)
+            ax.scatter(xs, [r["objective"] for r in done], color=["red" if r is best else "C0" for r in done])
+            ax.set(xlabel=key, ylabel=monitor)
+        failed = len(rows) - len(done)
+        fig.suptitle(
+            f"{monitor} ({mode}) by swept value" + (f"; {failed} trials without a value" if failed else "")
+        )
+        fig.tight_layout()
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write through a temp file and rename: a reader (or a second worker) never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ---- the Hydra callback ---------------------------------------------------------------------------------
+class SweepSummary(Callback):
+    """Registered in `hydra.callbacks`; acts under `-m` only.
+
+    Before the sweep: creates the sweep dir (Optuna opens `sqlite:///<sweep dir>/optuna.db` before any
+    trial runs) and, when the study already has trials (a resumed or shared sweep), offsets the
+    sampler's seed by their number so the new trials do not replay the first ones. After the sweep:
+    writes the summary.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+        sweeper = config.hydra.sweeper
+        seed = OmegaConf.select(sweeper, "sampler.seed")
+        storage, name = sweeper.get("storage"), sweeper.get("study_name")
+        if seed is None or not storage or not name:
+            return
+        done = count_trials(str(storage), str(name))
+        if done:
+            with read_write(sweeper), open_dict(sweeper):
+                sweeper.sampler.seed = int(seed) + done
+            logger.info(
+                "Study %r has %d trials in %s: sampler seed %s + %d = %s for the new ones.",
+                name, done, storage, seed, done, int(seed) + done,
+            )  # fmt: skip
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        rows = write_summary(sweep_dir, _declared_keys(config.hydra), OmegaConf.select(config, "head.mode"))
+        logger.info("Sweep summary of %d trials: %s", len(rows), sweep_dir / "summary.md")
+
+
+def count_trials(storage: str, study_name: str) -> int:
+    """How many trials an Optuna study already holds (0 when the study or its SQLite file is new)."""
+    prefix = "sqlite:///"
+    if storage.startswith(prefix) and not Path(storage[len(prefix) :]).is_file():
+        return 0
+    import optuna
+
+    summaries = optuna.study.get_all_study_summaries(storage=storage)
+    return next((s.n_trials for s in summaries if s.study_name == study_name), 0)
