@@ -12,19 +12,23 @@ from omegaconf import DictConfig
 from factory.config import ConfigError
 from factory.data import DataError
 from factory.experiment import check_overrides, hydra_overrides, train
+from factory.guards import NonFiniteError
+from factory.resume import resume_argv
+from factory.sweep import run_trial
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    try:
-        return train(cfg)
-    except (ConfigError, DataError) as e:  # the user's config or data: the message says it all
+    try:  # under -m, a trial that cannot work is recorded as failed and the sweep goes on
+        return run_trial(cfg, train)
+    except (ConfigError, DataError, NonFiniteError) as e:  # config, data, diverged: the message says it all
         print(f"Error: {e}", file=sys.stderr)
         sys.exit(1)
 
 
 if __name__ == "__main__":
     try:  # key typos, with the valid keys, before Hydra rejects them without saying what is valid
+        sys.argv[1:] = resume_argv(sys.argv[1:])  # resume=<run dir>: that run's own config and dir
         overrides, config_name = hydra_overrides(sys.argv[1:])
         check_overrides(overrides, Path(__file__).parent / "conf", config_name)
     except ConfigError as e:

@@ -24,11 +24,14 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from factory import registry
+from factory import distributed, registry
 from factory.build import build_config, build_model
 from factory.config import ConfigError, PretrainedConfig, did_you_mean
+from factory.guards import FiniteGuard, ProcessGuard
 from factory.lightning import FactoryModule, check_optim, config_values, plain_data
 from factory.pretrained import PretrainedInit, load_pretrained, merge_overrides, write_report
+from factory.provenance import write_provenance
+from factory.resume import AtomicCheckpointIO, ResumeState, last_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +220,7 @@ def resolve(cfg: DictConfig) -> Plan:
                 f"{did_you_mean(key, valid)} Valid keys: {valid}.",
                 key=key,
             )
+    trainer = distributed.check_trainer(trainer)  # precision, devices, strategy: before any data
     return Plan(head, arch, config, init, data, optim, trainer, seed, pretrained, user_arch, arch_choice)
 
 
@@ -356,6 +360,14 @@ class _History(pl.Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         self.validation.append((trainer.global_step, metrics))
 
+    # In every checkpoint, so a resumed run's curves and results cover the whole run.
+    def state_dict(self) -> dict[str, Any]:
+        return {"train": [list(t) for t in self.train], "validation": [list(v) for v in self.validation]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.train = [tuple(t) for t in state_dict.get("train", [])]
+        self.validation = [tuple(v) for v in state_dict.get("validation", [])]
+
 
 def instantiate_all(nodes: Any, **kwargs: Any) -> list[Any]:
     """Third-party objects (loggers, callbacks) from `_target_` nodes; `enabled: false` skips one."""
@@ -381,8 +393,11 @@ def _target_class(target: str) -> Any:
     return get_class(target)
 
 
-def _tokenizer_and_model(plan: Plan, splits: Any) -> tuple[Any, FactoryModule, dict[str, Any] | None]:
-    """The tokenizer (trained, or the checkpoint's), the module, and init=pretrained's load report."""
+def _tokenizer_and_model(
+    plan: Plan, splits: Any, saved: Path | None = None
+) -> tuple[Any, FactoryModule, dict[str, Any] | None]:
+    """The tokenizer (trained, the checkpoint's, or `saved`: the one a resumed run trained), the module,
+    and init=pretrained's load report."""
     from factory.data import texts_for_tokenizer
     from factory.tokenizer_training import special_token_ids, train_tokenizer
 
@@ -403,10 +418,16 @@ def _tokenizer_and_model(plan: Plan, splits: Any) -> tuple[Any, FactoryModule, d
         module = FactoryModule(config_values(config), head, plan.optim, plan.seed, model=model)
         return tokenizer, module, report
     started = time.perf_counter()
-    tokenizer = train_tokenizer(
-        plan.config.model_type, texts_for_tokenizer(head, splits), plan.arch["vocab_size"]
-    )
-    logger.info("Trained a tokenizer of %d tokens in %.1fs.", len(tokenizer), time.perf_counter() - started)
+    if saved is not None and saved.is_dir():  # the weights were trained with exactly these ids
+        from factory.tokenizer import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(saved)
+    else:
+        tokenizer = train_tokenizer(
+            plan.config.model_type, texts_for_tokenizer(head, splits), plan.arch["vocab_size"]
+        )
+        elapsed = time.perf_counter() - started
+        logger.info("Trained a tokenizer of %d tokens in %.1fs.", len(tokenizer), elapsed)
     fields = set(type(plan.config).field_names())
     extra.update({k: v for k, v in special_token_ids(tokenizer).items() if k in fields})
     extra["vocab_size"] = len(tokenizer)
@@ -421,8 +442,14 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
         logger.info("Dry run:\n%s", format_description(describe(cfg)))
         return float("nan")
     plan = resolve(cfg)
-    out = run_dir_of(cfg, run_dir)
+    # resume=<run dir>: the same dir, and its last.ckpt (cfg is the run's own config: see train.py).
+    resume = cfg.get("resume")
+    ckpt_path = last_checkpoint(resume) if resume else None
+    out = run_dir_of(cfg, run_dir or resume)
     out.mkdir(parents=True, exist_ok=True)
+    rank_zero = distributed.is_global_zero()  # rank 0 alone writes exports, plots and reports
+    if rank_zero:
+        write_provenance(cfg, out, seed=plan.seed)
     started = time.perf_counter()
     pl.seed_everything(plan.seed, workers=True)
 
@@ -430,9 +457,13 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
     from factory.datamodule import FactoryDataModule
 
     splits = load_examples(plan.head, plan.data)
-    tokenizer, module, load_report = _tokenizer_and_model(plan, splits)
+    tokenizer_dir = out / "tokenizer"  # as trained at the start: a resumed run reuses it
+    tokenizer, module, load_report = _tokenizer_and_model(plan, splits, tokenizer_dir if resume else None)
     if load_report is not None:
-        write_report(load_report, out)
+        if rank_zero:
+            write_report(load_report, out)
+    elif rank_zero and not tokenizer_dir.is_dir():
+        tokenizer.save_pretrained(tokenizer_dir)
     datamodule = FactoryDataModule(
         plan.head,
         plan.data,
@@ -446,27 +477,40 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
     datamodule.setup("fit")  # encode now: bad data fails before the Trainer starts
     loggers = instantiate_all(cfg.get("logger"), save_dir=str(out))
     callbacks = instantiate_all(cfg.get("callbacks"))
-    checkpoint = next((c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint)), None)
-    if checkpoint is not None and checkpoint.dirpath is None:
-        checkpoint.dirpath = str(out / "checkpoints")
+    checkpoints = [c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint)]
+    for c in checkpoints:  # the best one and last.ckpt
+        c.dirpath = c.dirpath or str(out / "checkpoints")
+    checkpoint = next((c for c in checkpoints if c.monitor), checkpoints[0] if checkpoints else None)
     history = _History()
+    # Every rank checks it trains what rank 0 does (config, hyperparameters, lr, vocabulary).
+    same = distributed.RankCheck(cfg, out, extra={"vocab": distributed.digest(tokenizer.get_vocab())})
+    arguments = distributed.trainer_arguments(plan.trainer, module.model)
+    plugins = arguments.pop("plugins", None) or []
     trainer = pl.Trainer(
-        **plan.trainer,
+        **arguments,
         default_root_dir=str(out),
         logger=loggers or False,
-        callbacks=[*callbacks, history],
+        callbacks=[*callbacks, history, same, ResumeState(), FiniteGuard(), ProcessGuard()],
         enable_checkpointing=checkpoint is not None,
+        # Checkpoints written next to their target and renamed into place: never half a last.ckpt.
+        plugins=[*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()],
     )
     n_params = module.model.num_parameters()
     logger.info(
         "Training %s (%s, %s parameters) in %s", type(module.model).__name__, plan.head, f"{n_params:,}", out
     )
-    trainer.fit(module, datamodule=datamodule)
-
-    if not history.validation and trainer.limit_val_batches and not trainer.fast_dev_run:
-        trainer.validate(module, datamodule=datamodule, verbose=False)  # training stopped before any
+    # DDP/FSDP: the other ranks replay this run (cfg, run dir), not the command line, and end with the block.
+    with distributed.replicas(trainer, cfg, out):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        if not history.validation and trainer.limit_val_batches and not trainer.fast_dev_run:
+            trainer.validate(module, datamodule=datamodule, verbose=False)  # training stopped before any
+        best_path = checkpoint.best_model_path if checkpoint is not None else ""
+        if not best_path and distributed.is_sharded(trainer):  # FSDP: every rank sends its shards
+            best_path = str(out / "checkpoints" / "final.ckpt")
+            trainer.save_checkpoint(best_path)
+    if not trainer.is_global_zero:
+        return float("nan")
     monitor, mode = cfg.head.monitor, cfg.head.mode
-    best_path = checkpoint.best_model_path if checkpoint is not None else ""
     if best_path:
         best = FactoryModule.load_from_checkpoint(best_path, map_location="cpu", weights_only=True)
     else:  # no checkpoint (fast_dev_run, or callbacks without one): the last weights are what we have

@@ -273,7 +273,9 @@ def test_callbacks_follow_the_head_and_early_stopping_is_opt_in():
     callbacks = instantiate_all(compose_cfg("head=causal_lm").callbacks)
     assert not any(isinstance(c, EarlyStopping) for c in callbacks)
     checkpoint = next(c for c in callbacks if isinstance(c, ModelCheckpoint))
-    assert (checkpoint.monitor, checkpoint.mode, checkpoint.save_last) == ("val/loss", "min", True)
+    assert (checkpoint.monitor, checkpoint.mode, checkpoint.save_last) == ("val/loss", "min", False)
+    last = next(c for c in callbacks if isinstance(c, ModelCheckpoint) and c.save_last)  # last.ckpt's writer
+    assert last.monitor is None and last.save_top_k == 0
     callbacks = instantiate_all(
         compose_cfg("callbacks.early_stopping.enabled=true", "callbacks.early_stopping.patience=1").callbacks
     )
