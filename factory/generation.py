@@ -168,7 +168,8 @@ def generate(
             generator.seed()
         else:
             generator.manual_seed(seed)
-    takes_positions = "position_ids" in inspect.signature(model.forward).parameters
+    parameters = inspect.signature(model.forward).parameters
+    takes_positions = "position_ids" in parameters
 
     with torch.inference_mode():
         ids, mask = input_ids, attention_mask.long()
@@ -180,6 +181,8 @@ def generate(
             # is_decoder, whose attention is bidirectional) gets the whole sequence again each step.
             step_ids = ids if past is None else ids[:, -1:]
             kwargs = {"attention_mask": mask, "use_cache": True}
+            if "logits_to_keep" in parameters:  # the prompt's other positions need no logits
+                kwargs["logits_to_keep"] = 1
             if past is not None:
                 kwargs["past_key_values"] = past
             if takes_positions:

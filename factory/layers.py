@@ -111,3 +111,21 @@ def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
 
 def default_scale(head_dim: int) -> float:
     return 1.0 / math.sqrt(head_dim)
+
+
+def keep_last(hidden: torch.Tensor, logits_to_keep: int, labels: torch.Tensor | None) -> torch.Tensor:
+    """The last `logits_to_keep` positions of (B, T, C) `hidden` (0: all), as HF's `logits_to_keep`:
+    generation needs the next-token logits only, and the vocabulary projection of a whole prompt costs
+    as much as a forward step of the model."""
+    if not logits_to_keep:
+        return hidden
+    if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+        raise ValueError(
+            f"logits_to_keep={logits_to_keep!r} is not valid: expected an integer >= 0 (0: all)."
+        )
+    if labels is not None:
+        raise ValueError(
+            f"logits_to_keep={logits_to_keep} with labels: the loss needs the logits of every position; "
+            "pass logits_to_keep=0."
+        )
+    return hidden[:, -logits_to_keep:]

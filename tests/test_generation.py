@@ -135,6 +135,19 @@ def test_kv_cache_feeds_one_token_per_step(pair):
     assert calls[1:] == [(1, True, True)] * 4, "then one token per step with the cache"
 
 
+def test_logits_to_keep_gives_the_last_positions_as_transformers(pair):
+    hf, ours = pair
+    with torch.no_grad():
+        full = ours(BATCH, attention_mask=BATCH_MASK).logits
+        last = ours(BATCH, attention_mask=BATCH_MASK, logits_to_keep=2).logits
+        theirs = hf(BATCH, attention_mask=BATCH_MASK, logits_to_keep=2).logits
+    assert last.shape == (BATCH.size(0), 2, full.size(-1))
+    torch.testing.assert_close(last, full[:, -2:])
+    torch.testing.assert_close(last, theirs, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"logits_to_keep=1 with labels: .*pass logits_to_keep=0"):
+        ours(BATCH, attention_mask=BATCH_MASK, labels=BATCH, logits_to_keep=1)
+
+
 def test_sampling_matches_transformers_under_the_same_seed(pair):
     # transformers draws with torch.multinomial from the global generator; ours from a local one seeded
     # the same way, so the same filters give the same tokens.

@@ -16,7 +16,14 @@ from torch import nn
 
 from factory.checkpoint import CheckpointTable
 from factory.config import PretrainedConfig
-from factory.layers import ACTIVATIONS, activation, attention, attention_mask_for_sdpa, split_heads
+from factory.layers import (
+    ACTIVATIONS,
+    activation,
+    attention,
+    attention_mask_for_sdpa,
+    keep_last,
+    split_heads,
+)
 from factory.losses import causal_lm_loss, question_answering_loss, sequence_classification_loss
 from factory.modeling import PreTrainedModel
 from factory.outputs import ModelOutput
@@ -570,6 +577,7 @@ class BartForCausalLM(BartPreTrainedModel):
         past_key_values: tuple | None = None,
         use_cache: bool | None = None,
         labels: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> ModelOutput:
         use_cache = (self.config.use_cache and not self.training) if use_cache is None else use_cache
         out = self.model["decoder"](
@@ -580,6 +588,6 @@ class BartForCausalLM(BartPreTrainedModel):
             past_key_values,
             use_cache,
         )
-        logits = self.lm_head(out.last_hidden_state)  # (B, T, vocab)
+        logits = self.lm_head(keep_last(out.last_hidden_state, logits_to_keep, labels))  # (B, T, vocab)
         loss = causal_lm_loss(logits, labels, shift=False) if labels is not None else None
         return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values)

@@ -14,7 +14,14 @@ from torch import nn
 
 from factory.checkpoint import COMMON_RENAMES, CheckpointTable
 from factory.config import PretrainedConfig
-from factory.layers import ACTIVATIONS, activation, attention, attention_mask_for_sdpa, split_heads
+from factory.layers import (
+    ACTIVATIONS,
+    activation,
+    attention,
+    attention_mask_for_sdpa,
+    keep_last,
+    split_heads,
+)
 from factory.losses import causal_lm_loss, question_answering_loss, sequence_classification_loss
 from factory.modeling import PreTrainedModel
 from factory.outputs import ModelOutput
@@ -280,8 +287,9 @@ class BertLMHeadModel(BertPreTrainedModel):
         past_key_values=None,
         use_cache=None,
         labels=None,
+        logits_to_keep: int = 0,
     ):
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, past_key_values, use_cache)
-        logits = self.cls["predictions"](out.last_hidden_state)
+        logits = self.cls["predictions"](keep_last(out.last_hidden_state, logits_to_keep, labels))
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values)

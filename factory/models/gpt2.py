@@ -17,7 +17,14 @@ from torch import nn
 
 from factory.checkpoint import CheckpointTable
 from factory.config import PretrainedConfig
-from factory.layers import ACTIVATIONS, activation, attention, attention_mask_for_sdpa, split_heads
+from factory.layers import (
+    ACTIVATIONS,
+    activation,
+    attention,
+    attention_mask_for_sdpa,
+    keep_last,
+    split_heads,
+)
 from factory.losses import causal_lm_loss, question_answering_loss, sequence_classification_loss
 from factory.modeling import PreTrainedModel
 from factory.outputs import ModelOutput
@@ -239,11 +246,12 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
         past_key_values=None,
         use_cache=None,
         labels=None,
+        logits_to_keep: int = 0,
     ):
         out = self.transformer(
             input_ids, attention_mask, token_type_ids, position_ids, past_key_values, use_cache
         )
-        logits = self.lm_head(out.last_hidden_state)  # (B, T, vocab)
+        logits = self.lm_head(keep_last(out.last_hidden_state, logits_to_keep, labels))  # (B, T, vocab)
         loss = causal_lm_loss(logits, labels, shift=True) if labels is not None else None
         return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values)
 
