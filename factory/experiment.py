@@ -436,6 +436,37 @@ def _tokenizer_and_model(
     return tokenizer, FactoryModule(config_values(config), head, plan.optim, plan.seed), None
 
 
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc keep freed memory in the process for reuse; True when the setting took.
+
+    Every training step allocates and frees the same large tensors (activations, logits, gradients).
+    glibc serves each block over 32 MB with a fresh mmap and unmaps it when freed, so the next step
+    page-faults all of it in again: with GPT-2 at 8x128, ~1.8 GB of minor faults and about a fifth of
+    the step's wall time. Raising the mmap and trim thresholds makes those blocks come from the heap
+    and stay there, so after the first step they are reused warm. The cost is that the process keeps
+    its peak memory until it exits, which a training process reaches every step anyway. Not glibc
+    (macOS, musl): nothing changes.
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    # Blocks up to 1 GiB from the heap; the heap never trimmed (INT_MAX). mallopt returns 0 on refusal.
+    took = bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30))
+    return bool(mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1)) and took
+
+
 def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
     """Train as `cfg` says; return the best value of the head's monitored metric (nan for a dry run)."""
     if cfg.get("dry_run"):
@@ -451,6 +482,8 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
     if rank_zero:
         write_provenance(cfg, out, seed=plan.seed)
     started = time.perf_counter()
+    if keep_freed_memory():  # each step reuses the last one's memory instead of page-faulting it in
+        logger.debug("glibc keeps freed memory for reuse (mmap and trim thresholds raised).")
     pl.seed_everything(plan.seed, workers=True)
 
     from factory.data import load_examples

@@ -263,3 +263,23 @@ def test_train_py_typo_exits_1_with_the_valid_keys(tmp_path):
     assert "arch.num_hiden_layers=10" in proc.stderr and "Did you mean 'num_hidden_layers'" in proc.stderr
     assert "Valid keys" in proc.stderr and "'n_layer'" in proc.stderr and "Traceback" not in proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_training_reuses_freed_memory_instead_of_faulting_it_in():
+    import resource
+
+    from factory.experiment import keep_freed_memory
+
+    assert keep_freed_memory()
+
+    def faults_of_a_big_step() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.empty(64 << 18).fill_(1.0)  # 64 MiB written, then freed: the size of a step's temporaries
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    for _ in range(4):  # the first steps grow the heap: its pages fault in once
+        faults_of_a_big_step()
+    pages = (64 << 20) // resource.getpagesize()
+    # Then the freed block is reused warm (glibc's default unmaps it and faults all pages in each time).
+    assert max(faults_of_a_big_step() for _ in range(3)) < pages // 10
