@@ -13,6 +13,10 @@ labels, backward, `clip_grad_norm_`, `step`, scheduler `step`, `zero_grad`. Each
 steps; the first `--warmup` are not timed (the Trainer's setup and first steps), the rest are timed as a
 whole, so anything Lightning does between steps counts. Sides alternate for `--rounds` rounds; the
 overhead is the median of the per-round ratios, minus 1. Goal: under 5%.
+
+The process first does what `train.py` does (`factory.experiment.keep_freed_memory`: glibc keeps freed
+memory for reuse). Without it, which side page-faults more of its step's memory back in varies from run
+to run by more than Lightning's cost (bert-base: 60k to 180k faults a step, 0.5 to 1.2 s of system time).
 """
 
 from __future__ import annotations
@@ -111,7 +115,8 @@ def lightning_loop(model: torch.nn.Module, rows: list, b: int, steps: int, warmu
 
     module = FactoryModule(config_values(model.config), "seqcls", OPTIM, seed=0, model=model)
     clock = _Clock(warmup)
-    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stderr(io.StringIO()):
+    quiet = contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO())
+    with tempfile.TemporaryDirectory() as tmp, quiet[0], quiet[1]:  # the progress bar is drawn, not shown
         trainer = pl.Trainer(
             max_steps=steps,
             accelerator="cpu",
@@ -134,7 +139,7 @@ def measure(size: str, steps: int, warmup: int, rounds: int, quiet_wait: float) 
     import factory
 
     b, t = 8, 128
-    config = factory.BertConfig(num_labels=2, **SIZES[size])
+    config = factory.BertConfig.from_dict({}, num_labels=2, **SIZES[size])
     torch.manual_seed(0)
     base = factory.BertForSequenceClassification(config)
     rows = rows_for(config.vocab_size, b * steps, t)
@@ -175,6 +180,9 @@ def main(argv: list[str]) -> int:
     import logging
 
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    from factory.experiment import keep_freed_memory
+
+    keep_freed_memory()
     rows = []
     with common.OtherLoad() as load:
         for size in args.sizes.split(","):
