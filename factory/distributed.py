@@ -403,6 +403,10 @@ class ReplicaLauncher(_SubprocessScriptLauncher):
         for local_rank in range(1, self.num_processes):
             child = os.environ.copy()
             child["LOCAL_RANK"] = str(local_rank)
+            # Rank 0 resolved and fetched the checkpoint before the Trainer started these ranks: they
+            # read that commit from the cache, never the network (one download, and the same weights
+            # even if the branch moves meanwhile).
+            child["HF_HUB_OFFLINE"] = "1"
             if not installed:
                 child["PYTHONPATH"] = os.pathsep.join(p for p in (root, child.get("PYTHONPATH")) if p)
             self.procs.append(subprocess.Popen(command, env=child, cwd=os.getcwd()))

@@ -328,3 +328,23 @@ def test_two_ranks_of_batch_b_train_as_one_process_of_batch_2b(tmp_path):
 
 if __name__ == "__main__":  # the DDP side of the test above; Lightning starts rank 1 with this command line
     train_weights(Path(sys.argv[1]), devices=int(sys.argv[2]), batch=int(sys.argv[3]), steps=int(sys.argv[4]))
+
+
+def test_child_ranks_read_the_hub_cache_rank_0_filled(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from lightning_fabric.plugins.environments import LightningEnvironment
+
+    started = []
+    monkeypatch.setattr(distributed.subprocess, "Popen", lambda cmd, env, cwd: started.append((cmd, env)))
+    for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "HF_HUB_OFFLINE"):
+        monkeypatch.setenv(key, "0")  # recorded, so that what the launcher sets is undone after the test
+        monkeypatch.delenv(key)
+    lightning = SimpleNamespace(cluster_environment=LightningEnvironment(), num_processes=3, num_nodes=1)
+    launcher = distributed.ReplicaLauncher(lightning, {"optim": {"lr": 1e-3}}, tmp_path)
+    launcher._call_children_scripts()
+    assert [env["LOCAL_RANK"] for _, env in started] == ["1", "2"]
+    # Rank 0 fetched the checkpoint before the Trainer started them: the others never reach the network.
+    assert all(env["HF_HUB_OFFLINE"] == "1" for _, env in started)
+    assert "HF_HUB_OFFLINE" not in os.environ  # rank 0 itself stays as the user set it
+    assert started[0][0][-1] == str(tmp_path.resolve() / ".hydra" / "replica.yaml")
