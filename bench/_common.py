@@ -79,6 +79,17 @@ def wait_until_quiet(max_wait: float, threshold: float = 0.15) -> None:
         time.sleep(1.0)
 
 
+def add_quiet_wait(parser) -> None:
+    """The `--quiet-wait S` option every script takes (see `wait_until_quiet`)."""
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="on a shared machine, wait up to S seconds before each round for the CPUs to be idle",
+    )
+
+
 def median(xs: Sequence[float]) -> float:
     return statistics.median(xs)
 

@@ -104,13 +104,7 @@ def main() -> int:
     )
     parser.add_argument("--runs", type=int, default=None, help="runs per side (default 5, quick 3)")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="on a shared machine, wait up to S seconds before each round for the CPUs to be idle",
-    )
+    common.add_quiet_wait(parser)
     args = parser.parse_args()
     runs = args.runs or (3 if args.quick else 5)
 

@@ -71,9 +71,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="2 rounds")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument(
-        "--quiet-wait", type=float, default=0.0, help="wait up to S s for idle CPUs per round"
-    )
+    common.add_quiet_wait(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     runs = 2 if args.quick else args.runs

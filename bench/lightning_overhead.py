@@ -172,9 +172,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="1 round, fewer steps")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument(
-        "--quiet-wait", type=float, default=0.0, help="wait up to S s for idle CPUs per round"
-    )
+    common.add_quiet_wait(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     import logging

@@ -105,13 +105,7 @@ def main() -> int:
         "--procs", type=int, default=None, help="memory processes per side (default 3, quick 1)"
     )
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="on a shared machine, wait up to S seconds before each round for the CPUs to be idle",
-    )
+    common.add_quiet_wait(parser)
     args = parser.parse_args()
     runs = args.runs or (3 if args.quick else 7)
     procs = args.procs or (1 if args.quick else 3)

@@ -19,6 +19,23 @@ TINY = dict(
     num_hidden_layers=2, hidden_size=32, num_attention_heads=2, max_position_embeddings=64, vocab_size=99
 )
 
+# train.py overrides for a tiny run: tiny dims, three steps, one validation at the last step; each run
+# takes seconds on a CPU.
+TINY_RUN = [
+    "arch.num_hidden_layers=1",
+    "arch.hidden_size=32",
+    "arch.num_attention_heads=2",
+    "arch.intermediate_size=37",
+    "arch.vocab_size=1000",
+    "data.batch_size=8",
+    "trainer.max_steps=3",
+    "trainer.val_check_interval=3",
+    "trainer.limit_val_batches=2",
+    "trainer.log_every_n_steps=1",
+    "+trainer.num_sanity_val_steps=0",
+    "callbacks.progress_bar.refresh_rate=0",
+]
+
 
 def tiny_config(model_type: str, **overrides):
     cls = registry.config_class(model_type)

@@ -24,6 +24,7 @@ from factory import ConfigError, distributed, registry
 from factory.build import build_model
 from factory.experiment import resolve
 from factory.lightning import FactoryModule, config_values
+from tests.conftest import TINY_RUN
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
@@ -32,22 +33,8 @@ CASES = [(t, h) for t, heads in registry.model_matrix().items() for h in sorted(
 BLOCKS = {"BertLayer", "GPT2Block", "BartEncoderLayer", "BartDecoderLayer"}
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
 
-# As tests/test_train.py: tiny dims, three steps, one validation at the end; two CPU ranks through gloo.
-TINY = [
-    "arch.num_hidden_layers=1",
-    "arch.hidden_size=32",
-    "arch.num_attention_heads=2",
-    "arch.intermediate_size=37",
-    "arch.vocab_size=1000",
-    "data.batch_size=8",
-    "data.max_length=32",
-    "trainer.max_steps=3",
-    "trainer.val_check_interval=3",
-    "trainer.limit_val_batches=2",
-    "trainer.log_every_n_steps=1",
-    "+trainer.num_sanity_val_steps=0",
-    "callbacks.progress_bar.refresh_rate=0",
-]
+# A tiny run (two CPU ranks through gloo, see DDP).
+TINY = [*TINY_RUN, "data.max_length=32"]
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 
 

@@ -20,27 +20,15 @@ from omegaconf import OmegaConf
 
 from factory import ConfigError
 from factory.sweep import next_trial_dir, run_trial, write_summary
+from tests.conftest import TINY_RUN
 
 REPO = Path(__file__).resolve().parent.parent
 # Until train.py and conf/train.yaml are wired (the lead applies this diff), the subprocess tests run a
 # copy of the repo with the diff applied; once wired they run the repo itself and this can go.
 WIRING_DIFF = Path(os.environ.get("FACTORY_SWEEP_DIFF", "/work/notes/issue5_sweep.diff"))
 
-# Tiny dims and a few steps, as in test_train.py; the heads are left to each sweep.
-TINY = [
-    "arch.num_hidden_layers=1",
-    "arch.hidden_size=32",
-    "arch.intermediate_size=37",
-    "arch.vocab_size=1000",
-    "data.batch_size=8",
-    "data.max_length=32",
-    "trainer.max_steps=3",
-    "trainer.val_check_interval=3",
-    "trainer.limit_val_batches=2",
-    "trainer.log_every_n_steps=1",
-    "+trainer.num_sanity_val_steps=0",
-    "callbacks.progress_bar.refresh_rate=0",
-]
+# A tiny run; the head count is left to each sweep.
+TINY = [o for o in TINY_RUN if not o.startswith("arch.num_attention_heads=")] + ["data.max_length=32"]
 
 
 @pytest.fixture(scope="module")

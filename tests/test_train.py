@@ -20,26 +20,13 @@ from factory import ConfigError, registry
 from factory.experiment import train
 from factory.lightning import FactoryModule
 from factory.tokenizer import AutoTokenizer
+from tests.conftest import TINY_RUN
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
 CASES = [(t, h) for t, heads in registry.model_matrix().items() for h in sorted(heads) if h != "base"]
 
-# Tiny dims and a few steps: each run takes seconds on a CPU. Validation runs once, at the last step.
-TINY = [
-    "arch.num_hidden_layers=1",
-    "arch.hidden_size=32",
-    "arch.num_attention_heads=2",
-    "arch.intermediate_size=37",
-    "arch.vocab_size=1000",
-    "data.batch_size=8",
-    "trainer.max_steps=3",
-    "trainer.val_check_interval=3",
-    "trainer.limit_val_batches=2",
-    "trainer.log_every_n_steps=1",
-    "+trainer.num_sanity_val_steps=0",
-    "callbacks.progress_bar.refresh_rate=0",
-]
+TINY = TINY_RUN
 MAX_LENGTH = {"seqcls": ["data.max_length=32"], "qa": ["data.max_length=128", "data.stride=32"], "causal_lm": ["data.max_length=32"]}  # fmt: skip
 FACTORY_AUTO = {
     "seqcls": factory.AutoModelForSequenceClassification,
