@@ -11,7 +11,7 @@ default trainer's settings (progress bar, CSV logger writing every 10 steps, `tr
 step, `FiniteGuard`, no checkpointing). The plain side is the loop a user would write: forward with
 labels, backward, `clip_grad_norm_`, `step`, scheduler `step`, `zero_grad`. Each side runs `--steps`
 steps; the first `--warmup` are not timed (the Trainer's setup and first steps), the rest are timed as a
-whole, so anything Lightning does between steps counts. Sides alternate for `--rounds` rounds; the
+whole, so anything Lightning does between steps counts. Sides alternate for `--rounds` rounds (5: with 3 the bert-base figure swung by 5 points); the
 overhead is the median of the per-round ratios, minus 1. Goal: under 5%.
 
 The process first does what `train.py` does (`factory.experiment.keep_freed_memory`: glibc keeps freed
@@ -169,7 +169,7 @@ def main(argv: list[str]) -> int:
         "--steps", type=int, default=None, help="steps per side and round (small: 60, base: 8)"
     )
     parser.add_argument("--warmup", type=int, default=None, help="untimed first steps (small: 10, base: 2)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="1 round, fewer steps")
     parser.add_argument("--threads", type=int, default=2)
     common.add_quiet_wait(parser)
