@@ -31,6 +31,7 @@ import tempfile
 import time
 
 import _common as common
+import pytorch_lightning as pl
 import torch
 
 GOAL = 0.05
@@ -85,36 +86,30 @@ def plain_loop(model: torch.nn.Module, rows: list, b: int, steps: int, warmup: i
     return (time.perf_counter() - start) / (steps - warmup)
 
 
-class _Clock:
-    """A callback noting the time when step `warmup` starts and when the last step ends."""
+class Clock(pl.Callback):
+    """Notes the time when step `warmup` starts and when the last step ends."""
 
-    def __new__(cls, warmup: int):
-        import pytorch_lightning as pl
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.start = self.end = math.nan
 
-        class Clock(pl.Callback):
-            def __init__(self) -> None:
-                self.start = self.end = math.nan
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.global_step == self.warmup and math.isnan(self.start):
+            self.start = time.perf_counter()
 
-            def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-                if trainer.global_step == warmup and math.isnan(self.start):
-                    self.start = time.perf_counter()
-
-            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-                self.end = time.perf_counter()
-
-        return Clock()
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.end = time.perf_counter()
 
 
 def lightning_loop(model: torch.nn.Module, rows: list, b: int, steps: int, warmup: int) -> float:
     """Seconds per step of FactoryModule under a Trainer set as train.py sets it, after `warmup` steps."""
-    import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger
 
     from factory.guards import FiniteGuard
     from factory.lightning import FactoryModule, config_values
 
     module = FactoryModule(config_values(model.config), "seqcls", OPTIM, seed=0, model=model)
-    clock = _Clock(warmup)
+    clock = Clock(warmup)
     quiet = contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO())
     with tempfile.TemporaryDirectory() as tmp, quiet[0], quiet[1]:  # the progress bar is drawn, not shown
         trainer = pl.Trainer(

@@ -115,8 +115,8 @@ def default_scale(head_dim: int) -> float:
 
 def keep_last(hidden: torch.Tensor, logits_to_keep: int, labels: torch.Tensor | None) -> torch.Tensor:
     """The last `logits_to_keep` positions of (B, T, C) `hidden` (0: all), as HF's `logits_to_keep`:
-    generation needs the next-token logits only, and the vocabulary projection of a whole prompt costs
-    as much as a forward step of the model."""
+    generation needs the next-token logits only, and projecting all T prompt positions onto the
+    vocabulary costs T times that."""
     if not logits_to_keep:
         return hidden
     if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
