@@ -8,7 +8,7 @@
 
 Arguments use Hydra's `key=value` override syntax, but this is not a Hydra app: composing a config would
 cost more than the prediction itself on a cold start, and the model folder's config.json already fixes
-the architecture. The keys and defaults are `factory.inference.INFER_OPTIONS` (documented in
+the architecture. The keys and defaults are `factory.inference.predictor.INFER_OPTIONS` (documented in
 conf/infer.yaml). Prints one JSON line per input; on an error prints the message and exits with 1.
 """
 
@@ -19,12 +19,12 @@ import sys
 
 def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
-        from factory.inference import usage
+        from factory.inference.predictor import usage
 
         print(usage())
         return 0
-    from factory.checkpoint import CheckpointError
-    from factory.inference import parse_args, run
+    from factory.checkpoints.weights import CheckpointError
+    from factory.inference.predictor import parse_args, run
 
     try:
         run(parse_args(argv), sys.stdout)

@@ -1,6 +1,6 @@
 """Train a model: `python train.py [group=option ...] [key=value ...]`; the groups are in conf/.
 
-A thin shell over `factory.experiment.train`; returns the monitored metric, for Hydra's sweepers.
+A thin shell over `factory.training.run.train`; returns the monitored metric, for Hydra's sweepers.
 """
 
 import sys
@@ -10,11 +10,11 @@ import hydra
 from omegaconf import DictConfig
 
 from factory.config import ConfigError
-from factory.data import DataError
-from factory.experiment import check_overrides, hydra_overrides, train
-from factory.guards import NonFiniteError
-from factory.resume import resume_argv
-from factory.sweep import run_trial
+from factory.data.files import DataError
+from factory.training.failures import NonFiniteError
+from factory.training.resume import resume_argv
+from factory.training.run import check_overrides, hydra_overrides, train
+from factory.training.sweeps import run_trial
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")

@@ -14,7 +14,7 @@ steps; the first `--warmup` are not timed (the Trainer's setup and first steps),
 whole, so anything Lightning does between steps counts. Sides alternate for `--rounds` rounds (5: with 3 the bert-base figure swung by 5 points); the
 overhead is the median of the per-round ratios, minus 1. Goal: under 5%.
 
-The process first does what `train.py` does (`factory.experiment.keep_freed_memory`: glibc keeps freed
+The process first does what `train.py` does (`factory.training.run.keep_freed_memory`: glibc keeps freed
 memory for reuse). Without it, which side page-faults more of its step's memory back in varies from run
 to run by more than Lightning's cost (bert-base: 60k to 180k faults a step, 0.5 to 1.2 s of system time).
 """
@@ -62,7 +62,7 @@ def loader(rows: list, b: int) -> torch.utils.data.DataLoader:
 
 def plain_loop(model: torch.nn.Module, rows: list, b: int, steps: int, warmup: int) -> float:
     """Seconds per step of the hand-written loop, after `warmup` steps."""
-    from factory.lightning import lr_factor, parameter_groups
+    from factory.training.module import lr_factor, parameter_groups
 
     optimizer = torch.optim.AdamW(parameter_groups(model, OPTIM["weight_decay"]), lr=OPTIM["lr"])
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -105,8 +105,8 @@ def lightning_loop(model: torch.nn.Module, rows: list, b: int, steps: int, warmu
     """Seconds per step of FactoryModule under a Trainer set as train.py sets it, after `warmup` steps."""
     from pytorch_lightning.loggers import CSVLogger
 
-    from factory.guards import FiniteGuard
-    from factory.lightning import FactoryModule, config_values
+    from factory.training.failures import FiniteGuard
+    from factory.training.module import FactoryModule, config_values
 
     module = FactoryModule(config_values(model.config), "seqcls", OPTIM, seed=0, model=model)
     clock = Clock(warmup)
@@ -173,7 +173,7 @@ def main(argv: list[str]) -> int:
     import logging
 
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    from factory.experiment import keep_freed_memory
+    from factory.training.run import keep_freed_memory
 
     keep_freed_memory()
     rows = []

@@ -16,7 +16,7 @@ ours is faster). `peak` is the fraction of this process's best fp32 matmul rate 
 reach, the FLOPs counted by torch's FlopCounterMode on our step (forward and backward).
 
 `--keep-freed-memory` first applies what `train.py` does to the process (glibc keeps freed memory for
-reuse, `factory.experiment.keep_freed_memory`), which speeds both sides up alike: the tokens per second
+reuse, `factory.training.run.keep_freed_memory`), which speeds both sides up alike: the tokens per second
 `train.py` sees.
 """
 
@@ -125,7 +125,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.keep_freed_memory:
-        from factory.experiment import keep_freed_memory
+        from factory.training.run import keep_freed_memory
 
         print(f"keep_freed_memory: {keep_freed_memory()}")
     runs = 2 if args.quick else args.runs

@@ -7,9 +7,8 @@ from factory.auto import (
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
 )
-from factory.checkpoint import CheckpointError, CheckpointTable
+from factory.checkpoints.weights import CheckpointError, CheckpointTable
 from factory.config import ConfigError, PretrainedConfig
-from factory.modeling import PreTrainedModel
 from factory.models.bart import (
     BartConfig,
     BartForCausalLM,
@@ -31,7 +30,8 @@ from factory.models.gpt2 import (
     GPT2LMHeadModel,
     GPT2Model,
 )
-from factory.outputs import ModelOutput
+from factory.models.modeling import PreTrainedModel
+from factory.models.outputs import ModelOutput
 from factory.registry import (
     HEADS,
     RegistryError,
@@ -41,7 +41,7 @@ from factory.registry import (
     register_model,
     registered_models,
 )
-from factory.tokenizer import AutoTokenizer
+from factory.tokenizers.tokenizer import AutoTokenizer
 
 __all__ = [
     "HEADS",

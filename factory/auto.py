@@ -7,8 +7,8 @@ import os
 from typing import Any, ClassVar
 
 from factory import registry
+from factory.checkpoints.hub import HubOptions, resolve_file
 from factory.config import CONFIG_NAME, ConfigError, PretrainedConfig
-from factory.hub import HubOptions, resolve_file
 
 _LOAD_ARGS = ("config", "output_loading_info", "ignore_mismatched_sizes", "allow_bin", "dtype", "layers")
 _HUB_ARGS = ("revision", "cache_dir", "local_files_only")

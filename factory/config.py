@@ -247,13 +247,13 @@ class PretrainedConfig:
         **overrides: Any,
     ) -> PretrainedConfig:
         """Read `config.json` of a checkpoint folder or hub id, with keyword overrides as in HF."""
-        from factory.hub import HubOptions, resolve_file
+        from factory.checkpoints.hub import HubOptions, resolve_file
 
         hub = HubOptions(revision, cache_dir, local_files_only)
         return cls.from_json_file(resolve_file(name_or_path, CONFIG_NAME, hub=hub), **overrides)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        from factory.checkpoint import atomic_write_text
+        from factory.checkpoints.weights import atomic_write_text
 
         Path(save_directory).mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(save_directory) / CONFIG_NAME, self.to_json_string())

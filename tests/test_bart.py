@@ -12,7 +12,7 @@ import transformers
 from safetensors.torch import save_file
 
 import factory.models.bart  # noqa: F401  (registers "bart")
-from factory.checkpoint import CheckpointError
+from factory.checkpoints.weights import CheckpointError
 from factory.config import ConfigError
 from factory.models.bart import BartConfig, BartForCausalLM, BartModel
 from factory.registry import model_class

@@ -22,7 +22,7 @@ from factory import (
     BertModel,
     CheckpointError,
 )
-from factory.checkpoint import parse_size
+from factory.checkpoints.weights import parse_size
 
 
 class _RunsCode:
@@ -49,11 +49,11 @@ def weights(path):
 
 
 def test_headless_file_into_a_head_and_head_file_into_the_backbone(tmp_path, bert_dir, caplog):
-    with caplog.at_level(logging.INFO, logger="factory.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="factory.checkpoints.weights"):
         clf, info = AutoModelForSequenceClassification.from_pretrained(
             bert_dir, num_labels=3, output_loading_info=True
         )
-    [record] = [r for r in caplog.records if r.name == "factory.checkpoint"]
+    [record] = [r for r in caplog.records if r.name == "factory.checkpoints.weights"]
     assert record.levelno == logging.WARNING
     assert "newly initialised classifier.weight, classifier.bias" in record.getMessage()
     assert info["missing_keys"] == ["classifier.weight", "classifier.bias"]

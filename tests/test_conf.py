@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 from factory import registry
 from factory.build import build_config
 from factory.config import ConfigError
-from factory.experiment import check_overrides, describe, estimate_memory, hydra_overrides, resolve, train
-from factory.lightning import accuracy_and_macro_f1, check_optim, lr_factor, parameter_groups
+from factory.training.module import accuracy_and_macro_f1, check_optim, lr_factor, parameter_groups
+from factory.training.run import check_overrides, describe, estimate_memory, hydra_overrides, resolve, train
 from tests.conftest import tiny_config
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -37,7 +37,7 @@ def no_data(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("data was read before the config was checked")
 
-    monkeypatch.setattr("factory.data.load_examples", refuse)
+    monkeypatch.setattr("factory.data.files.load_examples", refuse)
 
 
 # ---- composition ---------------------------------------------------------------------------------------
@@ -232,7 +232,7 @@ def test_accuracy_and_macro_f1_match_a_hand_count():
 @pytest.mark.parametrize("arch", ARCHS)
 def test_dry_run_reports_config_parameters_and_memory_without_data(arch, no_data, tmp_path, caplog):
     cfg = compose_cfg(f"arch={arch}", "dry_run=true")
-    with caplog.at_level(logging.INFO, logger="factory.experiment"):
+    with caplog.at_level(logging.INFO, logger="factory.training.run"):
         assert math.isnan(train(cfg, run_dir=tmp_path))
     text = caplog.text
     assert "parameters:" in text and "estimated training memory" in text and '"model_type": "' + arch in text
@@ -268,7 +268,7 @@ def test_dry_run_of_a_pretrained_checkpoint_reads_only_its_config(minilm_path, n
 def test_callbacks_follow_the_head_and_early_stopping_is_opt_in():
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
-    from factory.experiment import instantiate_all
+    from factory.training.run import instantiate_all
 
     callbacks = instantiate_all(compose_cfg("head=causal_lm").callbacks)
     assert not any(isinstance(c, EarlyStopping) for c in callbacks)

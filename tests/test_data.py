@@ -14,12 +14,12 @@ import re
 import pytest
 import torch
 
-from factory import data
-from factory.data import DataError, DataSplits, default_data_files, load_examples, texts_for_tokenizer
-from factory.datamodule import FactoryDataModule
-from factory.datasets import generate
-from factory.tokenizer import AutoTokenizer, Tokenizer
-from factory.tokenizer_training import special_token_ids, train_tokenizer
+from factory.data import files as data
+from factory.data.datasets import generate
+from factory.data.files import DataError, DataSplits, default_data_files, load_examples, texts_for_tokenizer
+from factory.data.module import FactoryDataModule
+from factory.tokenizers.tokenizer import AutoTokenizer, Tokenizer
+from factory.tokenizers.training import special_token_ids, train_tokenizer
 
 FAMILIES = ["bert", "gpt2", "bart"]
 HEADS = ["seqcls", "qa", "causal_lm"]
@@ -84,7 +84,7 @@ def test_shipped_files_are_what_the_generator_writes(tmp_path):
     for path in written:
         relative = path.relative_to(tmp_path)
         shipped = generate.HERE / relative
-        assert shipped.is_file(), f"{relative} is not shipped; run python -m factory.datasets.generate"
+        assert shipped.is_file(), f"{relative} is not shipped; run python -m factory.data.datasets.generate"
         digest = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (path, shipped)]
         assert digest[0] == digest[1], f"{relative} differs from the generator's output; regenerate it"
     total = sum(p.stat().st_size for p in written)

@@ -20,10 +20,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import factory  # noqa: F401  (registers the architectures)
-from factory import ConfigError, distributed, registry
+from factory import ConfigError, registry
 from factory.build import build_model
-from factory.experiment import resolve
-from factory.lightning import FactoryModule, config_values
+from factory.training import distributed
+from factory.training.module import FactoryModule, config_values
+from factory.training.run import resolve
 from tests.conftest import TINY_RUN
 
 REPO = Path(__file__).resolve().parent.parent

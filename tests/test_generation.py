@@ -1,5 +1,5 @@
 # Run: python -m pytest tests/test_generation.py   (offline, CPU, a few seconds)
-"""factory.generation against transformers' generate: greedy parity, KV cache, eos stop, sampling."""
+"""factory.inference.generation against transformers' generate: greedy parity, KV cache, eos stop, sampling."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import factory.models.bart  # noqa: F401  (explicit until every architecture is wired into factory.models)
 import factory.models.gpt2  # noqa: F401
 from factory.auto import AutoModelForCausalLM
-from factory.generation import generate, process_logits
+from factory.inference.generation import generate, process_logits
 
 transformers = pytest.importorskip("transformers")
 

@@ -12,7 +12,7 @@ import transformers
 from safetensors.torch import save_file
 
 import factory.models.gpt2  # noqa: F401  (registers gpt2 until factory.models imports it)
-from factory.checkpoint import CheckpointError
+from factory.checkpoints.weights import CheckpointError
 from factory.config import ConfigError
 from factory.models.gpt2 import GPT2Config
 from factory.registry import model_class

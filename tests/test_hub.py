@@ -17,7 +17,7 @@ import transformers
 from torch.testing import assert_close
 
 from factory import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-from factory.hub import commit_of
+from factory.checkpoints.hub import commit_of
 
 SHA_MAIN = "a" * 40
 SHA_OLD = "b" * 40

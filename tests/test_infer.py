@@ -1,5 +1,5 @@
 # Run: python -m pytest tests/test_infer.py   (offline, CPU, under a minute)
-"""factory.inference and infer.py on tiny random model folders of every arch and head."""
+"""factory.inference.predictor and infer.py on tiny random model folders of every arch and head."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import factory.inference
+import factory.inference.predictor
 import factory.models.bart  # noqa: F401  (explicit until every architecture is wired into factory.models)
 import factory.models.gpt2  # noqa: F401
 from factory.build import build_model
-from factory.inference import (
+from factory.inference.predictor import (
     INFER_DEFAULTS,
     INFER_OPTIONS,
     InferenceError,
@@ -28,7 +28,7 @@ from factory.inference import (
     run,
     sampling_mode,
 )
-from factory.tokenizer_training import special_token_ids, train_tokenizer
+from factory.tokenizers.training import special_token_ids, train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHS = ("bert", "gpt2", "bart")
@@ -175,13 +175,13 @@ def test_generation_stops_at_the_document_separator_of_training(predictors, monk
     # Training joins documents with eos, or [SEP] for BERT (no eos): that token ends a generation.
     p = predictors[arch, "causal_lm"]
     seen = {}
-    real = factory.inference.generate
+    real = factory.inference.predictor.generate
 
     def spy(*args, **kwargs):
         seen.update(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(factory.inference, "generate", spy)
+    monkeypatch.setattr(factory.inference.predictor, "generate", spy)
     p.generate(["the king"], max_new_tokens=2)
     assert seen["eos_token_id"] == p.tokenizer.convert_tokens_to_ids(eos)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from factory.losses import IGNORE_INDEX, _TokenCrossEntropy, causal_lm_loss
+from factory.models.losses import IGNORE_INDEX, _TokenCrossEntropy, causal_lm_loss
 
 
 def reference(logits: torch.Tensor, labels: torch.Tensor, shift: bool) -> torch.Tensor:

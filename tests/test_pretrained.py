@@ -11,7 +11,7 @@ import torch
 from torch.testing import assert_close
 
 from factory import AutoModel, AutoModelForSequenceClassification, ConfigError
-from factory.pretrained import PretrainedInit, load_pretrained, write_report
+from factory.training.pretrained import PretrainedInit, load_pretrained, write_report
 from tests.test_hub import SHA_MAIN, add_snapshot
 
 

@@ -14,9 +14,9 @@ import re
 import pytest
 import torch
 
-from factory.data import load_examples, texts_for_tokenizer
-from factory.qa import best_spans, encode_qa, normalize_answer, squad_em_f1
-from factory.tokenizer_training import train_tokenizer
+from factory.data.files import load_examples, texts_for_tokenizer
+from factory.heads.qa import best_spans, encode_qa, normalize_answer, squad_em_f1
+from factory.tokenizers.training import train_tokenizer
 
 FAMILIES = ["bert", "gpt2", "bart"]
 

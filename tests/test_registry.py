@@ -24,7 +24,7 @@ from factory import (
     registered_models,
     registry,
 )
-from factory.outputs import ModelOutput
+from factory.models.outputs import ModelOutput
 from tests.conftest import make_batch, tiny_config
 
 

@@ -20,11 +20,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-import factory.resume as resume
+import factory.training.resume as resume
 from factory.config import ConfigError
-from factory.data import DataError, default_data_files
-from factory.experiment import train
-from factory.guards import NonFiniteError
+from factory.data.files import DataError, default_data_files
+from factory.training.failures import NonFiniteError
+from factory.training.run import train
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
@@ -193,7 +193,7 @@ def test_train_py_killed_by_a_signal_continues_with_resume(small_data, tmp_path,
     die = textwrap.dedent(
         """
         import os, runpy, signal, sys
-        import factory.resume as resume
+        import factory.training.resume as resume
         save = resume.AtomicCheckpointIO.save_checkpoint
         def save_then_die(self, checkpoint, path, storage_options=None):
             save(self, checkpoint, path, storage_options)
@@ -279,7 +279,7 @@ def test_full_disk_during_training_keeps_the_last_good_checkpoint(small_data, tm
 
 # ---- guards ---------------------------------------------------------------------------------------------
 def test_non_finite_loss_stops_at_that_step_and_writes_no_checkpoint_of_it(small_data, tmp_path, monkeypatch):
-    from factory.lightning import FactoryModule
+    from factory.training.module import FactoryModule
 
     step = FactoryModule.training_step
 
@@ -338,7 +338,7 @@ import os, sys, time
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.strategies import DDPStrategy
-from factory.guards import ProcessGuard, process_group_timeout
+from factory.training.failures import ProcessGuard, process_group_timeout
 
 MODE, OUT = sys.argv[1], sys.argv[2]
 

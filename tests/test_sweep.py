@@ -19,7 +19,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from factory import ConfigError
-from factory.sweep import next_trial_dir, run_trial, write_summary
+from factory.training.sweeps import next_trial_dir, run_trial, write_summary
 from tests.conftest import TINY_RUN
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,7 +36,9 @@ def repo(tmp_path_factory) -> Path:
     if "run_trial" in (REPO / "train.py").read_text():
         return REPO
     if not WIRING_DIFF.is_file():
-        pytest.skip(f"train.py is not wired to factory.sweep and there is no {WIRING_DIFF} to apply")
+        pytest.skip(
+            f"train.py is not wired to factory.training.sweeps and there is no {WIRING_DIFF} to apply"
+        )
     copy = tmp_path_factory.mktemp("repo") / "main"
     ignore = shutil.ignore_patterns(".git", "outputs", "multirun", "__pycache__", "*.egg-info", ".*_cache")
     shutil.copytree(REPO, copy, ignore=ignore)
@@ -160,7 +162,7 @@ def test_trial_dirs_keep_counting_across_processes(tmp_path):
 
 @pytest.mark.parametrize("sweeper", ["basic", "optuna"])
 def test_a_failed_trial_is_recorded_then_nan_or_raised_per_sweeper(tmp_path, monkeypatch, sweeper):
-    import factory.sweep as sweep
+    import factory.training.sweeps as sweep
 
     targets = {
         "basic": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",

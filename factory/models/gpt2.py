@@ -15,9 +15,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from factory.checkpoint import CheckpointTable
+from factory.checkpoints.weights import CheckpointTable
 from factory.config import PretrainedConfig
-from factory.layers import (
+from factory.models.layers import (
     ACTIVATIONS,
     activation,
     attention,
@@ -25,9 +25,9 @@ from factory.layers import (
     keep_last,
     split_heads,
 )
-from factory.losses import causal_lm_loss, question_answering_loss, sequence_classification_loss
-from factory.modeling import PreTrainedModel
-from factory.outputs import ModelOutput
+from factory.models.losses import causal_lm_loss, question_answering_loss, sequence_classification_loss
+from factory.models.modeling import PreTrainedModel
+from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
 
 

@@ -23,10 +23,10 @@ import torch
 from factory import registry
 from factory.auto import AutoConfig
 from factory.build import typed_name
-from factory.checkpoint import checkpoint_files
+from factory.checkpoints.hub import HubOptions, commit_of, resolve_file
+from factory.checkpoints.weights import checkpoint_files
 from factory.config import CONFIG_NAME, ConfigError, PretrainedConfig
-from factory.hub import HubOptions, commit_of, resolve_file
-from factory.tokenizer import AutoTokenizer
+from factory.tokenizers.tokenizer import AutoTokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
-"""The Lightning DataModule: examples from `factory.data`, encoded once, batched as model inputs.
+"""The Lightning DataModule: examples from `factory.data.files`, encoded once, batched as model inputs.
 
 Batches are dicts of tensors keyed by the models' forward argument names:
 
 - seqcls: `input_ids`, `attention_mask`, [`token_type_ids`], `labels` (B,).
 - qa: `input_ids`, `attention_mask`, [`token_type_ids`], `start_positions`, `end_positions`; validation
   batches also carry `window_index` (B,): the row of `dm.val_windows` each window is, so the metric can
-  map logits back to `dm.val_examples` with `factory.qa.best_spans`. Pop it before calling the model.
+  map logits back to `dm.val_examples` with `factory.heads.qa.best_spans`. Pop it before calling the model.
 - causal_lm: `input_ids`, `attention_mask`, `labels` = input_ids with -100 on padding. Labels are not
   shifted: models with `labels_shifted_inside = False` (BART) need the LightningModule to shift them.
 
@@ -23,12 +23,12 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from factory import qa
-from factory.data import DataError, DataSplits, load_examples
-from factory.guards import check_rows
-from factory.resume import ResumableDataLoader
-from factory.tokenizer import NO_MAX_LENGTH
-from factory.tokenizer_training import pad_token_id
+from factory.data.files import DataError, DataSplits, load_examples
+from factory.heads import qa
+from factory.tokenizers.tokenizer import NO_MAX_LENGTH
+from factory.tokenizers.training import pad_token_id
+from factory.training.failures import check_rows
+from factory.training.resume import ResumableDataLoader
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +53,9 @@ class FactoryDataModule(pl.LightningDataModule):
 
     Args:
         head: "seqcls", "qa" or "causal_lm".
-        data_cfg: the `data` config (see `factory.data.load_examples`); `stride` (qa windows; default
+        data_cfg: the `data` config (see `factory.data.files.load_examples`); `stride` (qa windows; default
             max_length // 4) is read here too.
-        tokenizer: a `factory.tokenizer.Tokenizer`.
+        tokenizer: a `factory.tokenizers.tokenizer.Tokenizer`.
         batch_size: rows per batch, for both splits.
         max_length: tokens per row: truncation for seqcls, window size for qa, block size for causal_lm.
         num_workers: DataLoader workers.
@@ -66,7 +66,7 @@ class FactoryDataModule(pl.LightningDataModule):
         label_names: label names by id for seqcls, else None.
         train_rows / val_rows: the encoded rows.
         val_examples: the validation examples (qa: with `context` and `answers` for the metric).
-        val_windows: qa only: `factory.qa.encode_qa`'s result for the validation split.
+        val_windows: qa only: `factory.heads.qa.encode_qa`'s result for the validation split.
     """
 
     def __init__(

@@ -6,7 +6,7 @@ command line (`sys.argv`). Under Hydra that is wrong three ways: each child make
 writes in the cwd), a `--multirun` child runs its own copy of the whole sweep, and an Optuna child asks its
 own sampler for hyperparameters, so the ranks of one trial train with different values. Here rank 0
 writes the run's composed, resolved config and its Hydra state to `<run dir>/.hydra/replica.yaml` and
-starts each child as `python -c "<replica_main>" <that file>`: the child calls `factory.experiment.train`
+starts each child as `python -c "<replica_main>" <that file>`: the child calls `factory.training.run.train`
 with those values and that run dir, and runs no sweep. `RankCheck` then compares, across ranks, what
 each is about to train (config, hyperparameters, learning rates, vocabulary) and stops the run if any
 differ. On SLURM (`hydra/launcher=slurm`), `srun` starts every rank of a job itself; each runs the same
@@ -41,7 +41,7 @@ from pytorch_lightning.strategies.launchers.subprocess_script import _Subprocess
 from torch import nn
 
 from factory.config import ConfigError, did_you_mean
-from factory.guards import process_group_timeout
+from factory.training.failures import process_group_timeout
 
 logger = logging.getLogger(__name__)
 
@@ -263,14 +263,14 @@ def write_replica(cfg: DictConfig | Mapping[str, Any], run_dir: str | os.PathLik
 
 def replica_command(path: str | os.PathLike) -> list[str]:
     """The command of a child rank: no script and no command line of its own, only the replica file."""
-    code = "import sys, factory.distributed as d; sys.exit(d.replica_main(sys.argv[1:]))"
+    code = "import sys, factory.training.distributed as d; sys.exit(d.replica_main(sys.argv[1:]))"
     return [sys.executable, "-c", code, str(path)]
 
 
 def replica_main(argv: list[str]) -> int:
     """A child rank: train the run described by the replica file `argv[0]`; the exit status."""
-    from factory.data import DataError
-    from factory.experiment import train
+    from factory.data.files import DataError
+    from factory.training.run import train
 
     replica = OmegaConf.load(argv[0])
     run_dir = Path(replica.run_dir)
@@ -398,7 +398,7 @@ class ReplicaLauncher(_SubprocessScriptLauncher):
             return
         command = replica_command(write_replica(self.cfg, self.run_dir))
         # The children import the same `factory` as this process: a checkout that is not installed too.
-        root = str(Path(__file__).resolve().parents[1])
+        root = str(Path(__file__).resolve().parents[2])
         installed = root in {*site.getsitepackages(), site.getusersitepackages()}
         for local_rank in range(1, self.num_processes):
             child = os.environ.copy()

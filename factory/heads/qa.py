@@ -33,7 +33,7 @@ def encode_qa(
     """Tokenize question/context pairs into windows of at most `max_length` tokens.
 
     Args:
-        tokenizer: a `factory.tokenizer.Tokenizer` (or a transformers fast tokenizer).
+        tokenizer: a `factory.tokenizers.tokenizer.Tokenizer` (or a transformers fast tokenizer).
         questions: one question per example.
         contexts: one context per example.
         answers: per example `{"text": [...], "answer_start": [...]}`; the first answer is the label

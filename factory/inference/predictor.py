@@ -33,9 +33,9 @@ import factory.models  # noqa: F401  (registers the architectures)
 from factory import registry
 from factory.auto import AutoConfig
 from factory.config import CONFIG_NAME, ConfigError, did_you_mean
-from factory.generation import check_sampling_args, generate
-from factory.qa import MODEL_INPUTS, best_spans, encode_qa
-from factory.tokenizer import AutoTokenizer, Tokenizer
+from factory.heads.qa import MODEL_INPUTS, best_spans, encode_qa
+from factory.inference.generation import check_sampling_args, generate
+from factory.tokenizers.tokenizer import AutoTokenizer, Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +105,9 @@ def resolve_model_dir(model: str | os.PathLike, revision: str | None = None) -> 
     """
     path = Path(model)
     if not path.is_dir():
-        from factory.checkpoint import checkpoint_files
-        from factory.hub import HubOptions, resolve_file
-        from factory.tokenizer import TOKENIZER_FILES
+        from factory.checkpoints.hub import HubOptions, resolve_file
+        from factory.checkpoints.weights import checkpoint_files
+        from factory.tokenizers.tokenizer import TOKENIZER_FILES
 
         hub = HubOptions(revision=revision)
         try:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import tokenizers
 
-from factory.hub import HubOptions, resolve_file
+from factory.checkpoints.hub import HubOptions, resolve_file
 
 if TYPE_CHECKING:
     import torch
@@ -124,7 +124,7 @@ _UNSAVED_CONFIG_KEYS = (
 def resolve_files(
     path: str | os.PathLike, filenames: Sequence[str], hub: HubOptions | None = None
 ) -> dict[str, str | None]:
-    """`{filename: local path, or None when the checkpoint lacks it}`, through `factory.hub`."""
+    """`{filename: local path, or None when the checkpoint lacks it}`, through `factory.checkpoints.hub`."""
     found = {}
     for name in filenames:
         full = resolve_file(path, name, required=False, hub=hub)

@@ -1,7 +1,7 @@
 """Write the small datasets shipped with factory, one per head, deterministically.
 
-    python -m factory.datasets.generate            # rewrites factory/datasets/{seqcls,qa,causal_lm}/
-    python -m factory.datasets.generate --out DIR  # somewhere else (the tests compare the two)
+    python -m factory.data.datasets.generate            # rewrites factory/datasets/{seqcls,qa,causal_lm}/
+    python -m factory.data.datasets.generate --out DIR  # somewhere else (the tests compare the two)
 
 Everything is templated from word lists with a seeded `random.Random`, so the committed files are exactly
 what this script writes; no download, no third-party text.

@@ -10,9 +10,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from factory.checkpoint import CheckpointTable, load_into, save_state
+from factory.checkpoints.hub import HubOptions
+from factory.checkpoints.weights import CheckpointTable, load_into, save_state
 from factory.config import ConfigError, PretrainedConfig
-from factory.hub import HubOptions
 
 logger = logging.getLogger(__name__)
 

@@ -56,7 +56,7 @@ ENVIRONMENT = (
     "PYTHONHASHSEED",
     "HF_HUB_OFFLINE",
 )
-_CODE_DIR = Path(__file__).resolve().parent
+_CODE_DIR = Path(__file__).resolve().parents[1]
 
 
 def write_provenance(

@@ -30,8 +30,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from factory.config import ConfigError
-from factory.data import DataError
-from factory.guards import NonFiniteError
+from factory.data.files import DataError
+from factory.training.failures import NonFiniteError
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ TRIAL_FILE = "trial.json"
 # Returning nan to the Optuna sweeper would crash it: with optuna 2.x, `study.tell(nan)` raises and the
 # plugin's fallback `tell(FAIL, values=[nan])` raises again.
 NAN_SWEEPERS = ("hydra._internal.core_plugins.basic_sweeper.BasicSweeper",)
-# A non-finite loss stops a run (factory.guards): in a sweep, that trial failed (too high an lr, ...).
+# A non-finite loss stops a run (factory.training.failures): in a sweep, that trial failed (too high an lr, ...).
 EXPECTED_FAILURES: tuple[type[BaseException], ...] = (ConfigError, DataError, NonFiniteError)
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from factory.build import _plain, build_model
 from factory.config import ConfigError, did_you_mean
-from factory.losses import IGNORE_INDEX
+from factory.models.losses import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ class FactoryModule(pl.LightningModule):
         Only examples whose every window was seen are scored, so a sanity check or `limit_val_batches`
         gives the score of the examples it covered rather than zeros for the rest.
         """
-        from factory.qa import best_spans, squad_em_f1
+        from factory.heads.qa import best_spans, squad_em_f1
 
         datamodule = getattr(self.trainer, "datamodule", None)
         windows = getattr(datamodule, "val_windows", None)

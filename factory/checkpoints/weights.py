@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from factory.hub import HubOptions, resolve_file
+from factory.checkpoints.hub import HubOptions, resolve_file
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from factory.data import DataError
+from factory.data.files import DataError
 
 logger = logging.getLogger(__name__)
 

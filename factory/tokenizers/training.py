@@ -7,7 +7,7 @@
 - bart: byte-level BPE with <s>=0 <pad>=1 </s>=2 <unk>=3 and <mask> last, and RoBERTa's template
   `<s> A </s></s> B </s>`, so BART's pad=1, bos=0, eos=2 (and decoder_start=eos) hold.
 
-The result is a `factory.tokenizer.Tokenizer`; its `save_pretrained` folder loads in
+The result is a `factory.tokenizers.tokenizer.Tokenizer`; its `save_pretrained` folder loads in
 `transformers.AutoTokenizer` to the same ids (`tokenizer_class` is written into tokenizer_config.json).
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as RustTokenizer
 
-from factory.tokenizer import NO_MAX_LENGTH, Tokenizer
+from factory.tokenizers.tokenizer import NO_MAX_LENGTH, Tokenizer
 
 logger = logging.getLogger(__name__)
 

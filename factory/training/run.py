@@ -24,14 +24,15 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from factory import distributed, registry
+from factory import registry
 from factory.build import build_config, build_model
 from factory.config import ConfigError, PretrainedConfig, did_you_mean
-from factory.guards import FiniteGuard, ProcessGuard
-from factory.lightning import FactoryModule, check_optim, config_values, plain_data
-from factory.pretrained import PretrainedInit, load_pretrained, merge_overrides, write_report
-from factory.provenance import write_provenance
-from factory.resume import AtomicCheckpointIO, ResumeState, last_checkpoint
+from factory.training import distributed
+from factory.training.failures import FiniteGuard, ProcessGuard
+from factory.training.module import FactoryModule, check_optim, config_values, plain_data
+from factory.training.pretrained import PretrainedInit, load_pretrained, merge_overrides, write_report
+from factory.training.provenance import write_provenance
+from factory.training.resume import AtomicCheckpointIO, ResumeState, last_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ def resolve(cfg: DictConfig) -> Plan:
         # on top are checked now, so a bad combination fails before data or weights are read.
         pretrained = PretrainedInit.from_mapping(init)
         user_arch, arch_choice = user_set_arch(cfg, arch)
-        from factory.pretrained import checkpoint_config
+        from factory.training.pretrained import checkpoint_config
 
         ckpt, _ = checkpoint_config(pretrained)
         config, _ = merge_overrides(ckpt, head, user_arch, pretrained, arch_choice=arch_choice)
@@ -224,7 +225,7 @@ def resolve(cfg: DictConfig) -> Plan:
     return Plan(head, arch, config, init, data, optim, trainer, seed, pretrained, user_arch, arch_choice)
 
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def user_set_arch(cfg: DictConfig, arch: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -398,8 +399,8 @@ def _tokenizer_and_model(
 ) -> tuple[Any, FactoryModule, dict[str, Any] | None]:
     """The tokenizer (trained, the checkpoint's, or `saved`: the one a resumed run trained), the module,
     and init=pretrained's load report."""
-    from factory.data import texts_for_tokenizer
-    from factory.tokenizer_training import special_token_ids, train_tokenizer
+    from factory.data.files import texts_for_tokenizer
+    from factory.tokenizers.training import special_token_ids, train_tokenizer
 
     head, extra = plan.head, {}
     if head == "causal_lm":
@@ -419,7 +420,7 @@ def _tokenizer_and_model(
         return tokenizer, module, report
     started = time.perf_counter()
     if saved is not None and saved.is_dir():  # the weights were trained with exactly these ids
-        from factory.tokenizer import AutoTokenizer
+        from factory.tokenizers.tokenizer import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(saved)
     else:
@@ -486,8 +487,8 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
         logger.debug("glibc keeps freed memory for reuse (mmap and trim thresholds raised).")
     pl.seed_everything(plan.seed, workers=True)
 
-    from factory.data import load_examples
-    from factory.datamodule import FactoryDataModule
+    from factory.data.files import load_examples
+    from factory.data.module import FactoryDataModule
 
     splits = load_examples(plan.head, plan.data)
     tokenizer_dir = out / "tokenizer"  # as trained at the start: a resumed run reuses it
@@ -579,7 +580,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     try:
-        from factory.plotting import plot_curves
+        from factory.training.plots import plot_curves
 
         plot_curves(
             history.train,

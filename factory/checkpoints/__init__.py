@@ -1,0 +1,1 @@
+"""Hugging Face checkpoint folders: hub resolution, reading and writing weights, atomic writes."""

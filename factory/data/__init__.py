@@ -1,0 +1,1 @@
+"""Training data: file readers with file-and-line errors, and the Lightning DataModule over a head."""

@@ -1,0 +1,1 @@
+"""Heads: one task per file."""
