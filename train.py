@@ -12,8 +12,9 @@ from omegaconf import DictConfig
 from factory.config import ConfigError
 from factory.data.files import DataError
 from factory.training.failures import NonFiniteError
+from factory.training.overrides import check_overrides, hydra_overrides
 from factory.training.resume import resume_argv
-from factory.training.run import check_overrides, hydra_overrides, train
+from factory.training.run import train
 from factory.training.sweeps import run_trial
 
 

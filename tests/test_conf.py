@@ -16,8 +16,11 @@ from omegaconf import OmegaConf
 from factory import registry
 from factory.build import build_config
 from factory.config import ConfigError
-from factory.training.module import accuracy_and_macro_f1, check_optim, lr_factor, parameter_groups
-from factory.training.run import check_overrides, describe, estimate_memory, hydra_overrides, resolve, train
+from factory.heads.seqcls import accuracy_and_macro_f1
+from factory.training.module import check_optim, lr_factor, parameter_groups
+from factory.training.overrides import check_overrides, hydra_overrides
+from factory.training.plan import describe, estimate_memory, resolve
+from factory.training.run import train
 from tests.conftest import tiny_config
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -67,7 +70,7 @@ def test_head_picks_its_data_and_data_keys_override_it():
     assert "question_column" in qa.data and "label_column" not in qa.data
     mine = compose_cfg("head=qa", "data.train_file=mine.json", "data.validation_file=dev.json")
     assert (mine.data.train_file, mine.data.validation_file) == ("mine.json", "dev.json")
-    assert compose_cfg("head=causal_lm", "data=seqcls").data.label_column == "label"
+    assert compose_cfg("head=causal_lm", "data.max_length=64").data.max_length == 64
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -188,7 +191,7 @@ def test_plus_arch_typo_fails_in_build_config_too(no_data, tmp_path):
 def test_bad_values_fail_before_data_with_key_value_and_valid(no_data, tmp_path, overrides, expected):
     cfg = compose_cfg(*overrides)
     with pytest.raises(ConfigError) as e:
-        train(cfg, run_dir=tmp_path)
+        train(cfg, run_dir=tmp_path, overrides=overrides)  # what the user typed, as Hydra records it
     for part in expected:
         assert part in str(e.value), (part, str(e.value))
     assert not any(tmp_path.iterdir())  # nothing written either

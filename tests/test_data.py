@@ -189,7 +189,8 @@ def test_format_overrides_the_extension(tmp_path):
 def test_unknown_config_keys_are_left_to_the_pipeline(tmp_path):
     splits = load_examples("seqcls", {"batch_size": 8, "max_length": 64, "train_file": None})
     assert splits.labels == ["negative", "positive"]
-    assert "train_file" in data.DATA_KEYS and "batch_size" not in data.DATA_KEYS
+    keys = data.data_keys("seqcls")
+    assert "train_file" in keys and "label_column" in keys and "batch_size" not in keys
 
 
 def test_column_names_given_as_numbers(tmp_path):
@@ -505,8 +506,8 @@ def test_datamodule_batches(shipped, tokenizers, family, head):
             assert torch.equal(batch["labels"], expected)
     if head == "qa":
         assert val["window_index"].tolist() == [0, 1, 2, 3]
-        assert len(dm.val_windows["input_ids"]) == len(dm.val_rows) >= len(dm.val_examples)
-        assert dm.val_examples == shipped["qa"].validation
+        assert len(dm.validation.state["input_ids"]) == len(dm.validation.rows) >= len(dm.validation.examples)
+        assert dm.validation.examples == shipped["qa"].validation
     assert dm.label_names == (["negative", "positive"] if head == "seqcls" else None)
 
 
@@ -514,17 +515,17 @@ def test_datamodule_qa_windows_carry_the_answer(shipped, tokenizers):
     tok = tokenizers[("bert", "qa")]
     dm = FactoryDataModule("qa", {"stride": 8}, tok, batch_size=8, max_length=40, splits=shipped["qa"])
     dm.setup()
-    windows = dm.val_windows
-    assert len(windows["input_ids"]) > len(dm.val_examples)  # long contexts became several windows
+    windows = dm.validation.state
+    assert len(windows["input_ids"]) > len(dm.validation.examples)  # long contexts became several windows
     found = set()
     for row, example in enumerate(windows["example_index"]):
         start, end = windows["start_positions"][row], windows["end_positions"][row]
         if start == 0:
             continue
-        text = dm.val_examples[example]["answers"]["text"][0]
+        text = dm.validation.examples[example]["answers"]["text"][0]
         assert tok.decode(windows["input_ids"][row][start : end + 1]) == text.lower()
         found.add(example)
-    assert len(found) == len(dm.val_examples)
+    assert len(found) == len(dm.validation.examples)
 
 
 def test_datamodule_causal_lm_packing(tokenizers):
@@ -533,13 +534,13 @@ def test_datamodule_causal_lm_packing(tokenizers):
     dm = FactoryDataModule("causal_lm", {}, tok, batch_size=8, max_length=4, splits=splits)
     dm.setup()
     stream = tok("one two")["input_ids"] + [tok.eos_token_id] + tok("three")["input_ids"] + [tok.eos_token_id]
-    assert [r["input_ids"] for r in dm.train_rows] == [
+    assert [r["input_ids"] for r in dm.train.rows] == [
         stream[i : i + 4] for i in range(0, len(stream), 4) if len(stream[i : i + 4]) > 1
     ]
     bert = tokenizers[("bert", "causal_lm")]
     dm = FactoryDataModule("causal_lm", {}, bert, batch_size=8, max_length=512, splits=splits)
     dm.setup()
-    assert dm.train_rows[0]["input_ids"].count(bert.sep_token_id) == 2  # BERT separates with [SEP]
+    assert dm.train.rows[0]["input_ids"].count(bert.sep_token_id) == 2  # BERT separates with [SEP]
 
 
 def test_datamodule_shuffle_is_seeded(shipped, tokenizers):

@@ -15,18 +15,20 @@ from pathlib import Path
 import pytest
 import torch
 
+import factory.inference.generation
 import factory.inference.predictor
 import factory.models.bart  # noqa: F401  (explicit until every architecture is wired into factory.models)
 import factory.models.gpt2  # noqa: F401
 from factory.build import build_model
+from factory.heads import heads
+from factory.heads.causal_lm import sampling_mode
 from factory.inference.predictor import (
-    INFER_DEFAULTS,
+    COMMON_OPTIONS,
     INFER_OPTIONS,
     InferenceError,
     load_predictor,
     parse_args,
     run,
-    sampling_mode,
 )
 from factory.tokenizers.training import special_token_ids, train_tokenizer
 
@@ -175,13 +177,13 @@ def test_generation_stops_at_the_document_separator_of_training(predictors, monk
     # Training joins documents with eos, or [SEP] for BERT (no eos): that token ends a generation.
     p = predictors[arch, "causal_lm"]
     seen = {}
-    real = factory.inference.predictor.generate
+    real = factory.inference.generation.generate
 
     def spy(*args, **kwargs):
         seen.update(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(factory.inference.predictor, "generate", spy)
+    monkeypatch.setattr(factory.inference.generation, "generate", spy)
     p.generate(["the king"], max_new_tokens=2)
     assert seen["eos_token_id"] == p.tokenizer.convert_tokens_to_ids(eos)
 
@@ -269,8 +271,11 @@ def test_parse_args_errors(argv, message):
 def test_infer_yaml_documents_exactly_the_options():
     yaml = pytest.importorskip("yaml")
     documented = yaml.safe_load((REPO / "conf" / "infer.yaml").read_text())
-    assert documented == INFER_DEFAULTS
-    assert list(documented) == list(INFER_OPTIONS)
+    assert documented == {k: o.default for k, o in COMMON_OPTIONS.items()}
+    assert list(documented) == list(COMMON_OPTIONS)
+    # Every other key is a head's (its record keys and options), declared in the head's own file.
+    for key in set(INFER_OPTIONS) - set(COMMON_OPTIONS):
+        assert any(key in (*h.inputs, *h.optional_inputs, *h.options) for h in heads().values()), key
 
 
 @pytest.mark.parametrize(

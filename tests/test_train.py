@@ -161,22 +161,23 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 def pretrained_cfg(checkpoint: Path, head: str, *more: str):
+    """The composed config and the overrides the user typed (train() takes both, as under Hydra)."""
     limits = [o for o in TINY if not o.startswith("arch.")]
-    return compose_cfg(
+    overrides = [
         f"head={head}",
         *limits,
         *MAX_LENGTH[head],
         "init=pretrained",
         f"init.name_or_path={checkpoint}",
-        *more,
-    )
+    ]
+    return compose_cfg(*overrides, *more), [*overrides, *more]
 
 
 @pytest.mark.parametrize("head", ["seqcls", "qa"])
 def test_init_pretrained_starts_from_the_checkpoint(tiny_checkpoint, head, tmp_path):
     # The checkpoint decides the architecture: the arch group's YAML values (bert-base) are not applied.
-    cfg = pretrained_cfg(tiny_checkpoint, head, "optim.lr=1e-12", "arch.hidden_dropout_prob=0.2")
-    train(cfg, run_dir=tmp_path)
+    cfg, overrides = pretrained_cfg(tiny_checkpoint, head, "optim.lr=1e-12", "arch.hidden_dropout_prob=0.2")
+    train(cfg, run_dir=tmp_path, overrides=overrides)
     assert_run_dir(tmp_path, head)
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["model_type"] == "bert" and config["hidden_size"] == 32
@@ -212,7 +213,8 @@ def test_init_pretrained_conflicts_fail_before_data(tiny_checkpoint, tmp_path, m
 
     monkeypatch.setattr(factory.data.files, "load_examples", lambda *a, **k: pytest.fail("data was read"))
     with pytest.raises(ConfigError, match=pattern):
-        train(pretrained_cfg(tiny_checkpoint, "seqcls", *more), run_dir=tmp_path)
+        cfg, overrides = pretrained_cfg(tiny_checkpoint, "seqcls", *more)
+        train(cfg, run_dir=tmp_path, overrides=overrides)
 
 
 def test_fast_dev_run_preset_exports_without_checkpoints(tmp_path):

@@ -1,16 +1,10 @@
-"""The Lightning DataModule: examples from `factory.data.files`, encoded once, batched as model inputs.
+"""The Lightning DataModule: examples from the head's files, encoded once, batched as model inputs.
 
-Batches are dicts of tensors keyed by the models' forward argument names:
-
-- seqcls: `input_ids`, `attention_mask`, [`token_type_ids`], `labels` (B,).
-- qa: `input_ids`, `attention_mask`, [`token_type_ids`], `start_positions`, `end_positions`; validation
-  batches also carry `window_index` (B,): the row of `dm.val_windows` each window is, so the metric can
-  map logits back to `dm.val_examples` with `factory.heads.qa.best_spans`. Pop it before calling the model.
-- causal_lm: `input_ids`, `attention_mask`, `labels` = input_ids with -100 on padding. Labels are not
-  shifted: models with `labels_shifted_inside = False` (BART) need the LightningModule to shift them.
-
-`token_type_ids` appear only when the tokenizer returns them (BERT). Rows are padded on the right with
-the tokenizer's pad id (eos for GPT-2, which has no pad token) and attention mask 0 there.
+Batches are dicts of tensors keyed by the models' forward argument names: `input_ids`, `attention_mask`,
+[`token_type_ids`] (only when the tokenizer returns them), then whatever integer keys the head's rows
+carry (`labels`, `start_positions`, ...) and whatever the head derives from the padded inputs. Rows are
+padded on the right with the tokenizer's pad id (eos for GPT-2, which has no pad token) and attention
+mask 0 there. Keys a model does not take (QA's `window_index`) are dropped by the Lightning module.
 """
 
 from __future__ import annotations
@@ -23,11 +17,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from factory.data.files import DataError, DataSplits, load_examples
-from factory.heads import qa
-from factory.tokenizers.tokenizer import NO_MAX_LENGTH
+from factory.data.files import DataError, load_examples, settings_of
+from factory.heads.head import DataSplits, Encoded, Head, get_head
 from factory.tokenizers.training import pad_token_id
-from factory.training.failures import check_rows
 from factory.training.resume import ResumableDataLoader
 
 logger = logging.getLogger(__name__)
@@ -48,30 +40,40 @@ class _ListDataset(torch.utils.data.Dataset):
         return self.rows[index]
 
 
+def check_rows(rows: Sequence[Any], split: str, path: str, head: Head, max_length: int) -> None:
+    """Raise `DataError` naming the file when `split` encoded to no rows (training on nothing, or
+    validating on nothing, would otherwise "succeed" with empty metrics)."""
+    if rows:
+        return
+    raise DataError(
+        f"{path}: the {split} split has 0 rows after encoding for head={head.name} "
+        f"(data.max_length={max_length}): {head.empty_reason}. Give a file with more data."
+    )
+
+
 class FactoryDataModule(pl.LightningDataModule):
     """Data for one head: loads and checks the files, encodes them with `tokenizer`, serves batches.
 
     Args:
-        head: "seqcls", "qa" or "causal_lm".
-        data_cfg: the `data` config (see `factory.data.files.load_examples`); `stride` (qa windows; default
-            max_length // 4) is read here too.
+        head: a head name or `factory.heads.Head`.
+        data_cfg: the `data` config (see `factory.data.files.load_examples`); the head's own keys
+            (`stride` for QA windows, ...) are read here too.
         tokenizer: a `factory.tokenizers.tokenizer.Tokenizer`.
         batch_size: rows per batch, for both splits.
-        max_length: tokens per row: truncation for seqcls, window size for qa, block size for causal_lm.
+        max_length: tokens per row: truncation, window or block size, as the head uses it.
         num_workers: DataLoader workers.
         seed: seeds the training shuffle, so a run's batch order is reproducible.
         splits: already loaded examples (e.g. those the tokenizer was trained on), to skip reading again.
 
     Attributes (after `setup()`):
-        label_names: label names by id for seqcls, else None.
-        train_rows / val_rows: the encoded rows.
-        val_examples: the validation examples (qa: with `context` and `answers` for the metric).
-        val_windows: qa only: `factory.heads.qa.encode_qa`'s result for the validation split.
+        label_names: label names by id for a classifying head, else None.
+        train / validation: the encoded splits (`factory.heads.Encoded`: rows, and what the head needs
+            to score validation, such as QA's windows and examples).
     """
 
     def __init__(
         self,
-        head: str,
+        head: str | Head,
         data_cfg: Mapping[str, Any] | None,
         tokenizer: Any,
         batch_size: int,
@@ -81,12 +83,14 @@ class FactoryDataModule(pl.LightningDataModule):
         splits: DataSplits | None = None,
     ):
         super().__init__()
-        if head not in ("seqcls", "qa", "causal_lm"):
-            raise ValueError(f"head={head!r} has no data module; valid: ['seqcls', 'qa', 'causal_lm'].")
+        self.head = get_head(head)
+        if type(self.head).encode is Head.encode:
+            from factory.heads.head import trainable_heads
+
+            raise ValueError(f"head={self.head.name!r} has no data module; valid: {trainable_heads()}.")
         for name, value in (("batch_size", batch_size), ("max_length", max_length)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer.")
-        self.head = head
         self.data_cfg = dict(data_cfg or {})
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -95,10 +99,8 @@ class FactoryDataModule(pl.LightningDataModule):
         self.seed = seed
         self.splits = splits
         self.pad_id = pad_token_id(tokenizer)
-        self.train_rows: list[dict[str, Any]] | None = None
-        self.val_rows: list[dict[str, Any]] = []
-        self.val_examples: list[dict[str, Any]] = []
-        self.val_windows: dict[str, list] | None = None
+        self.train: Encoded | None = None
+        self.validation = Encoded([])
 
     # -- labels -----------------------------------------------------------------------------------
 
@@ -109,7 +111,7 @@ class FactoryDataModule(pl.LightningDataModule):
 
     @property
     def label_names(self) -> list[str] | None:
-        """Label names indexed by id (seqcls), else None; loads the data if needed."""
+        """Label names indexed by id (a classifying head), else None; loads the data if needed."""
         return self._ensure_splits().labels
 
     @property
@@ -129,78 +131,21 @@ class FactoryDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Encode both splits (once; later calls do nothing)."""
-        if self.train_rows is not None:
+        if self.train is not None:
             return
         splits = self._ensure_splits()
-        encode = {"seqcls": self._encode_seqcls, "qa": self._encode_qa, "causal_lm": self._encode_causal_lm}
-        self.train_rows = encode[self.head](splits.train, train=True)
-        self.val_examples = list(splits.validation)
-        self.val_rows = encode[self.head](splits.validation, train=False)
-        check_rows(self.train_rows, "training", splits.train_file, self.head, self.max_length)
-        check_rows(self.val_rows, "validation", splits.validation_file, self.head, self.max_length)
+        settings = {**settings_of(self.head, self.data_cfg), "max_length": self.max_length}
+        self.train = self.head.encode(self.tokenizer, splits.train, settings, train=True)
+        self.validation = self.head.encode(self.tokenizer, splits.validation, settings, train=False)
+        check_rows(self.train.rows, "training", splits.train_file, self.head, self.max_length)
+        check_rows(self.validation.rows, "validation", splits.validation_file, self.head, self.max_length)
         logger.info(
             "Encoded %s data: %d train rows, %d validation rows (max_length=%d)",
-            self.head,
-            len(self.train_rows),
-            len(self.val_rows),
+            self.head.name,
+            len(self.train.rows),
+            len(self.validation.rows),
             self.max_length,
         )
-
-    def _encode_seqcls(self, examples: Sequence[dict[str, Any]], train: bool) -> list[dict[str, Any]]:
-        texts = [e["text"] for e in examples]
-        pairs = [e["text_pair"] for e in examples] if examples and "text_pair" in examples[0] else None
-        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
-        keys = [k for k in qa.MODEL_INPUTS if k in enc]
-        return [{**{k: enc[k][i] for k in keys}, "labels": e["label"]} for i, e in enumerate(examples)]
-
-    def _encode_qa(self, examples: Sequence[dict[str, Any]], train: bool) -> list[dict[str, Any]]:
-        stride = self.data_cfg.get("stride") or max(1, self.max_length // 4)
-        try:
-            windows = qa.encode_qa(
-                self.tokenizer,
-                [e["question"] for e in examples],
-                [e["context"] for e in examples],
-                [e["answers"] for e in examples],
-                max_length=self.max_length,
-                stride=stride,
-            )
-        except ValueError as e:  # the settings do not fit the data: say which keys to change
-            raise DataError(f"data.max_length={self.max_length}, data.stride={stride}: {e}") from None
-        keys = [k for k in (*qa.MODEL_INPUTS, "start_positions", "end_positions") if k in windows]
-        rows = [{k: windows[k][i] for k in keys} for i in range(len(windows["input_ids"]))]
-        if not train:
-            self.val_windows = windows
-            for index, row in enumerate(rows):
-                row["window_index"] = index
-        return rows
-
-    def _encode_causal_lm(self, examples: Sequence[dict[str, Any]], train: bool) -> list[dict[str, Any]]:
-        # Documents are joined with an end-of-text token so the model learns where one ends; BERT has no
-        # eos, so its [SEP] plays that part.
-        separator = self.tokenizer.eos_token_id
-        if separator is None:
-            separator = self.tokenizer.sep_token_id
-        # Documents longer than the model are fine here (packing cuts them); an explicit max_length with
-        # truncation off keeps the tokenizer from warning that they are too long, as run_clm does.
-        ids = self.tokenizer(
-            [e["text"] for e in examples],
-            add_special_tokens=False,
-            truncation=False,
-            max_length=NO_MAX_LENGTH,
-        )["input_ids"]
-        stream: list[int] = []
-        for doc in ids:
-            stream.extend(doc)
-            if separator is not None:
-                stream.append(separator)
-        # Full blocks of max_length; the tail becomes one shorter block (padded in collate) rather than
-        # being dropped, so a small validation file still gives at least one row.
-        blocks = [stream[i : i + self.max_length] for i in range(0, len(stream), self.max_length)]
-        rows = [{"input_ids": b} for b in blocks if len(b) > 1]
-        if "token_type_ids" in getattr(self.tokenizer, "model_input_names", ()):
-            for row in rows:  # one segment: type 0 throughout, as the tokenizer gives for a single text
-                row["token_type_ids"] = [0] * len(row["input_ids"])
-        return rows
 
     # -- batches ----------------------------------------------------------------------------------
 
@@ -218,11 +163,10 @@ class FactoryDataModule(pl.LightningDataModule):
             batch["attention_mask"][i, :n] = 1
             if "token_type_ids" in batch:
                 batch["token_type_ids"][i, :n] = torch.tensor(row["token_type_ids"], dtype=torch.long)
-        if self.head == "causal_lm":
-            batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
-        for key in ("labels", "start_positions", "end_positions", "window_index"):
-            if key in rows[0]:
+        for key, value in rows[0].items():  # per-row integers: labels, answer positions, window index
+            if key not in batch and isinstance(value, int):
                 batch[key] = torch.tensor([r[key] for r in rows], dtype=torch.long)
+        self.head.finish_batch(batch)
         return batch
 
     def _loader(self, rows: list[dict[str, Any]] | None, shuffle: bool) -> DataLoader:
@@ -243,7 +187,7 @@ class FactoryDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_rows, shuffle=True)
+        return self._loader(self.train.rows if self.train is not None else None, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_rows if self.train_rows is not None else None, shuffle=False)
+        return self._loader(self.validation.rows if self.train is not None else None, shuffle=False)

@@ -7,19 +7,193 @@ is labelled with start = end = the CLS position (the first token when the tokeni
 tokenizer's own pair template joins question and context (`[CLS] q [SEP] c [SEP]` for BERT,
 `<s> q </s></s> c </s>` for BART, `q c` back to back for GPT-2).
 
-This module imports no torch at import time; logits may be tensors, numpy arrays or lists.
+Data: SQuAD-format JSON (`{"data": [{"paragraphs": [{"context", "qas": [{"id", "question", "answers":
+[{"text", "answer_start"}]}]}]}]}`) or JSONL with question/context/answers per line, answers either in
+SQuAD's list form or in the `datasets` form `{"text": [...], "answer_start": [...]}`. Examples are
+`{"id", "question", "context", "answers": {"text": [...], "answer_start": [...]}}` (the `datasets` form,
+as HF's run_qa reads it); every answer is checked to be the context span it claims. Metrics: SQuAD exact
+match and F1 of the best span over each example's windows. Inference: `{"question", "context"}` gives
+`{"answer", "score", "start", "end"}`.
+
+`encode_qa`, `best_spans` and `squad_em_f1` take logits as tensors, numpy arrays or lists.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
+import math
 import re
 import string
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+from factory.data import files
+from factory.heads.head import DataSplits, Encoded, Head, Option, register_head
+
+logger = logging.getLogger(__name__)
 
 # Keys of an `encode_qa` result that are per-window model inputs (everything else is bookkeeping).
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+QA_MAX_LENGTH, QA_STRIDE = 384, 128  # run_qa's default window and stride
+
+
+@register_head
+class QuestionAnswering(Head):
+    name: ClassVar[str] = "qa"
+    metrics = ("val/exact_match", "val/f1", "val/loss")
+    formats = ("json", "jsonl")
+    data_keys: ClassVar[dict[str, Any]] = {
+        "question_column": "question",
+        "context_column": "context",
+        "answers_column": "answers",
+        "id_column": "id",
+        # Tokens shared by consecutive windows (None: max_length // 4).
+        "stride": None,
+    }
+    shipped = ("qa/train.json", "qa/validation.json")
+    empty_reason = "no question and context gave a window"
+    inputs = ("question", "context")
+    options: ClassVar[dict[str, Option]] = {
+        "stride": Option(
+            int, None, "qa: tokens shared by consecutive windows; default min(128, max_length // 2)"
+        ),
+        "max_answer_length": Option(int, 30, "qa: longest answer in tokens"),
+    }
+    methods = ("answer",)
+
+    # ---- data -------------------------------------------------------------------------------------
+    def read(self, train_file: str, validation_file: str, settings: Mapping[str, Any]) -> DataSplits:
+        return DataSplits(_qa_examples(train_file, settings), _qa_examples(validation_file, settings))
+
+    def tokenizer_texts(self, splits: DataSplits) -> Iterator[str]:
+        seen: set[str] = set()
+        for example in splits.train:
+            yield example["question"]
+            if example["context"] not in seen:  # each context once
+                seen.add(example["context"])
+                yield example["context"]
+
+    def encode(
+        self, tokenizer: Any, examples: Sequence[dict[str, Any]], settings: Mapping[str, Any], train: bool
+    ) -> Encoded:
+        max_length = settings["max_length"]
+        stride = settings.get("stride") or max(1, max_length // 4)
+        try:
+            windows = encode_qa(
+                tokenizer,
+                [e["question"] for e in examples],
+                [e["context"] for e in examples],
+                [e["answers"] for e in examples],
+                max_length=max_length,
+                stride=stride,
+            )
+        except ValueError as e:  # the settings do not fit the data: say which keys to change
+            raise files.DataError(f"data.max_length={max_length}, data.stride={stride}: {e}") from None
+        keys = [k for k in (*MODEL_INPUTS, "start_positions", "end_positions") if k in windows]
+        rows = [{k: windows[k][i] for k in keys} for i in range(len(windows["input_ids"]))]
+        if train:
+            return Encoded(rows)
+        for index, row in enumerate(rows):
+            row["window_index"] = index  # the row of `windows` this is, for the metric
+        return Encoded(rows, state=windows, examples=list(examples))
+
+    # ---- validation -------------------------------------------------------------------------------
+    def validation_step(self, model: Any, batch: Mapping[str, Any], out: Any) -> dict[str, Any]:
+        # Rows as lists: batches are padded to different lengths (best_spans reads each window's length).
+        return {
+            **super().validation_step(model, batch, out),
+            "start_logits": out.start_logits.float().cpu().tolist(),
+            "end_logits": out.end_logits.float().cpu().tolist(),
+            "window_index": batch["window_index"].tolist(),
+        }
+
+    def validation_metrics(self, outputs: list[dict[str, Any]], data: Any) -> dict[str, float]:
+        em, f1 = self._scores(outputs, data)
+        return {**super().validation_metrics(outputs, data), "val/exact_match": em, "val/f1": f1}
+
+    def _scores(self, outputs: list[dict[str, Any]], data: Any) -> tuple[float, float]:
+        """SQuAD exact match and F1 (fractions) of the best span over each example's windows.
+
+        Only examples whose every window was seen are scored, so a sanity check or `limit_val_batches`
+        gives the score of the examples it covered rather than zeros for the rest.
+        """
+        validation = getattr(data, "validation", None)
+        windows = getattr(validation, "state", None)
+        if windows is None:
+            logger.warning(
+                "No validation windows on the data module: QA exact match and F1 are not computed."
+            )
+            return float("nan"), float("nan")
+        rows = [r for o in outputs for r in o["window_index"]]
+        seen = {k: [windows[k][r] for r in rows] for k in ("offset_mapping", "context_mask", "example_index")}
+        examples = validation.examples
+        spans = best_spans(
+            [row for o in outputs for row in o["start_logits"]],
+            [row for o in outputs for row in o["end_logits"]],
+            seen,
+            [e["context"] for e in examples],
+        )
+        total, covered = Counter(windows["example_index"]), Counter(seen["example_index"])
+        done = sorted(e for e, n in covered.items() if n == total[e])
+        if not done:
+            return float("nan"), float("nan")
+        return squad_em_f1([spans[e]["text"] for e in done], [examples[e]["answers"]["text"] for e in done])
+
+    # ---- inference --------------------------------------------------------------------------------
+    def predict(self, predictor: Any, records: Sequence[Mapping[str, Any]], opts: Mapping[str, Any]) -> list:
+        return answer(
+            predictor,
+            [r["question"] for r in records],
+            [r["context"] for r in records],
+            max_length=opts["max_length"],
+            stride=opts["stride"],
+            max_answer_length=opts["max_answer_length"],
+            batch_size=opts["batch_size"],
+        )
+
+
+def answer(
+    predictor: Any,
+    questions: Sequence[str],
+    contexts: Sequence[str],
+    max_length: int | None = None,
+    stride: int | None = None,
+    max_answer_length: int = 30,
+    batch_size: int = 16,
+) -> list[dict[str, Any]]:
+    """`[{"answer", "score", "start", "end"}]`: the best span over all windows of each context.
+
+    `context[start:end] == answer`; `score` is start logit + end logit (run_qa's ranking score).
+    """
+    import torch
+
+    limit = predictor.limit(max_length, QA_MAX_LENGTH)
+    if stride is None:  # HF's question-answering pipeline default
+        stride = min(QA_STRIDE, limit // 2)
+    windows = encode_qa(predictor.tokenizer, list(questions), list(contexts), max_length=limit, stride=stride)
+    n = len(windows["input_ids"])
+    starts: list[list[float]] = []
+    ends: list[list[float]] = []
+    for begin in range(0, n, batch_size):
+        rows = {k: windows[k][begin : begin + batch_size] for k in MODEL_INPUTS if k in windows}
+        with torch.inference_mode():
+            out = predictor.model(**predictor.collate(rows))
+        starts += out.start_logits.float().tolist()
+        ends += out.end_logits.float().tolist()
+    spans = best_spans(starts, ends, windows, list(contexts), max_answer_length=max_answer_length)
+    return [
+        {
+            "answer": s["text"],
+            "score": s["score"] if math.isfinite(s["score"]) else None,
+            "start": s["start"],
+            "end": s["end"],
+        }
+        for s in spans
+    ]
 
 
 def encode_qa(
@@ -266,3 +440,121 @@ def squad_em_f1(predictions: Sequence[str], references: Sequence[str | Sequence[
         em_total += max(float(normalize_answer(prediction) == normalize_answer(r)) for r in refs)
         f1_total += max(_f1(prediction, r) for r in refs)
     return em_total / len(predictions), f1_total / len(predictions)
+
+
+# ---- data files ---------------------------------------------------------------------------------------
+
+
+def _qa_examples(path: str, settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+    fmt = files.file_format(path, settings, QuestionAnswering)
+    text = files.read_text(path)
+    if fmt == "jsonl":
+        records = [(line, record) for line, record in files.read_jsonl(path, text)]
+        examples = [_qa_example(path, line, record, settings) for line, record in records]
+    else:
+        examples = _squad_examples(path, files.load_json(path, text), settings)
+    if not examples:
+        raise files.DataError(f"Data file {path} has no questions.")
+    ids: dict[str, int] = {}
+    for index, example in enumerate(examples):
+        if example["id"] in ids:
+            raise files.DataError(f"{path}: question id {example['id']!r} appears twice; ids must be unique.")
+        ids[example["id"]] = index
+    return examples
+
+
+def _squad_examples(path: str, data: Any, settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """SQuAD's nesting; a flat JSON list of question records is read like JSONL."""
+    if isinstance(data, list):
+        return [_qa_example(path, f"record {i + 1}", r, settings) for i, r in enumerate(data)]
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise files.DataError(
+            f"{path}: expected SQuAD format {{'data': [{{'paragraphs': [{{'context': ..., 'qas': [...]}}]}}]}}"
+            " or a list of question records."
+        )
+    examples = []
+    for a, article in enumerate(data["data"]):
+        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+        if paragraphs is None and isinstance(article, dict) and settings["question_column"] in article:
+            examples.append(_qa_example(path, f"data[{a}]", article, settings))  # {"data": [records]}
+            continue
+        if not isinstance(paragraphs, list):
+            raise files.DataError(f"{path}, data[{a}]: expected an object with a 'paragraphs' list.")
+        for p, paragraph in enumerate(paragraphs):
+            where = f"data[{a}].paragraphs[{p}]"
+            if not isinstance(paragraph, dict) or not isinstance(paragraph.get("qas"), list):
+                raise files.DataError(f"{path}, {where}: expected an object with 'context' and a 'qas' list.")
+            context = files.text_value(
+                path, where, files.field_value(path, where, paragraph, "context", "context_column"), "context"
+            )
+            for q, qa in enumerate(paragraph["qas"]):
+                if not isinstance(qa, dict):
+                    raise files.DataError(f"{path}, {where}.qas[{q}]: expected an object.")
+                record = {settings["id_column"]: f"{a}-{p}-{q}", **qa, settings["context_column"]: context}
+                examples.append(_qa_example(path, f"{where}.qas[{q}]", record, settings))
+    return examples
+
+
+def _qa_example(path: str, line: int | str, record: Any, settings: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(record, dict):
+        raise files.DataError(
+            f"{files.where(path, line)}: expected a JSON object, found {type(record).__name__}."
+        )
+    q_col, c_col, a_col = settings["question_column"], settings["context_column"], settings["answers_column"]
+    question = files.text_value(
+        path, line, files.field_value(path, line, record, q_col, "question_column"), q_col
+    )
+    context = files.text_value(
+        path, line, files.field_value(path, line, record, c_col, "context_column"), c_col
+    )
+    answers = _answers(path, line, files.field_value(path, line, record, a_col, "answers_column"), a_col)
+    for text, start in zip(answers["text"], answers["answer_start"]):
+        if context[start : start + len(text)] != text:
+            raise files.DataError(
+                f"{files.where(path, line)}: answer {text!r} is not at answer_start={start} of the context "
+                f"(found {context[start : start + len(text)]!r} there)."
+            )
+    default_id = str(line) if isinstance(line, int) else line
+    return {
+        "id": str(record.get(settings["id_column"], default_id)),
+        "question": question,
+        "context": context,
+        "answers": answers,
+    }
+
+
+def _answers(path: str, line: int | str, value: Any, column: str) -> dict[str, list]:
+    """SQuAD's `[{"text", "answer_start"}]` or datasets' `{"text": [...], "answer_start": [...]}`."""
+    where = files.where(path, line)
+    if isinstance(value, dict) and "text" in value and "answer_start" in value:
+        texts, starts = value["text"], value["answer_start"]
+        if isinstance(texts, str):
+            texts, starts = [texts], [starts]
+        if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
+            raise files.DataError(
+                f"{where}: column {column!r} needs lists 'text' and 'answer_start' of the same length."
+            )
+    elif isinstance(value, list):
+        texts, starts = [], []
+        for item in value:
+            if not isinstance(item, dict) or "text" not in item or "answer_start" not in item:
+                raise files.DataError(
+                    f"{where}: each answer in column {column!r} needs 'text' and 'answer_start'."
+                )
+            texts.append(item["text"])
+            starts.append(item["answer_start"])
+    else:
+        raise files.DataError(
+            f"{where}: column {column!r} should be a list of {{'text', 'answer_start'}} or "
+            f"{{'text': [...], 'answer_start': [...]}}, found {value!r}."
+        )
+    for text, start in zip(texts, starts):
+        if not isinstance(text, str) or not text:
+            raise files.DataError(
+                f"{where}: answer text {text!r} in column {column!r} must be a non-empty string."
+            )
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise files.DataError(
+                f"{where}: answer_start {start!r} in column {column!r} must be an integer >= 0."
+            )
+    return {"text": list(texts), "answer_start": list(starts)}

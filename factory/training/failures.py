@@ -4,7 +4,6 @@
   backward pass and optimizer step, so the weights in memory are still the last finite ones; and no
   checkpoint with non-finite weights is ever written (a check in `on_save_checkpoint`, which runs before
   the file is written).
-- `check_rows`: a split that encodes to no rows is a `DataError` naming the file.
 - With several processes, a process that dies or hangs ends the whole run in bounded time, its error
   shown (each process prints its own traceback, prefixed with its rank):
   - a process other than rank 0 fails: Lightning's observer in rank 0 kills all within ~5 s;
@@ -22,14 +21,11 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-
-from factory.data.files import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -109,22 +105,6 @@ def _where(trainer: pl.Trainer) -> str:
 def _last_checkpoint(trainer: pl.Trainer) -> str:
     paths = [getattr(c, "last_model_path", "") for c in trainer.checkpoint_callbacks]
     return next((p for p in paths if p), "")
-
-
-def check_rows(rows: Sequence[Any], split: str, path: str, head: str, max_length: int) -> None:
-    """Raise `DataError` naming the file when `split` encoded to no rows (training on nothing, or
-    validating on nothing, would otherwise "succeed" with empty metrics)."""
-    if rows:
-        return
-    why = {
-        "causal_lm": "its text gives fewer than 2 tokens",
-        "qa": "no question and context gave a window",
-        "seqcls": "it has no examples",
-    }.get(head, "it gave no rows")
-    raise DataError(
-        f"{path}: the {split} split has 0 rows after encoding for head={head} (data.max_length={max_length}): "
-        f"{why}. Give a file with more data."
-    )
 
 
 class ProcessGuard(pl.Callback):

@@ -1,4 +1,4 @@
-"""The LightningModule: a factory model, its loss, its metrics per head, and AdamW with a warmup schedule.
+"""The LightningModule: a factory model, its head's batches and metrics, and AdamW with a warmup schedule.
 
 `FactoryModule` takes plain config data (the arch values, the head name, the optim values) and builds the
 model through `factory.build` itself, so a checkpoint holds only plain hyperparameters and reloads with
@@ -11,18 +11,16 @@ import inspect
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from factory.build import _plain, build_model
 from factory.config import ConfigError, did_you_mean
-from factory.models.losses import IGNORE_INDEX
+from factory.heads.head import get_head
 
 logger = logging.getLogger(__name__)
 
@@ -129,20 +127,6 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     ]
 
 
-# ---- metrics --------------------------------------------------------------------------------------------
-def accuracy_and_macro_f1(preds: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """Accuracy and macro-F1 over the classes seen in labels or predictions (scikit-learn's convention)."""
-    if labels.numel() == 0:
-        return float("nan"), float("nan")
-    n = int(max(preds.max(), labels.max())) + 1
-    confusion = torch.bincount(labels * n + preds, minlength=n * n).reshape(n, n).double()
-    tp = confusion.diag()
-    predicted, actual = confusion.sum(0), confusion.sum(1)
-    seen = (predicted + actual) > 0
-    f1 = torch.where(seen, 2 * tp / (predicted + actual).clamp(min=1), torch.zeros_like(tp))
-    return float(tp.sum() / labels.numel()), float(f1[seen].mean())
-
-
 # ---- the module -----------------------------------------------------------------------------------------
 class FactoryModule(pl.LightningModule):
     """Training and validation of one factory model for one head.
@@ -168,6 +152,7 @@ class FactoryModule(pl.LightningModule):
                 _, model = build_model(plain_data(arch, "arch"), head, seed=seed)
         self.model = model
         self.head = head
+        self.task = get_head(head)  # what the head name stands for: its data, metrics and conventions
         # The model's typed config written back as plain values: reloading builds exactly this model.
         arch = config_values(model.config)
         self.save_hyperparameters({"arch": arch, "head": head, "optim": optim, "seed": seed})
@@ -180,19 +165,12 @@ class FactoryModule(pl.LightningModule):
     def forward(self, **inputs: torch.Tensor):
         return self.model(**{k: v for k, v in inputs.items() if k in self._forward_args})
 
-    def _labelled(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        batch = dict(batch)
-        if self.head == "causal_lm" and "labels" in batch and not self.model.labels_shifted_inside:
-            # This model's labels are the next tokens (HF's BartForCausalLM): shift them left here.
-            batch["labels"] = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
-        return batch
-
     # ---- training -----------------------------------------------------------------------------------
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._step_start = time.perf_counter()
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self(**self._labelled(batch))
+        out = self(**self.task.prepare_batch(self.model, dict(batch)))
         size = batch["input_ids"].size(0)
         self.log("train/loss", out.loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
         mask = batch.get("attention_mask")
@@ -203,77 +181,19 @@ class FactoryModule(pl.LightningModule):
         if self._step_start is not None:
             self.train_time += time.perf_counter() - self._step_start
 
-    # ---- validation ---------------------------------------------------------------------------------
+    # ---- validation: the head keeps what it needs of each batch and scores the epoch ----------------
     def on_validation_epoch_start(self) -> None:
         self._outputs = []
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        batch = self._labelled(batch)
-        out = self(**batch)
-        size = batch["input_ids"].size(0)
-        if self.head == "seqcls":
-            self.log("val/loss", out.loss, on_epoch=True, batch_size=size)
-            self._outputs.append({"preds": out.logits.argmax(-1).cpu(), "labels": batch["labels"].cpu()})
-        elif self.head == "qa":
-            self.log("val/loss", out.loss, on_epoch=True, batch_size=size)
-            # Rows as lists: batches are padded to different lengths (best_spans reads each window's length).
-            keep = {
-                "start_logits": out.start_logits.float().cpu().tolist(),
-                "end_logits": out.end_logits.float().cpu().tolist(),
-                "window_index": batch["window_index"].tolist(),  # rows of the datamodule's val_windows
-            }
-            self._outputs.append(keep)
-        elif self.head == "causal_lm":
-            labels = batch["labels"][:, 1:] if self.model.labels_shifted_inside else batch["labels"]
-            tokens = int((labels != IGNORE_INDEX).sum())
-            self._outputs.append({"loss_sum": out.loss.detach().float().cpu() * tokens, "tokens": tokens})
-        else:
-            self.log("val/loss", out.loss, on_epoch=True, batch_size=size)
+        batch = self.task.prepare_batch(self.model, dict(batch))
+        self._outputs.append(self.task.validation_step(self.model, batch, self(**batch)))
 
     def on_validation_epoch_end(self) -> None:
         outputs, self._outputs = self._outputs, []
-        if not outputs:
-            return
-        if self.head == "seqcls":
-            preds = torch.cat([o["preds"] for o in outputs])
-            labels = torch.cat([o["labels"] for o in outputs])
-            accuracy, f1 = accuracy_and_macro_f1(preds, labels)
-            self.log_dict({"val/accuracy": accuracy, "val/f1": f1}, prog_bar=True)
-        elif self.head == "qa":
-            em, f1 = self._qa_scores(outputs)
-            self.log_dict({"val/exact_match": em, "val/f1": f1}, prog_bar=True)
-        elif self.head == "causal_lm":
-            tokens = sum(o["tokens"] for o in outputs)
-            loss = float(sum(o["loss_sum"] for o in outputs) / max(tokens, 1))
-            self.log_dict({"val/loss": loss, "val/perplexity": math.exp(min(loss, 50.0))}, prog_bar=True)
-
-    def _qa_scores(self, outputs: list[dict[str, Any]]) -> tuple[float, float]:
-        """SQuAD exact match and F1 (fractions) of the best span over each example's windows.
-
-        Only examples whose every window was seen are scored, so a sanity check or `limit_val_batches`
-        gives the score of the examples it covered rather than zeros for the rest.
-        """
-        from factory.heads.qa import best_spans, squad_em_f1
-
-        datamodule = getattr(self.trainer, "datamodule", None)
-        windows = getattr(datamodule, "val_windows", None)
-        if windows is None:
-            logger.warning("No val_windows on the datamodule: QA exact match and F1 are not computed.")
-            return float("nan"), float("nan")
-        rows = [r for o in outputs for r in o["window_index"]]
-        seen = {k: [windows[k][r] for r in rows] for k in ("offset_mapping", "context_mask", "example_index")}
-        examples = datamodule.val_examples
-        spans = best_spans(
-            [row for o in outputs for row in o["start_logits"]],
-            [row for o in outputs for row in o["end_logits"]],
-            seen,
-            [e["context"] for e in examples],
-        )
-        total, covered = Counter(windows["example_index"]), Counter(seen["example_index"])
-        done = sorted(e for e, n in covered.items() if n == total[e])
-        if not done:
-            return float("nan"), float("nan")
-        return squad_em_f1([spans[e]["text"] for e in done], [examples[e]["answers"]["text"] for e in done])
+        if outputs:
+            data = getattr(self.trainer, "datamodule", None)
+            self.log_dict(self.task.validation_metrics(outputs, data), prog_bar=True)
 
     # ---- optimizer ----------------------------------------------------------------------------------
     def configure_optimizers(self):

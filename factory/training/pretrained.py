@@ -102,7 +102,6 @@ def merge_overrides(
     init: PretrainedInit,
     *,
     arch_choice: str | None = None,
-    labels: Mapping[int, str] | None = None,
     path: str = "arch",
 ) -> tuple[PretrainedConfig, dict[str, Any]]:
     """The config to build: the checkpoint's, with the user's overrides that keep it loadable.
@@ -141,7 +140,9 @@ def merge_overrides(
             try:
                 trial = ckpt.replace(**{f: v})
             except ConfigError as e:
-                raise ConfigError(f"{path}.{typed}={v!r}: {e}", key=typed) from None
+                raise ConfigError(
+                    f"{path}.{typed}={v!r}: {e} (the checkpoint {where} has {f}={have!r})", key=typed
+                ) from None
             shapes = _shapes(cls, trial)
             moved = sorted(k for k in base_shapes if k in shapes and shapes[k] != base_shapes[k])
             if moved and not init.ignore_mismatched_sizes:
@@ -152,9 +153,6 @@ def merge_overrides(
                     key=typed,
                 )
         applied[typed] = value
-    if labels is not None and head == "seqcls":
-        _check_labels(ckpt, cls, labels, init)
-        applied["id2label"] = dict(labels)
     try:
         config = ckpt.replace(**applied)
     except ConfigError as e:
@@ -193,19 +191,27 @@ def load_pretrained(
     arch_choice: str | None = None,
     labels: Mapping[int, str] | None = None,
     extra: Mapping[str, Any] | None = None,
+    resolved: tuple[PretrainedConfig, str | None, Mapping[str, Any]] | None = None,
 ):
     """`(config, model, tokenizer, report)` for training `head` from the checkpoint `init` names.
 
-    `extra` are values the pipeline sets whatever the checkpoint says (`is_decoder` for a causal LM head).
+    `extra` are values the pipeline sets whatever the checkpoint says (`is_decoder` for a causal LM head);
+    `labels` the label names the data has (a classifying head). `resolved` is a plan's
+    `(config, commit, applied overrides)`: the checkpoint's config.json is then not read and merged again.
     With `init.weights=False`, the checkpoint's config and tokenizer come with freshly initialised weights.
     """
-    ckpt, commit = checkpoint_config(init)
-    config, applied = merge_overrides(
-        ckpt, head, user_arch or {}, init, arch_choice=arch_choice, labels=labels
-    )
+    if resolved is None:
+        ckpt, commit = checkpoint_config(init)
+        config, applied = merge_overrides(ckpt, head, user_arch or {}, init, arch_choice=arch_choice)
+    else:
+        config, commit, applied = resolved[0], resolved[1], dict(resolved[2])
+    cls = registry.model_class(config.model_type, head)
+    if labels is not None:
+        _check_labels(config, cls, labels, init)
+        applied["id2label"] = dict(labels)
+        config = config.replace(id2label=dict(labels))
     if extra:
         config = config.replace(**extra)
-    cls = registry.model_class(config.model_type, head)
     tokenizer = AutoTokenizer.from_pretrained(
         init.name_or_path,
         revision=init.revision,

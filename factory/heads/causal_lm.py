@@ -1,0 +1,270 @@
+"""Causal language modelling: text in, the next token at every position.
+
+Data: plain text (documents separated by blank lines) or JSONL with a text column. Examples are
+`{"text"}`; documents are joined with an end-of-text token and packed into blocks of `max_length`. Labels
+are the input ids with -100 on padding, not shifted: a model class with `labels_shifted_inside = False`
+(BART's, as in HF) gets them shifted here. Metrics: token-weighted validation loss and its perplexity.
+Inference: `{"prompt"}` gives `{"generated_text"}` (greedy or sampled, KV cache).
+
+Generation rule (Python API and command line alike): `do_sample=False` is greedy and `do_sample=True`
+samples; left unset (None), generation samples when any of temperature > 0, top_k or top_p is given, and
+is greedy otherwise, so `temperature=0` always means greedy and a bare prompt gives the same tokens as
+transformers' greedy `generate`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch.nn.functional as F
+
+from factory.data import files
+from factory.heads.head import DataSplits, Encoded, Head, Option, register_head
+from factory.inference import generation
+from factory.models.losses import IGNORE_INDEX
+from factory.tokenizers.tokenizer import NO_MAX_LENGTH
+
+
+@register_head
+class CausalLanguageModeling(Head):
+    name: ClassVar[str] = "causal_lm"
+    metrics = ("val/loss", "val/perplexity")
+    vocab_logits = True
+    formats = ("text", "jsonl")
+    data_keys: ClassVar[dict[str, Any]] = {"text_column": "text"}
+    shipped = ("causal_lm/train.txt", "causal_lm/validation.txt")
+    empty_reason = "its text gives fewer than 2 tokens"
+    inputs = ("prompt",)
+    options: ClassVar[dict[str, Option]] = {
+        "max_new_tokens": Option(int, 20, "causal_lm: tokens to generate at most"),
+        "do_sample": Option(bool, None, "causal_lm: true samples, false is greedy; unset: see temperature"),
+        "temperature": Option(float, None, "causal_lm: > 0 samples (unless do_sample=false), 0 is greedy"),
+        "top_k": Option(int, None, "causal_lm: sample among the k most likely tokens"),
+        "top_p": Option(float, None, "causal_lm: sample from the smallest set holding this probability"),
+        "seed": Option(int, None, "causal_lm: seed for sampling; unset draws a fresh one"),
+    }
+    methods = ("generate",)
+
+    def config_values(self, splits: DataSplits | None) -> dict[str, Any]:
+        return {"is_decoder": True}
+
+    def prepare_batch(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        if "labels" in batch and not model.labels_shifted_inside:
+            # This model's labels are the next tokens (HF's BartForCausalLM): shift them left here.
+            batch = {**batch, "labels": F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)}
+        return batch
+
+    # ---- data -------------------------------------------------------------------------------------
+    def read(self, train_file: str, validation_file: str, settings: Mapping[str, Any]) -> DataSplits:
+        return DataSplits(_text_examples(train_file, settings), _text_examples(validation_file, settings))
+
+    def tokenizer_texts(self, splits: DataSplits) -> Iterator[str]:
+        for example in splits.train:
+            yield example["text"]
+
+    def encode(
+        self, tokenizer: Any, examples: Sequence[dict[str, Any]], settings: Mapping[str, Any], train: bool
+    ) -> Encoded:
+        max_length = settings["max_length"]
+        # Documents are joined with an end-of-text token so the model learns where one ends; BERT has no
+        # eos, so its [SEP] plays that part.
+        separator = document_separator(tokenizer)
+        # Documents longer than the model are fine here (packing cuts them); an explicit max_length with
+        # truncation off keeps the tokenizer from warning that they are too long, as run_clm does.
+        ids = tokenizer(
+            [e["text"] for e in examples],
+            add_special_tokens=False,
+            truncation=False,
+            max_length=NO_MAX_LENGTH,
+        )["input_ids"]
+        stream: list[int] = []
+        for doc in ids:
+            stream.extend(doc)
+            if separator is not None:
+                stream.append(separator)
+        # Full blocks of max_length; the tail becomes one shorter block (padded in collate) rather than
+        # being dropped, so a small validation file still gives at least one row.
+        blocks = [stream[i : i + max_length] for i in range(0, len(stream), max_length)]
+        rows = [{"input_ids": b} for b in blocks if len(b) > 1]
+        if "token_type_ids" in getattr(tokenizer, "model_input_names", ()):
+            for row in rows:  # one segment: type 0 throughout, as the tokenizer gives for a single text
+                row["token_type_ids"] = [0] * len(row["input_ids"])
+        return Encoded(rows)
+
+    def finish_batch(self, batch: dict[str, Any]) -> None:
+        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
+
+    # ---- validation -------------------------------------------------------------------------------
+    def validation_step(self, model: Any, batch: Mapping[str, Any], out: Any) -> dict[str, Any]:
+        # Weighted by the tokens that have a target, so the epoch's loss is the loss per token.
+        labels = batch["labels"][:, 1:] if model.labels_shifted_inside else batch["labels"]
+        tokens = int((labels != IGNORE_INDEX).sum())
+        return {"loss_sum": float(out.loss) * tokens, "count": tokens}
+
+    def validation_metrics(self, outputs: list[dict[str, Any]], data: Any) -> dict[str, float]:
+        loss = super().validation_metrics(outputs, data)["val/loss"]
+        return {"val/loss": loss, "val/perplexity": math.exp(min(loss, 50.0))}
+
+    # ---- inference --------------------------------------------------------------------------------
+    def check_options(self, opts: Mapping[str, Any]) -> None:
+        sampling_mode(opts["do_sample"], opts["temperature"], opts["top_k"], opts["top_p"])
+
+    def predict(self, predictor: Any, records: Sequence[Mapping[str, Any]], opts: Mapping[str, Any]) -> list:
+        texts = generate(
+            predictor,
+            [r["prompt"] for r in records],
+            max_new_tokens=opts["max_new_tokens"],
+            temperature=opts["temperature"],
+            top_k=opts["top_k"],
+            top_p=opts["top_p"],
+            do_sample=opts["do_sample"],
+            seed=opts["seed"],
+            batch_size=opts["batch_size"],
+        )
+        return [{"generated_text": t} for t in texts]
+
+
+def document_separator(tokenizer: Any) -> int | None:
+    """The token that ends a document in training, and so a generation: eos, or [SEP] for BERT."""
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+
+
+def sampling_mode(
+    do_sample: bool | None, temperature: float | None, top_k: int | None, top_p: float | None
+) -> tuple[bool, float]:
+    """`(do_sample, temperature)` after the module's generation rule, validated.
+
+    Raises:
+        ValueError: a negative or non-finite temperature, do_sample=True with temperature 0, or a bad
+            top_k / top_p (named with its value).
+    """
+    generation.check_sampling_args(False, 1.0 if temperature is None else temperature, top_k, top_p)
+    if do_sample is None:
+        do_sample = (temperature is not None and temperature > 0) or (
+            temperature is None and (top_k is not None or top_p is not None)
+        )
+    if temperature is None or not do_sample:
+        temperature = 1.0  # greedy ignores it, as in transformers
+    generation.check_sampling_args(do_sample, temperature, top_k, top_p)
+    return do_sample, temperature
+
+
+def prompt_ids(predictor: Any, prompt: str) -> list[int]:
+    """The prompt's ids without template tokens, as training encodes causal-LM text.
+
+    No [CLS]/<s> in front and, above all, no [SEP]/</s> at the end, which would say the text is over.
+    An empty prompt starts from the token that separates documents in training (eos, [SEP] for BERT).
+    """
+    ids = list(predictor.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    if not ids:
+        tok = predictor.tokenizer
+        candidates = (tok.eos_token_id, tok.sep_token_id, tok.bos_token_id, tok.cls_token_id)
+        start = next((t for t in candidates if t is not None), None)
+        if start is None:
+            from factory.inference.predictor import InferenceError
+
+            raise InferenceError(
+                "An empty prompt needs an eos or bos token to start from; this model has none."
+            )
+        ids = [start]
+    return ids
+
+
+def generate(
+    predictor: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int = 20,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    do_sample: bool | None = None,
+    seed: int | None = None,
+    batch_size: int = 16,
+) -> list[str]:
+    """Each prompt followed by its continuation (KV cache; greedy or sampled, see the module rule)."""
+    do_sample, temperature = sampling_mode(do_sample, temperature, top_k, top_p)
+    # Stop at the token that ends a document in training.
+    tok = predictor.tokenizer
+    eos = next(
+        (t for t in (predictor.model.config.eos_token_id, document_separator(tok)) if t is not None), None
+    )
+    rows = [prompt_ids(predictor, p) for p in prompts]
+    texts: list[str] = [""] * len(rows)
+    for group in _generation_batches(predictor, rows, batch_size):
+        batch = predictor.collate({"input_ids": [rows[i] for i in group]}, left=True)
+        out = generation.generate(
+            predictor.model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_token_id=[] if eos is None else eos,
+            pad_token_id=predictor.pad_id(),
+            seed=seed,
+        )
+        width = batch["input_ids"].size(1)
+        for i, new_ids in zip(group, out[:, width:].tolist()):
+            # Decode prompt + continuation together and cut the decoded prompt off, as HF's pipeline
+            # does: a continuation decoded alone can lose the space that joins it to the prompt.
+            full = tok.decode(rows[i] + new_ids, skip_special_tokens=True)
+            head = tok.decode(rows[i], skip_special_tokens=True)
+            texts[i] = prompts[i] + full[len(head) :]
+    return texts
+
+
+def _generation_batches(predictor: Any, rows: list[list[int]], batch_size: int) -> list[list[int]]:
+    """Indices of `rows` to generate together.
+
+    A model that takes `position_ids` gets left-padded batches (positions count from each row's first
+    real token). One that does not (BART's decoder, as in HF) would see padding shift its positions,
+    so only prompts of one length share a batch there: each continuation is then the one its prompt
+    gets alone.
+    """
+    order = list(range(len(rows)))
+    if "position_ids" in predictor.model_inputs:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    by_length: dict[int, list[int]] = {}
+    for i in order:
+        by_length.setdefault(len(rows[i]), []).append(i)
+    return [same[i : i + batch_size] for same in by_length.values() for i in range(0, len(same), batch_size)]
+
+
+# ---- data files -----------------------------------------------------------------------------------------
+
+
+def _text_examples(path: str, settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+    fmt = files.file_format(path, settings, CausalLanguageModeling)
+    text = files.read_text(path)
+    if fmt == "jsonl":
+        column = settings["text_column"]
+        examples = []
+        for line, record in files.read_jsonl(path, text):
+            value = files.text_value(
+                path, line, files.field_value(path, line, record, column, "text_column"), column
+            )
+            if value.strip():
+                examples.append({"text": value})
+    else:
+        examples = [{"text": block} for block in _blocks(text)]
+    if not examples:
+        raise files.DataError(f"Data file {path} has no text.")
+    return examples
+
+
+def _blocks(text: str) -> list[str]:
+    """Documents of a plain text file: runs of non-blank lines."""
+    blocks, current = [], []
+    for line in text.split("\n"):
+        if line.strip():
+            current.append(line.strip())
+        elif current:
+            blocks.append("\n".join(current))
+            current = []
+    if current:
+        blocks.append("\n".join(current))
+    return blocks
