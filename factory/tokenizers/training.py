@@ -23,7 +23,7 @@ import copy
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -67,7 +67,7 @@ class TokenizerRecipe:
     post_processor: str
     template: tuple[str, str] | None = None
     lowercase: bool = False
-    added_last: tuple[Mapping[str, Any], ...] = field(default=())
+    added_last: tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
