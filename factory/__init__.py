@@ -1,5 +1,10 @@
-"""factory: BERT, GPT-2 and BART in plain PyTorch, with Hugging Face checkpoints both ways."""
+"""factory: BERT, GPT-2 and BART in plain PyTorch, with Hugging Face checkpoints both ways.
 
+Each architecture's config and model classes (`BertConfig`, `GPT2LMHeadModel`, ...) are served from the
+registry, so a new architecture file is exported without being named here.
+"""
+
+from factory import models, registry  # noqa: F401  (importing models registers the architectures)
 from factory.auto import (
     AutoConfig,
     AutoModel,
@@ -9,27 +14,6 @@ from factory.auto import (
 )
 from factory.checkpoints.weights import CheckpointError, CheckpointTable
 from factory.config import ConfigError, PretrainedConfig
-from factory.models.bart import (
-    BartConfig,
-    BartForCausalLM,
-    BartForQuestionAnswering,
-    BartForSequenceClassification,
-    BartModel,
-)
-from factory.models.bert import (
-    BertConfig,
-    BertForQuestionAnswering,
-    BertForSequenceClassification,
-    BertLMHeadModel,
-    BertModel,
-)
-from factory.models.gpt2 import (
-    GPT2Config,
-    GPT2ForQuestionAnswering,
-    GPT2ForSequenceClassification,
-    GPT2LMHeadModel,
-    GPT2Model,
-)
 from factory.models.modeling import PreTrainedModel
 from factory.models.outputs import ModelOutput
 from factory.registry import (
@@ -43,29 +27,35 @@ from factory.registry import (
 )
 from factory.tokenizers.tokenizer import AutoTokenizer
 
+
+def _architecture_classes() -> dict[str, type]:
+    """The registered classes that ship with factory (a user's own stay out of its namespace)."""
+    return {
+        name: cls
+        for name, cls in registry.registered_classes().items()
+        if cls.__module__.startswith("factory.models.")
+    }
+
+
+def __getattr__(name: str) -> type:
+    cls = _architecture_classes().get(name)
+    if cls is None:
+        raise AttributeError(f"module 'factory' has no attribute {name!r}")
+    return cls
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_architecture_classes()})
+
+
 __all__ = [
     "HEADS",
-    "GPT2Config",
-    "GPT2ForQuestionAnswering",
-    "GPT2ForSequenceClassification",
-    "GPT2LMHeadModel",
-    "GPT2Model",
     "AutoConfig",
     "AutoModel",
     "AutoModelForCausalLM",
     "AutoModelForQuestionAnswering",
     "AutoModelForSequenceClassification",
     "AutoTokenizer",
-    "BartConfig",
-    "BartForCausalLM",
-    "BartForQuestionAnswering",
-    "BartForSequenceClassification",
-    "BartModel",
-    "BertConfig",
-    "BertForQuestionAnswering",
-    "BertForSequenceClassification",
-    "BertLMHeadModel",
-    "BertModel",
     "CheckpointError",
     "CheckpointTable",
     "ConfigError",
@@ -78,4 +68,5 @@ __all__ = [
     "register_config",
     "register_model",
     "registered_models",
+    *sorted(_architecture_classes()),
 ]

@@ -2,10 +2,21 @@
 
 Architecture files fill the tables with the decorators below, next to their definitions; this module
 imports no architecture. A name that is not registered raises an error listing the valid ones.
+
+Registration checks the contract an architecture keeps with the rest of the factory, so that a missing
+piece fails at import, naming the class and the piece:
+
+- a config class (a dataclass with HF's field names) has a `model_type`; maps every name of
+  `COMMON_NAMES` to its fields, as a field of that name or through `aliases` (whose targets are
+  fields); names the fields that set its depth in `depth_fields`; and has a `tokenizer_recipe` (a
+  `factory.tokenizers.training.TokenizerRecipe`) for `init=random`.
+- a model class has a registered `config_class`, a `base_model_prefix` (the attribute holding the
+  backbone in head models) and a `checkpoint_table` (a `factory.checkpoints.weights.CheckpointTable`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from factory.config import ConfigError, did_you_mean
@@ -13,20 +24,86 @@ from factory.config import ConfigError, did_you_mean
 _CONFIGS: dict[str, type] = {}
 _MODELS: dict[tuple[str, str], type] = {}
 HEADS: list[str] = ["base", "seqcls", "qa", "causal_lm"]
+# Names every architecture answers to (configs, Hydra overrides, `config.num_hidden_layers`).
+COMMON_NAMES = (
+    "num_hidden_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "max_position_embeddings",
+    "intermediate_size",
+    "vocab_size",
+)
 
 
 class RegistryError(ConfigError, KeyError):
-    """An unknown or duplicate architecture or head name."""
+    """An unknown or duplicate architecture or head name, or a class that breaks the contract."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
 
 
+def _config_problems(cls: type) -> list[str]:
+    """What `cls` lacks to be an architecture's config class (empty when nothing)."""
+    # `__dataclass_fields__` of its own: a plain subclass of a dataclass inherits the parent's fields and
+    # would turn its own annotations into class attributes.
+    if "__dataclass_fields__" not in vars(cls):
+        return ["it is not a dataclass (decorate it with @register_config above @dataclass)"]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    problems = []
+    model_type = getattr(cls, "model_type", None)
+    if not model_type or not isinstance(model_type, str):
+        problems.append("no model_type to register under")
+    aliases = getattr(cls, "aliases", {})
+    for name, targets in aliases.items():
+        bad = [t for t in targets if t not in fields]
+        if not targets or bad:
+            problems.append(f"aliases[{name!r}] = {targets!r} should name fields; not fields: {bad}")
+    for name in COMMON_NAMES:
+        if name not in fields and name not in aliases:
+            problems.append(f"common name {name!r} is neither a field nor in aliases")
+    depth = getattr(cls, "depth_fields", None)
+    if not depth or isinstance(depth, str):
+        problems.append("no depth_fields (a tuple of the fields that set its number of layers)")
+    else:
+        bad = [f for f in depth if f not in fields]
+        if bad:
+            problems.append(f"depth_fields {tuple(depth)!r} names non-fields {bad}")
+    # Imported here: it pulls in `tokenizers`, which the architecture file has imported already.
+    from factory.tokenizers.training import TokenizerRecipe
+
+    if not isinstance(getattr(cls, "tokenizer_recipe", None), TokenizerRecipe):
+        problems.append("no tokenizer_recipe (a TokenizerRecipe, for training a tokenizer at init=random)")
+    return problems
+
+
+def _model_problems(cls: type) -> list[str]:
+    """What `cls` lacks to be a registered model class (empty when nothing)."""
+    problems = []
+    config_cls = getattr(cls, "config_class", None)
+    if config_cls is None:
+        problems.append("no config_class")
+    elif _CONFIGS.get(getattr(config_cls, "model_type", None)) is not config_cls:
+        problems.append(f"its config_class {config_cls.__name__} is not registered (register it first)")
+    prefix = getattr(cls, "base_model_prefix", None)
+    if not prefix or not isinstance(prefix, str):
+        problems.append("no base_model_prefix (the attribute that holds the backbone in head models)")
+    # Imported here: it pulls in torch, which the architecture file has imported already.
+    from factory.checkpoints.weights import CheckpointTable
+
+    if not isinstance(getattr(cls, "checkpoint_table", None), CheckpointTable):
+        problems.append("no checkpoint_table (a CheckpointTable; CheckpointTable() when keys match names)")
+    return problems
+
+
+def _refuse(cls: type, problems: list[str]) -> None:
+    if problems:
+        raise RegistryError(f"Cannot register {cls.__name__}: " + "; ".join(problems) + ".")
+
+
 def register_config(cls: type) -> type:
-    """Class decorator: make `cls` the config class of `cls.model_type`."""
+    """Class decorator: make `cls` the config class of `cls.model_type`, after checking the contract."""
+    _refuse(cls, _config_problems(cls))
     model_type = cls.model_type
-    if not model_type:
-        raise RegistryError(f"{cls.__name__} has no model_type to register under.")
     if model_type in _CONFIGS:
         raise RegistryError(
             f"model_type {model_type!r} is already registered to {_CONFIGS[model_type].__name__}; "
@@ -40,9 +117,8 @@ def register_model(head: str):
     """Class decorator: make the decorated model class serve `(its config's model_type, head)`."""
 
     def wrap(cls: type) -> type:
+        _refuse(cls, _model_problems(cls))
         model_type = cls.config_class.model_type
-        if model_type not in _CONFIGS:
-            raise RegistryError(f"Register the config class of {model_type!r} before {cls.__name__}.")
         key = (model_type, head)
         if key in _MODELS:
             raise RegistryError(
@@ -104,6 +180,12 @@ def model_matrix() -> dict[str, dict[str, str]]:
 def registered_models() -> list[tuple[str, str, Any]]:
     """Every `(model_type, head, class)`, sorted; drives the parametrised tests."""
     return [(t, h, c) for (t, h), c in sorted(_MODELS.items())]
+
+
+def registered_classes() -> dict[str, type]:
+    """Every registered config and model class, by class name."""
+    classes = [*_CONFIGS.values(), *_MODELS.values()]
+    return {c.__name__: c for c in classes}
 
 
 def unregister(model_type: str) -> None:

@@ -28,10 +28,15 @@ from factory.models.losses import causal_lm_loss, question_answering_loss, seque
 from factory.models.modeling import PreTrainedModel
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
+from factory.tokenizers.training import TokenizerRecipe
 
 # BART's learned positions start at row 2 of `embed_positions` (a fairseq leftover), so the table holds
 # max_position_embeddings + 2 rows.
 POSITION_OFFSET = 2
+
+
+# <mask> swallows the space before it, as in BART's vocabulary, where it is the last id.
+_MASK_TOKEN = {"content": "<mask>", "lstrip": True, "rstrip": False, "normalized": False}
 
 
 @register_config
@@ -55,6 +60,26 @@ class BartConfig(PretrainedConfig):
         "add_bias_logits": (False, "a logits bias is not implemented"),
         "extra_pos_embeddings": (POSITION_OFFSET, "BART's learned positions are offset by 2"),
     }
+    depth_fields: ClassVar[tuple[str, ...]] = ("encoder_layers", "decoder_layers")
+    # facebook/bart-*'s layout: byte-level BPE with <s>=0 <pad>=1 </s>=2 <unk>=3 and <mask> last, and
+    # RoBERTa's template `<s> A </s></s> B </s>`, so that pad=1, bos=0, eos=2 (decoder_start=eos) hold.
+    tokenizer_recipe: ClassVar[TokenizerRecipe] = TokenizerRecipe(
+        kind="byte_level_bpe",
+        tokenizer_class="BartTokenizer",
+        special_tokens=("<s>", "<pad>", "</s>", "<unk>"),
+        tokenizer_config={
+            "add_prefix_space": False,
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "sep_token": "</s>",
+            "cls_token": "<s>",
+            "unk_token": "<unk>",
+            "pad_token": "<pad>",
+            "mask_token": _MASK_TOKEN,
+        },
+        post_processor="roberta",
+        added_last=(_MASK_TOKEN,),
+    )
 
     vocab_size: int = 50265
     max_position_embeddings: int = 1024

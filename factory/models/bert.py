@@ -26,6 +26,7 @@ from factory.models.losses import causal_lm_loss, question_answering_loss, seque
 from factory.models.modeling import PreTrainedModel
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
+from factory.tokenizers.training import TokenizerRecipe
 
 
 @register_config
@@ -34,6 +35,25 @@ class BertConfig(PretrainedConfig):
     """Defaults are those of `bert-base-uncased`'s config.json."""
 
     model_type: ClassVar[str] = "bert"
+    depth_fields: ClassVar[tuple[str, ...]] = ("num_hidden_layers",)
+    # bert-base-uncased's layout: lowercasing WordPiece, [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4, and
+    # `[CLS] A [SEP] B [SEP]` with token type 1 for the second text.
+    tokenizer_recipe: ClassVar[TokenizerRecipe] = TokenizerRecipe(
+        kind="wordpiece",
+        tokenizer_class="BertTokenizer",
+        special_tokens=("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
+        tokenizer_config={
+            "unk_token": "[UNK]",
+            "sep_token": "[SEP]",
+            "pad_token": "[PAD]",
+            "cls_token": "[CLS]",
+            "mask_token": "[MASK]",
+            "clean_up_tokenization_spaces": True,
+        },
+        post_processor="template",
+        template=("[CLS] $A [SEP]", "[CLS] $A [SEP] $B:1 [SEP]:1"),
+        lowercase=True,
+    )
     unsupported: ClassVar[dict] = {
         "position_embedding_type": ("absolute", "relative position embeddings are not implemented"),
         "add_cross_attention": (False, "cross-attention in BERT is not implemented"),

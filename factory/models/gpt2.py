@@ -29,6 +29,7 @@ from factory.models.losses import causal_lm_loss, question_answering_loss, seque
 from factory.models.modeling import PreTrainedModel
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
+from factory.tokenizers.training import TokenizerRecipe
 
 
 @register_config
@@ -52,6 +53,22 @@ class GPT2Config(PretrainedConfig):
     unsupported: ClassVar[dict] = {
         "add_cross_attention": (False, "cross-attention in GPT-2 is not implemented"),
     }
+    depth_fields: ClassVar[tuple[str, ...]] = ("n_layer",)
+    # gpt2's layout: byte-level BPE with <|endoftext|> (id 0) as bos, eos and unk, no pad token (our
+    # Tokenizer pads with eos), no template: a pair is the two texts back to back.
+    tokenizer_recipe: ClassVar[TokenizerRecipe] = TokenizerRecipe(
+        kind="byte_level_bpe",
+        tokenizer_class="GPT2Tokenizer",
+        special_tokens=("<|endoftext|>",),
+        tokenizer_config={
+            "add_prefix_space": False,
+            "bos_token": "<|endoftext|>",
+            "eos_token": "<|endoftext|>",
+            "unk_token": "<|endoftext|>",
+            "pad_token": None,
+        },
+        post_processor="byte_level",
+    )
 
     vocab_size: int = 50257
     n_positions: int = 1024

@@ -25,9 +25,10 @@ class PreTrainedModel(nn.Module):
     one module, not recursively) and, if they tie weights, `tied_groups()`.
     """
 
+    # No defaults: `register_model` refuses a class that does not set them.
     config_class: ClassVar[type[PretrainedConfig]]
-    base_model_prefix: ClassVar[str] = ""
-    checkpoint_table: ClassVar[CheckpointTable] = CheckpointTable()
+    base_model_prefix: ClassVar[str]
+    checkpoint_table: ClassVar[CheckpointTable]
     head: ClassVar[str] = "base"
     # Causal LM heads: whether `labels` are the input tokens (shifted inside, HF's GPT-2 and BERT) or
     # already the next tokens (HF's BartForCausalLM). Training code reads this.

@@ -38,7 +38,7 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
 TOKENIZER_FILES = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE)
 # Read only to pick the tokenizer class when tokenizer_config.json does not name one (the official gpt2
-# repository names none), see `_TOKENIZER_CLASSES`.
+# repository names none): the class of its model_type's tokenizer recipe, see `_tokenizer_class_of`.
 MODEL_CONFIG_FILE = "config.json"
 
 # transformers' order: `all_special_tokens` lists the named tokens in this order.
@@ -87,14 +87,6 @@ _TOKENIZER_CLASSES: dict[str, tuple[dict[str, str], bool]] = {
     "RobertaTokenizer": (_ROBERTA_TOKENS, False),
     "BartTokenizer": (_ROBERTA_TOKENS, False),
 }
-# config.json model_type -> tokenizer class, for folders whose tokenizer_config.json names no class.
-_MODEL_TYPE_TO_CLASS = {
-    "bert": "BertTokenizer",
-    "distilbert": "DistilBertTokenizer",
-    "gpt2": "GPT2Tokenizer",
-    "roberta": "RobertaTokenizer",
-    "bart": "BartTokenizer",
-}
 
 # Keyword arguments `from_pretrained` accepts on top of the files, as transformers does.
 _LOAD_KWARGS = frozenset(
@@ -140,6 +132,19 @@ def _read_json(path: str | None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path} should hold a JSON object, found {type(data).__name__}.")
     return data
+
+
+def _tokenizer_class_of(model_type: Any) -> str | None:
+    """The tokenizer class of a registered architecture's recipe, for a folder whose config names none."""
+    # Imported here: the registry is filled by the architecture files, which import torch, and this
+    # module stays light for the cases (nearly all) where tokenizer_config.json names its class.
+    import factory.models  # noqa: F401  (registers the architectures)
+    from factory import registry
+
+    if not isinstance(model_type, str) or model_type not in registry.model_types():
+        return None
+    recipe = getattr(registry.config_class(model_type), "tokenizer_recipe", None)
+    return None if recipe is None else recipe.tokenizer_class
 
 
 def _token_content(value: Any) -> str | None:
@@ -474,9 +479,9 @@ class Tokenizer:
         if "added_tokens_decoder" not in config:
             config.update(_read_json(files[SPECIAL_TOKENS_MAP_FILE]))
         if not config.get("tokenizer_class"):
-            model_type = _read_json(files[MODEL_CONFIG_FILE]).get("model_type")
-            if model_type in _MODEL_TYPE_TO_CLASS:
-                config["tokenizer_class"] = _MODEL_TYPE_TO_CLASS[model_type]
+            tokenizer_class = _tokenizer_class_of(_read_json(files[MODEL_CONFIG_FILE]).get("model_type"))
+            if tokenizer_class is not None:
+                config["tokenizer_class"] = tokenizer_class
         config.update({k: v for k, v in kwargs.items() if k in _LOAD_KWARGS})
 
         backend = tokenizers.Tokenizer.from_file(files[TOKENIZER_FILE])

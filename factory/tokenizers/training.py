@@ -1,11 +1,17 @@
 """Training a fresh tokenizer for `init=random`, in the layout each family's pretrained tokenizer has.
 
-- bert: lowercasing WordPiece (BertNormalizer, BertPreTokenizer, `##` continuation), special tokens
-  [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4, and BERT's template `[CLS] A [SEP] B [SEP]` with type ids.
-- gpt2: byte-level BPE with `<|endoftext|>` (id 0) as bos, eos and unk, no pad token (our Tokenizer pads
-  with eos), no template: a pair is the two texts back to back, as GPT-2's own tokenizer does.
-- bart: byte-level BPE with <s>=0 <pad>=1 </s>=2 <unk>=3 and <mask> last, and RoBERTa's template
-  `<s> A </s></s> B </s>`, so BART's pad=1, bos=0, eos=2 (and decoder_start=eos) hold.
+What differs between families is data: each architecture's config class carries a `TokenizerRecipe`
+(`BertConfig.tokenizer_recipe`, ...) and `train_tokenizer` follows it. Two kinds are implemented:
+
+- "wordpiece" (BERT): WordPiece with BertNormalizer, BertPreTokenizer and `##` continuation; the
+  vocabulary is the special tokens, every character seen (alone and as `##c`), then whole words by
+  frequency.
+- "byte_level_bpe" (GPT-2, BART): byte-level BPE trained by `tokenizers`, the special tokens first;
+  tokens the recipe adds last (BART's `<mask>`) take the last ids.
+
+The post-processor is "template" (a `TemplateProcessing` such as BERT's `[CLS] $A [SEP] $B:1 [SEP]:1`),
+"byte_level" (none: a pair is the two texts back to back, as GPT-2's own tokenizer does) or "roberta"
+(`<s> A </s></s> B </s>`, BART's).
 
 The result is a `factory.tokenizers.tokenizer.Tokenizer`; its `save_pretrained` folder loads in
 `transformers.AutoTokenizer` to the same ids (`tokenizer_class` is written into tokenizer_config.json).
@@ -13,23 +19,115 @@ The result is a `factory.tokenizers.tokenizer.Tokenizer`; its `save_pretrained` 
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as RustTokenizer
 
+from factory import registry
 from factory.tokenizers.tokenizer import NO_MAX_LENGTH, Tokenizer
 
 logger = logging.getLogger(__name__)
 
-TRAINABLE = ("bert", "gpt2", "bart")
+KINDS = ("wordpiece", "byte_level_bpe")
+POST_PROCESSORS = ("template", "byte_level", "roberta")
+# The smallest WordPiece vocabulary worth training: the specials and some characters.
+_SMALLEST_WORDPIECE = 32
+_BYTES = 256  # byte-level BPE holds every byte before any merge
 
-_BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-_GPT2_EOS = "<|endoftext|>"
-_BART_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # <mask> is added last, as in BART's vocabulary
+
+@dataclass(frozen=True)
+class TokenizerRecipe:
+    """How to train a fresh tokenizer laid out like an architecture's pretrained one.
+
+    Attributes:
+        kind: "wordpiece" or "byte_level_bpe".
+        tokenizer_class: the transformers tokenizer class (`BertTokenizer`, ...), written into
+            tokenizer_config.json; also the class assumed for a checkpoint folder that names none.
+        special_tokens: the special tokens, given the first ids in this order.
+        tokenizer_config: tokenizer_config.json entries: which token is unk/pad/eos/..., options that
+            transformers' class reads (`add_prefix_space`, ...). WordPiece's unknown token is `unk_token`.
+        post_processor: "template", "byte_level" or "roberta" (see the module docstring).
+        template: `(single, pair)` templates for post_processor="template"; the special tokens they name
+            must be in `special_tokens`.
+        lowercase: WordPiece only: lowercase (and write `do_lower_case`), as uncased BERT does.
+        added_last: tokens added after training so that they take the last ids (BART's `<mask>`), as
+            `AddedToken` keyword arguments (`content`, `lstrip`, ...).
+    """
+
+    kind: str
+    tokenizer_class: str
+    special_tokens: tuple[str, ...]
+    tokenizer_config: Mapping[str, Any]
+    post_processor: str
+    template: tuple[str, str] | None = None
+    lowercase: bool = False
+    added_last: tuple[Mapping[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(
+                f"TokenizerRecipe.kind={self.kind!r} is not valid: expected one of {list(KINDS)}."
+            )
+        if self.post_processor not in POST_PROCESSORS:
+            raise ValueError(
+                f"TokenizerRecipe.post_processor={self.post_processor!r} is not valid: "
+                f"expected one of {list(POST_PROCESSORS)}."
+            )
+        if (self.post_processor == "template") != (self.template is not None):
+            raise ValueError(
+                f"TokenizerRecipe: template={self.template!r} goes with post_processor='template' and only "
+                f"with it (post_processor={self.post_processor!r})."
+            )
+        missing = sorted(set(_template_tokens(self.template)) - set(self.special_tokens))
+        if missing:
+            raise ValueError(
+                f"TokenizerRecipe: template {self.template!r} names {missing}, which are not among "
+                f"special_tokens {list(self.special_tokens)}."
+            )
+        if self.kind == "wordpiece" and self.tokenizer_config.get("unk_token") not in self.special_tokens:
+            raise ValueError(
+                "TokenizerRecipe: WordPiece needs tokenizer_config['unk_token'] among special_tokens "
+                f"{list(self.special_tokens)}."
+            )
+        if self.post_processor == "roberta":
+            for role in ("cls_token", "sep_token"):
+                if self.tokenizer_config.get(role) not in self.special_tokens:
+                    raise ValueError(
+                        f"TokenizerRecipe: post_processor='roberta' needs tokenizer_config[{role!r}] among "
+                        f"special_tokens {list(self.special_tokens)}."
+                    )
+
+    @property
+    def smallest_vocab(self) -> int:
+        """The smallest `vocab_size` this recipe can train."""
+        if self.kind == "wordpiece":
+            return _SMALLEST_WORDPIECE
+        return _BYTES + len(self.special_tokens) + len(self.added_last)
+
+
+def _template_tokens(template: tuple[str, str] | None) -> list[str]:
+    """The special tokens a `(single, pair)` template names: `[CLS] $A [SEP] $B:1 [SEP]:1` -> CLS, SEP."""
+    pieces = " ".join(template or ()).split()
+    return list(dict.fromkeys(p.split(":")[0] for p in pieces if not p.startswith("$")))
+
+
+def trainable_model_types() -> list[str]:
+    """The registered model types whose config class has a tokenizer recipe."""
+    return [t for t in registry.model_types() if _recipe_or_none(t) is not None]
+
+
+def _recipe_or_none(model_type: str) -> TokenizerRecipe | None:
+    try:
+        cls = registry.config_class(model_type)
+    except registry.RegistryError:
+        return None
+    return getattr(cls, "tokenizer_recipe", None)
 
 
 def train_tokenizer(
@@ -40,10 +138,10 @@ def train_tokenizer(
     model_max_length: int | None = None,
     min_frequency: int = 2,
 ) -> Tokenizer:
-    """Train a tokenizer of `model_type`'s family on `texts`.
+    """Train a tokenizer of `model_type`'s family on `texts`, following its config's `tokenizer_recipe`.
 
     Args:
-        model_type: "bert", "gpt2" or "bart".
+        model_type: a registered model type ("bert", "gpt2", "bart", ...).
         texts: the training texts (an iterator is fine; it is read once).
         vocab_size: the vocabulary size to learn, special tokens included. The result is smaller when
             the texts hold fewer distinct pieces (and WordPiece keeps every character it saw even beyond
@@ -59,10 +157,12 @@ def train_tokenizer(
         ValueError: an unknown `model_type`, a vocabulary too small for the special tokens and the
             alphabet, or no texts.
     """
-    if model_type not in TRAINABLE:
-        raise ValueError(f"Cannot train a tokenizer for model_type={model_type!r}; valid: {list(TRAINABLE)}.")
-    # Byte-level BPE needs all 256 bytes before any merge; WordPiece only its specials and some characters.
-    smallest = 32 if model_type == "bert" else 256 + len(_BART_SPECIALS) + 1
+    recipe = _recipe_or_none(model_type)
+    if recipe is None:
+        raise ValueError(
+            f"Cannot train a tokenizer for model_type={model_type!r}; valid: {trainable_model_types()}."
+        )
+    smallest = recipe.smallest_vocab
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < smallest:
         raise ValueError(
             f"vocab_size={vocab_size!r} is too small to train a {model_type} tokenizer; use at least {smallest}."
@@ -75,10 +175,17 @@ def train_tokenizer(
             count += 1
             yield text
 
-    build = {"bert": _train_wordpiece, "gpt2": _train_gpt2, "bart": _train_bart}[model_type]
-    backend, config = build(counted(), vocab_size, min_frequency)
+    if recipe.kind == "wordpiece":
+        backend = _train_wordpiece(recipe, counted(), vocab_size, min_frequency)
+    else:
+        backend = _train_byte_level_bpe(recipe, counted(), vocab_size, min_frequency)
     if count == 0:
         raise ValueError(f"No texts to train the {model_type} tokenizer on.")
+    backend.post_processor = _post_processor(recipe, backend)
+    config: dict[str, Any] = {"tokenizer_class": recipe.tokenizer_class}
+    if recipe.kind == "wordpiece":
+        config["do_lower_case"] = recipe.lowercase
+    config.update(copy.deepcopy(dict(recipe.tokenizer_config)))
     config["model_max_length"] = NO_MAX_LENGTH if model_max_length is None else int(model_max_length)
     tokenizer = Tokenizer(backend, config, name_or_path=f"<trained {model_type} tokenizer>")
     logger.info(
@@ -92,10 +199,10 @@ def train_tokenizer(
 
 
 def _train_wordpiece(
-    texts: Iterable[str], vocab_size: int, min_frequency: int
-) -> tuple[RustTokenizer, dict[str, Any]]:
+    recipe: TokenizerRecipe, texts: Iterable[str], vocab_size: int, min_frequency: int
+) -> RustTokenizer:
     normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=recipe.lowercase
     )
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     # The vocabulary is chosen here rather than by `tokenizers`' WordPieceTrainer, whose ties between
@@ -104,97 +211,57 @@ def _train_wordpiece(
     for text in texts:
         counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
     chars = sorted({c for word in counts for c in word})
-    pieces = [*_BERT_SPECIALS, *chars, *(f"##{c}" for c in chars)]
+    pieces = [*recipe.special_tokens, *chars, *(f"##{c}" for c in chars)]
     # Then whole words by frequency (ties by spelling); a word outside the vocabulary splits into characters.
     words = sorted(
         (w for w, n in counts.items() if n >= min_frequency and len(w) > 1), key=lambda w: (-counts[w], w)
     )
     pieces.extend(words[: max(0, vocab_size - len(pieces))])
     vocab = {piece: i for i, piece in enumerate(dict.fromkeys(pieces))}
-    backend = RustTokenizer(models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix="##"))
+    unk = recipe.tokenizer_config["unk_token"]
+    backend = RustTokenizer(models.WordPiece(vocab, unk_token=unk, continuing_subword_prefix="##"))
     backend.normalizer = normalizer
     backend.pre_tokenizer = pre_tokenizer
-    cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
-    backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
-    )
     backend.decoder = decoders.WordPiece(prefix="##")
-    config = {
-        "tokenizer_class": "BertTokenizer",
-        "do_lower_case": True,
-        "unk_token": "[UNK]",
-        "sep_token": "[SEP]",
-        "pad_token": "[PAD]",
-        "cls_token": "[CLS]",
-        "mask_token": "[MASK]",
-        "clean_up_tokenization_spaces": True,
-    }
-    return backend, config
+    return backend
 
 
-def _byte_level_bpe(
-    texts: Iterable[str], vocab_size: int, min_frequency: int, special_tokens: list[str]
+def _train_byte_level_bpe(
+    recipe: TokenizerRecipe, texts: Iterable[str], vocab_size: int, min_frequency: int
 ) -> RustTokenizer:
     backend = RustTokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
+        # Slots are kept for the tokens added after training.
+        vocab_size=vocab_size - len(recipe.added_last),
         min_frequency=min_frequency,
-        special_tokens=special_tokens,
+        special_tokens=list(recipe.special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     backend.train_from_iterator(texts, trainer=trainer)
+    if recipe.added_last:
+        backend.add_special_tokens([AddedToken(**{**token, "special": True}) for token in recipe.added_last])
     return backend
 
 
-def _train_gpt2(
-    texts: Iterable[str], vocab_size: int, min_frequency: int
-) -> tuple[RustTokenizer, dict[str, Any]]:
-    backend = _byte_level_bpe(texts, vocab_size, min_frequency, [_GPT2_EOS])
-    # trim_offsets: a token's character span leaves out the space it carries, so QA answer spans cut from
-    # the context by offsets have no leading space. Ids are the same either way.
-    backend.post_processor = processors.ByteLevel(trim_offsets=True)
-    config = {
-        "tokenizer_class": "GPT2Tokenizer",
-        "add_prefix_space": False,
-        "bos_token": _GPT2_EOS,
-        "eos_token": _GPT2_EOS,
-        "unk_token": _GPT2_EOS,
-        "pad_token": None,
-    }
-    return backend, config
-
-
-def _train_bart(
-    texts: Iterable[str], vocab_size: int, min_frequency: int
-) -> tuple[RustTokenizer, dict[str, Any]]:
-    # One slot is kept for <mask>, added after training so that it is the last id, as in BART.
-    backend = _byte_level_bpe(texts, vocab_size - 1, min_frequency, _BART_SPECIALS)
-    backend.add_special_tokens(
-        [AddedToken("<mask>", lstrip=True, rstrip=False, normalized=False, special=True)]
-    )
-    backend.post_processor = processors.RobertaProcessing(
-        ("</s>", backend.token_to_id("</s>")),
-        ("<s>", backend.token_to_id("<s>")),
+def _post_processor(recipe: TokenizerRecipe, backend: RustTokenizer) -> Any:
+    if recipe.post_processor == "template":
+        single, pair = recipe.template
+        specials = [(token, backend.token_to_id(token)) for token in _template_tokens(recipe.template)]
+        return processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)
+    if recipe.post_processor == "byte_level":
+        # trim_offsets: a token's character span leaves out the space it carries, so QA answer spans cut
+        # from the context by offsets have no leading space. Ids are the same either way.
+        return processors.ByteLevel(trim_offsets=True)
+    sep, cls = recipe.tokenizer_config["sep_token"], recipe.tokenizer_config["cls_token"]
+    return processors.RobertaProcessing(
+        (sep, backend.token_to_id(sep)),
+        (cls, backend.token_to_id(cls)),
         trim_offsets=True,
         add_prefix_space=False,
     )
-    config = {
-        "tokenizer_class": "BartTokenizer",
-        "add_prefix_space": False,
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "sep_token": "</s>",
-        "cls_token": "<s>",
-        "unk_token": "<unk>",
-        "pad_token": "<pad>",
-        "mask_token": {"content": "<mask>", "lstrip": True, "rstrip": False, "normalized": False},
-    }
-    return backend, config
 
 
 def special_token_ids(tokenizer: Tokenizer) -> dict[str, int]:

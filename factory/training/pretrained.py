@@ -31,8 +31,6 @@ from factory.tokenizers.tokenizer import AutoTokenizer
 logger = logging.getLogger(__name__)
 
 REPORT_NAME = "load_report.json"
-# Fields that set a stack's depth: fewer than the checkpoint picks layers, more is an error.
-DEPTH_FIELDS = ("num_hidden_layers", "n_layer", "encoder_layers", "decoder_layers")
 
 
 @dataclass
@@ -128,7 +126,8 @@ def merge_overrides(
             continue
         for f, v in changed.items():
             have = getattr(ckpt, f, None)
-            if f in DEPTH_FIELDS and isinstance(v, int) and isinstance(have, int):
+            # A depth field: fewer layers than the checkpoint picks layers, more is an error.
+            if f in type(ckpt).depth_fields and isinstance(v, int) and isinstance(have, int):
                 if v > have and not init.ignore_mismatched_sizes:
                     raise ConfigError(
                         f"{path}.{typed}={v} asks for more layers than the checkpoint {where} has "
