@@ -23,7 +23,7 @@ from factory.config import ConfigError, did_you_mean
 
 _CONFIGS: dict[str, type] = {}
 _MODELS: dict[tuple[str, str], type] = {}
-HEADS: list[str] = ["base", "seqcls", "qa", "causal_lm"]
+HEADS: list[str] = []  # every head a model class is registered for, in registration order
 # Names every architecture answers to (configs, Hydra overrides, `config.num_hidden_layers`).
 COMMON_NAMES = (
     "num_hidden_layers",

@@ -124,6 +124,30 @@ def _tokenizer_and_model(
     return tokenizer, FactoryModule(config_values(config), head.name, plan.optim, plan.seed), None
 
 
+def import_plugins(names: Sequence[str]) -> None:
+    """Import each `module` (or `module:function`, then call it): code of the user's that registers
+    architectures, models and heads defined outside factory (`plugins=[...]` in the config)."""
+    import importlib
+
+    for name in names:
+        if name in _PLUGINS:
+            continue  # a sweep trains many runs in one process: register once
+        module_name, _, function = str(name).partition(":")
+        try:
+            module = importlib.import_module(module_name)
+            if function:
+                getattr(module, function)()
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(
+                f"plugins: cannot load {name!r} ({type(e).__name__}: {e}); give an importable module, "
+                "or module:function to call after importing it."
+            ) from None
+        _PLUGINS.add(name)
+
+
+_PLUGINS: set[str] = set()
+
+
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
@@ -163,6 +187,7 @@ def train(
     `overrides` are the values the user typed (default: this Hydra run's record); with `init=pretrained`
     only those `arch` values apply over the checkpoint's.
     """
+    import_plugins(cfg.get("plugins") or [])
     if cfg.get("dry_run"):
         logger.info("Dry run:\n%s", format_description(describe(cfg, overrides)))
         return float("nan")
