@@ -162,6 +162,10 @@ def _check_data(data: dict[str, Any], config: PretrainedConfig, user: UserSet, p
                 positions,
             )
             data["max_length"] = positions
+            stride = data.get("stride")
+            if stride is not None and stride >= positions and "stride" not in user.under("data"):
+                data["stride"] = positions // 4  # windows overlap as they would by default
+                logger.info("data.stride=%d is lowered to %d to fit.", stride, data["stride"])
         else:
             raise ConfigError(
                 f"data.max_length={data['max_length']} is longer than arch.max_position_embeddings="
