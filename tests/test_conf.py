@@ -18,7 +18,7 @@ from factory.build import build_config
 from factory.config import ConfigError
 from factory.training.module import accuracy_and_macro_f1, check_optim, lr_factor, parameter_groups
 from factory.training.run import check_overrides, describe, estimate_memory, hydra_overrides, resolve, train
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 ARCHS = sorted(registry.model_matrix())

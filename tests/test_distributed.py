@@ -25,7 +25,7 @@ from factory.build import build_model
 from factory.training import distributed
 from factory.training.module import FactoryModule, config_values
 from factory.training.run import resolve
-from tests.conftest import TINY_RUN
+from tests.helpers import TINY_RUN
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"

@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,25 +16,7 @@ from torch.testing import assert_close
 
 from factory import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 from factory.checkpoints.hub import commit_of
-
-SHA_MAIN = "a" * 40
-SHA_OLD = "b" * 40
-
-
-def add_snapshot(cache: Path, repo_id: str, source: Path, sha: str, branch: str | None = "main") -> None:
-    """Put the files of `source` into `cache` as huggingface_hub stores them: blobs, snapshot links, refs."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    (repo / "blobs").mkdir(parents=True, exist_ok=True)
-    snap = repo / "snapshots" / sha
-    snap.mkdir(parents=True, exist_ok=True)
-    for f in (p for p in source.iterdir() if p.is_file()):
-        data = f.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        os.symlink(os.path.relpath(blob, snap), snap / f.name)
-    if branch:
-        (repo / "refs").mkdir(exist_ok=True)
-        (repo / "refs" / branch).write_text(sha)
+from tests.helpers import SHA_MAIN, SHA_OLD, add_snapshot
 
 
 @pytest.fixture

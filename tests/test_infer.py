@@ -398,7 +398,7 @@ def test_cli_errors_exit_1_with_a_message(model_dirs, tmp_path):
 
 def test_hub_id_from_the_cache(tmp_path, model_dirs):
     """`model=org/name` finds the snapshot in the hub cache (HF_HUB_OFFLINE=1), including by revision."""
-    from tests.test_hub import SHA_MAIN, add_snapshot
+    from tests.helpers import SHA_MAIN, add_snapshot
 
     add_snapshot(tmp_path / "hub", "org/clf", model_dirs["bert", "seqcls"], SHA_MAIN, branch="v1")
     env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}

@@ -25,7 +25,7 @@ from factory import (
     registry,
 )
 from factory.models.outputs import ModelOutput
-from tests.conftest import make_batch, tiny_config
+from tests.helpers import make_batch, tiny_config
 
 
 def test_matrix_lists_every_arch_and_head():

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from factory import ConfigError
 from factory.training.sweeps import next_trial_dir, run_trial, write_summary
-from tests.conftest import TINY_RUN
+from tests.helpers import TINY_RUN
 
 REPO = Path(__file__).resolve().parent.parent
 # Until train.py and conf/train.yaml are wired (the lead applies this diff), the subprocess tests run a

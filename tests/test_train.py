@@ -20,7 +20,7 @@ from factory import ConfigError, registry
 from factory.tokenizers.tokenizer import AutoTokenizer
 from factory.training.module import FactoryModule
 from factory.training.run import train
-from tests.conftest import TINY_RUN
+from tests.helpers import TINY_RUN
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
