@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -71,13 +70,12 @@ def test_missing_revision_names_repo_and_revision(hub_cache):
         AutoModel.from_pretrained("org/minilm", cache_dir=cache, revision="v2")
 
 
-def test_empty_cache_offline_fails_fast(tmp_path):
-    start = time.perf_counter()
+def test_empty_cache_offline_fails_naming_the_way_out(tmp_path):
+    # How fast it fails is measured by bench/offline_failure.py.
     with pytest.raises(
         FileNotFoundError, match=r"org/nothing at revision 'main' is not in the hub cache.*HF_HUB_OFFLINE"
     ):
         AutoModel.from_pretrained("org/nothing", cache_dir=tmp_path / "empty")
-    assert time.perf_counter() - start < 2.0
 
 
 def test_local_files_only_without_offline_env(hub_cache, monkeypatch):
