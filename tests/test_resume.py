@@ -347,9 +347,14 @@ class Model(pl.LightningModule):
         super().__init__()
         self.layer = torch.nn.Linear(4, 1)
 
-    def training_step(self, batch, batch_idx):
-        with open(os.path.join(OUT, f"pid{self.global_rank}"), "w") as f:
+    def on_fit_start(self):
+        # Once, and atomically: a process killed mid-write must not leave an empty pid file.
+        path = os.path.join(OUT, f"pid{self.global_rank}")
+        with open(path + ".tmp", "w") as f:
             f.write(str(os.getpid()))
+        os.replace(path + ".tmp", path)
+
+    def training_step(self, batch, batch_idx):
         if self.global_step == 3:
             if MODE == "rank1_raises" and self.global_rank == 1:
                 raise RuntimeError("rank 1 failed on purpose at step 3")
