@@ -88,6 +88,7 @@ def test_local_files_only_without_offline_env(hub_cache, monkeypatch):
         AutoConfig.from_pretrained("org/other", cache_dir=cache, local_files_only=True)
 
 
+@pytest.mark.slow
 def test_hf_home_is_honoured(hub_cache, tmp_path):
     cache, _ = hub_cache
     home = tmp_path / "home"

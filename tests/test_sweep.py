@@ -48,6 +48,7 @@ def sampled(sweep: Path, trial: int, keys: tuple[str, ...]) -> dict[str, str]:
 
 
 # ---- through train.py -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_grid_sweep_fails_only_the_trial_that_cannot_work_and_writes_a_summary(tmp_path):
     sweep = tmp_path / "sweep"
     proc = train_py(
@@ -77,6 +78,7 @@ def test_grid_sweep_fails_only_the_trial_that_cannot_work_and_writes_a_summary(t
     assert (sweep / "summary.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_optuna_sweep_is_seeded_stored_in_the_sweep_dir_and_resumes(tmp_path):
     optuna = pytest.importorskip("optuna")
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")

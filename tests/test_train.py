@@ -87,6 +87,7 @@ def assert_run_dir(run: Path, head: str) -> dict:
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("arch", "head"), CASES)
 def test_train_every_arch_and_head_then_load_with_factory_and_transformers(arch, head, tmp_path):
     transformers = pytest.importorskip("transformers")
@@ -129,6 +130,7 @@ def test_train_every_arch_and_head_then_load_with_factory_and_transformers(arch,
     torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
+@pytest.mark.slow
 def test_same_seed_same_run(tmp_path):
     # GPT-2: its byte-level BPE trains deterministically (tokenizers' WordPiece trainer breaks ties in
     # hash order, so a BERT vocabulary can differ between processes).
@@ -172,6 +174,7 @@ def pretrained_cfg(checkpoint: Path, head: str, *more: str):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", ["seqcls", "qa"])
 def test_init_pretrained_starts_from_the_checkpoint(tiny_checkpoint, head, tmp_path):
     # The checkpoint decides the architecture: the arch group's YAML values (bert-base) are not applied.
@@ -215,6 +218,7 @@ def test_init_pretrained_conflicts_fail_before_data(tiny_checkpoint, tmp_path, m
         train(pretrained_cfg(tiny_checkpoint, "seqcls", *more), run_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_fast_dev_run_preset_exports_without_checkpoints(tmp_path):
     value = train(tiny_cfg("bert", "seqcls", "debug=fast_dev_run"), run_dir=tmp_path)
     assert (tmp_path / "model" / "model.safetensors").is_file()
@@ -222,6 +226,7 @@ def test_fast_dev_run_preset_exports_without_checkpoints(tmp_path):
     assert math.isfinite(value)
 
 
+@pytest.mark.slow
 def test_train_py_writes_only_its_run_dir(tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
@@ -234,6 +239,7 @@ def test_train_py_writes_only_its_run_dir(tmp_path):
     assert "val/accuracy" in (run / "logs" / "metrics.csv").read_text()
 
 
+@pytest.mark.slow
 def test_train_py_typo_exits_1_with_the_valid_keys(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     # Hydra alone would stop at this typo without naming the valid keys (the `+` form and the Python API
