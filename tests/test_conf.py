@@ -21,7 +21,7 @@ from factory.training.module import check_optim, lr_factor, parameter_groups
 from factory.training.overrides import check_overrides, hydra_overrides
 from factory.training.plan import describe, estimate_memory, resolve
 from factory.training.run import train
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 ARCHS = sorted(registry.model_matrix())

@@ -25,7 +25,7 @@ from factory.build import build_model
 from factory.training import distributed
 from factory.training.module import FactoryModule, config_values
 from factory.training.plan import resolve
-from tests.conftest import TINY_RUN
+from tests.helpers import TINY_RUN
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
@@ -189,6 +189,7 @@ def assert_two_trials(sweep: Path) -> None:
     assert sorted(r["trial"] for r in rows) == ["0", "1"] and {r["status"] for r in rows} == {"ok"}
 
 
+@pytest.mark.slow
 def test_ddp_single_run_is_one_run_dir(tmp_path):
     # BART's causal LM: its decoder's cross-attention gets no gradient, which plain DDP refuses.
     run_train(tmp_path, "arch=bart", "head=causal_lm", f"hydra.run.dir={tmp_path / 'run'}", "optim.lr=3e-3")
@@ -198,6 +199,7 @@ def test_ddp_single_run_is_one_run_dir(tmp_path):
     assert (run / ".hydra" / "replica.yaml").is_file() and (run / "curves.png").is_file()
 
 
+@pytest.mark.slow
 def test_ddp_grid_sweep_each_trial_one_dir_same_values(tmp_path):
     sweep = tmp_path / "sweep"
     run_train(tmp_path, "optim.lr=1e-3,2e-3", f"hydra.sweep.dir={sweep}", multirun=True)
@@ -209,6 +211,7 @@ def test_ddp_grid_sweep_each_trial_one_dir_same_values(tmp_path):
     assert_two_trials(sweep)
 
 
+@pytest.mark.slow
 def test_ddp_optuna_sweep_ranks_of_a_trial_use_its_values(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep = tmp_path / "sweep"
@@ -298,6 +301,7 @@ def train_weights(out: Path, devices: int, batch: int, steps: int, accumulate: i
         torch.save(module.model.state_dict(), out)
 
 
+@pytest.mark.slow
 def test_two_ranks_of_batch_b_train_as_one_process_of_batch_2b(tmp_path):
     b, steps = 4, 3
     script = [sys.executable, __file__, str(tmp_path / "ddp.pt"), "2", str(b), str(steps)]

@@ -86,6 +86,7 @@ def _hf_generate(hf, ids, mask=None, **kwargs):
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batched", [False, True], ids=["single", "left_padded_batch"])
 def test_greedy_matches_transformers(pair, batched):
     hf, ours = pair
@@ -96,6 +97,7 @@ def test_greedy_matches_transformers(pair, batched):
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_eos_stops_each_row_like_transformers(pair):
     hf, ours = pair
     free = generate(ours, BATCH, BATCH_MASK, max_new_tokens=12, eos_token_id=[], pad_token_id=1)
@@ -148,6 +150,7 @@ def test_logits_to_keep_gives_the_last_positions_as_transformers(pair):
         ours(BATCH, attention_mask=BATCH_MASK, labels=BATCH, logits_to_keep=1)
 
 
+@pytest.mark.slow
 def test_sampling_matches_transformers_under_the_same_seed(pair):
     # transformers draws with torch.multinomial from the global generator; ours from a local one seeded
     # the same way, so the same filters give the same tokens.

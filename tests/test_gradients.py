@@ -9,7 +9,7 @@ import torch
 import transformers
 
 from factory import registry
-from tests.conftest import make_batch, tiny_config
+from tests.helpers import make_batch, tiny_config
 
 HF_AUTO = {
     "seqcls": transformers.AutoModelForSequenceClassification,

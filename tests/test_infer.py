@@ -131,6 +131,7 @@ def test_classify_gives_labels_and_probabilities(predictors, arch):
     assert pairs[0]["label"] in LABELS.values()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("max_length", [None, 24], ids=["one_window", "many_windows"])
 def test_answer_spans_index_the_context(predictors, arch, max_length):
@@ -144,6 +145,7 @@ def test_answer_spans_index_the_context(predictors, arch, max_length):
         assert r["answer"] and math.isfinite(r["score"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_generate_continues_each_prompt(predictors, arch):
     p = predictors[arch, "causal_lm"]
@@ -193,6 +195,7 @@ def test_generation_past_the_position_limit_is_a_clear_error(predictors):
         predictors["gpt2", "causal_lm"].generate(["the king"], max_new_tokens=200)
 
 
+@pytest.mark.slow
 def test_embed_matches_sentence_transformers_pooling(minilm_path):
     transformers = pytest.importorskip("transformers")
     p = load_predictor(minilm_path)
@@ -208,6 +211,7 @@ def test_embed_matches_sentence_transformers_pooling(minilm_path):
     torch.testing.assert_close(got, (hidden * mask).sum(1) / mask.sum(1), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_predict_dispatches_on_the_head(predictors):
     assert set(predictors["bert", "seqcls"].predict({"text": "a great movie"})) == {"label", "score"}
     qa = predictors["bart", "qa"].predict({"question": QUESTION, "context": CONTEXT, "id": "x"})
@@ -358,6 +362,7 @@ def _infer(*args: str, importtime: bool = False, env: dict | None = None) -> sub
     )
 
 
+@pytest.mark.slow
 def test_cli_classifies_without_importing_lightning_or_hydra(model_dirs):
     proc = _infer(f"model={model_dirs['bert', 'seqcls']}", "text=a great movie", importtime=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -368,6 +373,7 @@ def test_cli_classifies_without_importing_lightning_or_hydra(model_dirs):
     assert not imported & {"pytorch_lightning", "lightning", "hydra", "omegaconf", "transformers"}
 
 
+@pytest.mark.slow
 def test_cli_answers_and_generates(model_dirs):
     proc = _infer(f"model={model_dirs['bart', 'qa']}", f"question={QUESTION}", f"context={CONTEXT}")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -380,6 +386,7 @@ def test_cli_answers_and_generates(model_dirs):
     assert runs[0].stdout == runs[1].stdout  # seeded
 
 
+@pytest.mark.slow
 def test_cli_jsonl_in_and_out(model_dirs, tmp_path):
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["a great movie", "bad", "the king"]))
@@ -389,6 +396,7 @@ def test_cli_jsonl_in_and_out(model_dirs, tmp_path):
     assert [set(json.loads(line)) for line in dst.read_text().splitlines()] == [{"label", "score"}] * 3
 
 
+@pytest.mark.slow
 def test_cli_errors_exit_1_with_a_message(model_dirs, tmp_path):
     proc = _infer(f"model={model_dirs['bert', 'seqcls']}", "txt=a great movie")
     assert proc.returncode == 1
@@ -401,9 +409,10 @@ def test_cli_errors_exit_1_with_a_message(model_dirs, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_hub_id_from_the_cache(tmp_path, model_dirs):
     """`model=org/name` finds the snapshot in the hub cache (HF_HUB_OFFLINE=1), including by revision."""
-    from tests.test_hub import SHA_MAIN, add_snapshot
+    from tests.helpers import SHA_MAIN, add_snapshot
 
     add_snapshot(tmp_path / "hub", "org/clf", model_dirs["bert", "seqcls"], SHA_MAIN, branch="v1")
     env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}

@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from factory.config import ConfigError
 from factory.training.overrides import user_set
 from factory.training.plan import describe, resolve
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

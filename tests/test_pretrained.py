@@ -12,7 +12,7 @@ from torch.testing import assert_close
 
 from factory import AutoModel, AutoModelForSequenceClassification, ConfigError
 from factory.training.pretrained import PretrainedInit, load_pretrained, write_report
-from tests.test_hub import SHA_MAIN, add_snapshot
+from tests.helpers import SHA_MAIN, add_snapshot
 
 
 def init(path, **kw) -> PretrainedInit:

@@ -73,6 +73,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return {name: root / name for name in "abc"}
 
 
+@pytest.mark.slow
 def test_a_run_records_config_overrides_command_versions_git_hardware_and_seed(runs):
     record = json.loads((runs["a"] / "provenance.json").read_text())
     assert record["seed"] == 7
@@ -104,6 +105,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(run / "model" / "model.safetensors")
 
 
+@pytest.mark.slow
 def test_two_runs_and_a_replay_give_bit_identical_weights(runs):
     a, b, c = (_weights(runs[name]) for name in "abc")
     assert a.keys() == b.keys() == c.keys()
@@ -116,6 +118,7 @@ def test_two_runs_and_a_replay_give_bit_identical_weights(runs):
     assert results[0]["best_metrics"] == results[1]["best_metrics"] == results[2]["best_metrics"]
 
 
+@pytest.mark.slow
 def test_a_run_from_python_writes_the_config_a_replay_composes(runs):
     record = json.loads((runs["c"] / "provenance.json").read_text())
     assert record["overrides"] is None  # no Hydra: nothing to record

@@ -29,7 +29,7 @@ from factory import (
 )
 from factory.models.outputs import ModelOutput
 from factory.tokenizers.training import TokenizerRecipe, train_tokenizer
-from tests.conftest import make_batch, tiny_config
+from tests.helpers import make_batch, tiny_config
 
 
 def test_matrix_lists_every_arch_and_head():

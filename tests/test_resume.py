@@ -126,6 +126,7 @@ def reference(name: str, small_data, tmp_path_factory) -> dict:
     return _references[name]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "step"), [(name, step) for name, (_, steps) in SCENARIOS.items() for step in steps]
 )
@@ -176,6 +177,7 @@ def test_loader_continues_where_it_stopped(sampler, stop):
     assert seen == want
 
 
+@pytest.mark.slow
 def test_last_ckpt_holds_plain_resume_state(small_data, tmp_path, monkeypatch):
     train_killed_after(compose_cfg(overrides(small_data)), tmp_path, 4, monkeypatch)
     state = last(tmp_path)["callbacks"]["ResumeState"]  # loaded with weights_only=True
@@ -187,6 +189,7 @@ def test_last_ckpt_holds_plain_resume_state(small_data, tmp_path, monkeypatch):
     assert isinstance(position["epoch_generator"], torch.Tensor)
 
 
+@pytest.mark.slow
 def test_train_py_killed_by_a_signal_continues_with_resume(small_data, tmp_path, tmp_path_factory):
     """The real entry point: SIGKILL right after last.ckpt of step 5 (mid-epoch), then resume=<run dir>."""
     run = tmp_path / "run"
@@ -262,6 +265,7 @@ def test_atomic_save_keeps_the_previous_file(tmp_path, monkeypatch):
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
 
+@pytest.mark.slow
 def test_full_disk_during_training_keeps_the_last_good_checkpoint(small_data, tmp_path, monkeypatch):
     save = torch.save
 
@@ -347,9 +351,14 @@ class Model(pl.LightningModule):
         super().__init__()
         self.layer = torch.nn.Linear(4, 1)
 
-    def training_step(self, batch, batch_idx):
-        with open(os.path.join(OUT, f"pid{self.global_rank}"), "w") as f:
+    def on_fit_start(self):
+        # Once, and atomically: a process killed mid-write must not leave an empty pid file.
+        path = os.path.join(OUT, f"pid{self.global_rank}")
+        with open(path + ".tmp", "w") as f:
             f.write(str(os.getpid()))
+        os.replace(path + ".tmp", path)
+
+    def training_step(self, batch, batch_idx):
         if self.global_step == 3:
             if MODE == "rank1_raises" and self.global_rank == 1:
                 raise RuntimeError("rank 1 failed on purpose at step 3")
@@ -379,6 +388,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("mode", ["rank1_raises", "rank1_hangs", "rank0_killed"])
 def test_a_failing_or_hanging_process_ends_the_whole_ddp_run(mode, tmp_path):

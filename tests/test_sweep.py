@@ -9,7 +9,6 @@ import csv
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,35 +19,17 @@ from omegaconf import OmegaConf
 
 from factory import ConfigError
 from factory.training.sweeps import next_trial_dir, run_trial, write_summary
-from tests.conftest import TINY_RUN
+from tests.helpers import TINY_RUN
 
 REPO = Path(__file__).resolve().parent.parent
-# Until train.py and conf/train.yaml are wired (the lead applies this diff), the subprocess tests run a
-# copy of the repo with the diff applied; once wired they run the repo itself and this can go.
-WIRING_DIFF = Path(os.environ.get("FACTORY_SWEEP_DIFF", "/work/notes/issue5_sweep.diff"))
 
 # A tiny run; the head count is left to each sweep.
 TINY = [o for o in TINY_RUN if not o.startswith("arch.num_attention_heads=")] + ["data.max_length=32"]
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    if "run_trial" in (REPO / "train.py").read_text():
-        return REPO
-    if not WIRING_DIFF.is_file():
-        pytest.skip(
-            f"train.py is not wired to factory.training.sweeps and there is no {WIRING_DIFF} to apply"
-        )
-    copy = tmp_path_factory.mktemp("repo") / "main"
-    ignore = shutil.ignore_patterns(".git", "outputs", "multirun", "__pycache__", "*.egg-info", ".*_cache")
-    shutil.copytree(REPO, copy, ignore=ignore)
-    subprocess.run(["patch", "-p1", "--quiet", "-i", str(WIRING_DIFF)], cwd=copy, check=True)
-    return copy
-
-
-def train_py(repo: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo)}
-    cmd = [sys.executable, str(repo / "train.py"), "-m", *args]
+def train_py(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, str(REPO / "train.py"), "-m", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -67,10 +48,11 @@ def sampled(sweep: Path, trial: int, keys: tuple[str, ...]) -> dict[str, str]:
 
 
 # ---- through train.py -----------------------------------------------------------------------------------
-def test_grid_sweep_fails_only_the_trial_that_cannot_work_and_writes_a_summary(repo, tmp_path):
+@pytest.mark.slow
+def test_grid_sweep_fails_only_the_trial_that_cannot_work_and_writes_a_summary(tmp_path):
     sweep = tmp_path / "sweep"
     proc = train_py(
-        repo, tmp_path, "arch=bert,gpt2", "arch.num_attention_heads=2,3", *TINY, f"hydra.sweep.dir={sweep}"
+        tmp_path, "arch=bert,gpt2", "arch.num_attention_heads=2,3", *TINY, f"hydra.sweep.dir={sweep}"
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]  # nothing in the cwd
@@ -96,7 +78,8 @@ def test_grid_sweep_fails_only_the_trial_that_cannot_work_and_writes_a_summary(r
     assert (sweep / "summary.png").stat().st_size > 0
 
 
-def test_optuna_sweep_is_seeded_stored_in_the_sweep_dir_and_resumes(repo, tmp_path):
+@pytest.mark.slow
+def test_optuna_sweep_is_seeded_stored_in_the_sweep_dir_and_resumes(tmp_path):
     optuna = pytest.importorskip("optuna")
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     keys = ("optim.lr", "optim.weight_decay", "arch.num_attention_heads")
@@ -109,7 +92,7 @@ def test_optuna_sweep_is_seeded_stored_in_the_sweep_dir_and_resumes(repo, tmp_pa
     ]
     first, again = tmp_path / "first", tmp_path / "again"
     for sweep in (first, again):
-        proc = train_py(repo, tmp_path, *args, f"hydra.sweep.dir={sweep}")
+        proc = train_py(tmp_path, *args, f"hydra.sweep.dir={sweep}")
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert (first / "optuna.db").is_file()
     study = optuna.load_study(study_name="train", storage=f"sqlite:///{first}/optuna.db")
@@ -121,7 +104,7 @@ def test_optuna_sweep_is_seeded_stored_in_the_sweep_dir_and_resumes(repo, tmp_pa
     assert all("num_attention_heads" in r["reason"] for r in records.values() if r["status"] == "failed")
     assert [sampled(first, n, keys) for n in range(3)] == [sampled(again, n, keys) for n in range(3)]
 
-    proc = train_py(repo, tmp_path, *args, f"hydra.sweep.dir={first}")  # the same command: resume
+    proc = train_py(tmp_path, *args, f"hydra.sweep.dir={first}")  # the same command: resume
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(optuna.load_study(study_name="train", storage=f"sqlite:///{first}/optuna.db").trials) == 6
     assert sorted(trial_records(first)) == list(range(6))  # new dirs, the first three untouched
