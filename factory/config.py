@@ -253,9 +253,8 @@ class PretrainedConfig:
         return cls.from_json_file(resolve_file(name_or_path, CONFIG_NAME, hub=hub), **overrides)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        from factory.checkpoints.weights import atomic_write_text
+        from factory.checkpoints.atomic import atomic_write_text
 
-        Path(save_directory).mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(save_directory) / CONFIG_NAME, self.to_json_string())
 
     def replace(self, **changes: Any) -> PretrainedConfig:

@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from torch import nn
 
+from factory.checkpoints.atomic import atomic_write_text
 from factory.config import ConfigError, did_you_mean
 from factory.training.failures import process_group_timeout
 
@@ -252,13 +253,8 @@ def _hydra_state() -> dict[str, Any] | None:
 def write_replica(cfg: DictConfig | Mapping[str, Any], run_dir: str | os.PathLike) -> Path:
     """Write what a child rank needs to replay this run; return the file's path."""
     run_dir = Path(run_dir).resolve()
-    path = run_dir / REPLICA_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
     replica = {"run_dir": str(run_dir), "config": resolved(cfg), "hydra": _hydra_state()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(replica)), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(run_dir / REPLICA_FILE, OmegaConf.to_yaml(OmegaConf.create(replica)))
 
 
 def replica_command(path: str | os.PathLike) -> list[str]:
@@ -512,7 +508,7 @@ class RankCheck(pl.Callback):
         reports = gather(mine)
         if len(reports) > 1 and trainer.is_global_zero:
             text = json.dumps(reports, indent=2, default=str) + "\n"
-            (self.run_dir / RANKS_FILE).write_text(text, encoding="utf-8")
+            atomic_write_text(self.run_dir / RANKS_FILE, text)
         differ = [k for k in self.COMPARED if any(r[k] != reports[0][k] for r in reports)]
         if differ:
             shown = {k: [r[k] for r in reports] for k in differ}

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from factory.checkpoints.atomic import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 PROVENANCE_FILE = "provenance.json"
@@ -82,7 +84,7 @@ def write_provenance(
             keep = ("started", "command", "overrides", "git", "versions", "hardware", "environment")
             previous.setdefault("resumes", []).append({k: record[k] for k in keep})
             record = previous
-    _write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+    atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
     return path
 
 
@@ -242,9 +244,3 @@ def _hydra_running() -> bool:
     from hydra.core.hydra_config import HydraConfig
 
     return HydraConfig.initialized()
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
