@@ -41,7 +41,7 @@ from pytorch_lightning.strategies.launchers.subprocess_script import _Subprocess
 from torch import nn
 
 from factory.checkpoints.atomic import atomic_write_text
-from factory.config import ConfigError, did_you_mean
+from factory.config import ConfigError, did_you_mean, plain_data
 from factory.training.failures import process_group_timeout
 
 logger = logging.getLogger(__name__)
@@ -233,27 +233,21 @@ def is_sharded(trainer: pl.Trainer) -> bool:
 
 
 # ---- rank 0's values in every rank --------------------------------------------------------------------
-def resolved(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """`cfg` as plain containers with every interpolation resolved (`???` stays unset)."""
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    return dict(cfg)
-
-
 def _hydra_state() -> dict[str, Any] | None:
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return None
     # Unresolved, as Hydra's own hydra.yaml: the values a run reads (overrides, job, runtime.output_dir)
-    # are plain already, and a resolver (a sweep's next trial dir) must not run again.
+    # are plain already, and a resolver (a sweep's next trial dir) must not run again. Not `plain_data`:
+    # Hydra's own schema holds enums (`mode: RUN`), which go back into OmegaConf in the child as they are.
     return OmegaConf.to_container(HydraConfig.get(), resolve=False)
 
 
 def write_replica(cfg: DictConfig | Mapping[str, Any], run_dir: str | os.PathLike) -> Path:
     """Write what a child rank needs to replay this run; return the file's path."""
     run_dir = Path(run_dir).resolve()
-    replica = {"run_dir": str(run_dir), "config": resolved(cfg), "hydra": _hydra_state()}
+    replica = {"run_dir": str(run_dir), "config": plain_data(cfg), "hydra": _hydra_state()}
     return atomic_write_text(run_dir / REPLICA_FILE, OmegaConf.to_yaml(OmegaConf.create(replica)))
 
 
@@ -486,7 +480,7 @@ class RankCheck(pl.Callback):
         run_dir: str | os.PathLike,
         extra: Mapping[str, Any] | None = None,
     ) -> None:
-        self.config = digest(resolved(config))
+        self.config = digest(plain_data(config))
         self.run_dir = Path(run_dir)
         self.extra = dict(extra or {})
 

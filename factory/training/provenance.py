@@ -33,6 +33,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from factory.checkpoints.atomic import atomic_write_text
+from factory.config import plain_data
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,8 @@ def collect(
         },
         "replay": replay_command(run),
         "overrides": hydra_overrides(),
-        "config": resolved_config(cfg),
+        # Unresolved where a resolver needs a running Hydra and there is none.
+        "config": plain_data(_without_hydra(cfg), fallback_unresolved=True),
         "versions": package_versions(),
         "git": git_state(_CODE_DIR),
         "hardware": hardware(),
@@ -128,17 +130,6 @@ def _train_script() -> str:
         return str(argv0.resolve())
     candidate = _CODE_DIR.parent / "train.py"
     return str(candidate) if candidate.is_file() else "train.py"
-
-
-def resolved_config(cfg: DictConfig) -> Any:
-    """The config as plain values with interpolations resolved (unresolved where a resolver needs a
-    running Hydra and there is none)."""
-    cfg = _without_hydra(cfg)
-    try:
-        return OmegaConf.to_container(cfg, resolve=True)
-    except Exception as e:  # noqa: BLE001  (an interpolation that needs Hydra: keep it as written)
-        logger.debug("Config not resolved for the provenance record: %s", e)
-        return OmegaConf.to_container(cfg, resolve=False)
 
 
 def hydra_overrides() -> dict[str, Any] | None:

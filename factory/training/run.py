@@ -26,10 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from factory import registry
 from factory.build import build_config, build_model
-from factory.config import ConfigError, PretrainedConfig, did_you_mean
+from factory.config import ConfigError, PretrainedConfig, did_you_mean, plain_data
 from factory.training import distributed
 from factory.training.failures import FiniteGuard, ProcessGuard
-from factory.training.module import FactoryModule, check_optim, config_values, plain_data
+from factory.training.module import FactoryModule, check_optim, config_values
 from factory.training.pretrained import PretrainedInit, load_pretrained, merge_overrides, write_report
 from factory.training.provenance import write_provenance
 from factory.training.resume import AtomicCheckpointIO, ResumeState, last_checkpoint
@@ -378,7 +378,7 @@ def instantiate_all(nodes: Any, **kwargs: Any) -> list[Any]:
     for name, node in (nodes or {}).items():
         if node is None:
             continue
-        node = OmegaConf.to_container(node, resolve=True)
+        node = plain_data(node, name)
         if not node.pop("enabled", True):
             continue
         if "_target_" not in node:
