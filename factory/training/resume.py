@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 
 from factory.checkpoints.atomic import atomic_save
 from factory.config import ConfigError
+from factory.training.distributed import gather
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ class ResumeState(pl.Callback):
             position["finished"] = bool(progress.is_last_batch) or (
                 progress.current.ready >= trainer.num_training_batches
             )
-        return {"version": STATE_VERSION, "rng": _gather(rng_states()), "loader": position}
+        return {"version": STATE_VERSION, "rng": gather(rng_states()), "loader": position}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending = state_dict
@@ -260,16 +261,6 @@ class ResumeState(pl.Callback):
                 "The checkpoint has a data position, but the training loader is not a ResumableDataLoader: "
                 "the resumed run starts its epoch from the first batch."
             )
-
-
-def _gather(state: dict[str, Any]) -> list[dict[str, Any]]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        states: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(states, state)
-        return states
-    return [state]
 
 
 class LastCheckpoint(ModelCheckpoint):
