@@ -6,11 +6,11 @@ command line (`sys.argv`). Under Hydra that is wrong three ways: each child make
 writes in the cwd), a `--multirun` child runs its own copy of the whole sweep, and an Optuna child asks its
 own sampler for hyperparameters, so the ranks of one trial train with different values. Here rank 0
 writes the run's composed, resolved config and its Hydra state to `<run dir>/.hydra/replica.yaml` and
-starts each child as `python -c "<replica_main>" <that file>`: the child calls `factory.training.run.train`
-with those values and that run dir, and runs no sweep. `RankCheck` then compares, across ranks, what
-each is about to train (config, hyperparameters, learning rates, vocabulary) and stops the run if any
-differ. On SLURM (`hydra/launcher=slurm`), `srun` starts every rank of a job itself; each runs the same
-job, so the values agree too.
+starts each child as `python -c "<factory.training.replica.main>" <that file>`: the child calls
+`factory.training.run.train` with those values and that run dir, and runs no sweep. `RankCheck` then
+compares, across ranks, what each is about to train (config, hyperparameters, learning rates,
+vocabulary) and stops the run if any differ. On SLURM (`hydra/launcher=slurm`), `srun` starts every rank
+of a job itself; each runs the same job, so the values agree too.
 
 Only rank 0 writes exports, plots and reports: `is_global_zero()` before the Trainer exists,
 `trainer.is_global_zero` after.
@@ -253,60 +253,8 @@ def write_replica(cfg: DictConfig | Mapping[str, Any], run_dir: str | os.PathLik
 
 def replica_command(path: str | os.PathLike) -> list[str]:
     """The command of a child rank: no script and no command line of its own, only the replica file."""
-    code = "import sys, factory.training.distributed as d; sys.exit(d.replica_main(sys.argv[1:]))"
+    code = "import sys, factory.training.replica as r; sys.exit(r.main(sys.argv[1:]))"
     return [sys.executable, "-c", code, str(path)]
-
-
-def replica_main(argv: list[str]) -> int:
-    """A child rank: train the run described by the replica file `argv[0]`; the exit status."""
-    from factory.data.files import DataError
-    from factory.training.run import train
-
-    replica = OmegaConf.load(argv[0])
-    run_dir = Path(replica.run_dir)
-    rank = global_rank()
-    hydra = replica.get("hydra")
-    job = hydra.job.name if hydra is not None and hydra.job.get("name") else "train"
-    _log_to(run_dir / f"{job}_rank{rank}.log", rank)
-    if hydra is not None:
-        _set_hydra_state(hydra)
-    cfg = replica.config
-    OmegaConf.set_struct(cfg, True)  # as Hydra hands it to rank 0
-    logger.info("Rank %d replays %s", rank, run_dir)
-    try:
-        train(cfg, run_dir=run_dir)
-    except (ConfigError, DataError) as e:
-        print(f"Error (rank {rank}): {e}", file=sys.stderr)  # noqa: T201  (the entry point's message)
-        return 1
-    return 0
-
-
-def _log_to(path: Path, rank: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = logging.Formatter(f"[%(asctime)s][rank {rank}][%(name)s][%(levelname)s] - %(message)s")
-    to_file = logging.FileHandler(path, encoding="utf-8")
-    to_stderr = logging.StreamHandler(sys.stderr)
-    to_stderr.setLevel(logging.WARNING)
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    for handler in (to_file, to_stderr):
-        handler.setFormatter(fmt)
-        root.addHandler(handler)
-
-
-def _set_hydra_state(node: DictConfig) -> None:
-    """Make `HydraConfig.get()` in this process return rank 0's (overrides, job, output dir, choices)."""
-    from hydra.conf import HydraConf
-    from hydra.core.hydra_config import HydraConfig
-
-    state = OmegaConf.structured(HydraConf)
-    OmegaConf.set_struct(state, False)  # groups without a schema field (hydra/env) come along
-    try:
-        state = OmegaConf.merge(state, node)
-    except Exception as e:  # noqa: BLE001  (a plugin's node this Hydra cannot type: run without it)
-        logger.warning("Rank %d runs without rank 0's Hydra state: %s", global_rank(), e)
-        return
-    HydraConfig.instance().set_config(OmegaConf.create({"hydra": state}))
 
 
 class _Observer(threading.Thread):
