@@ -125,11 +125,12 @@ def replay_command(run_dir: str | os.PathLike, new_dir: str | os.PathLike | None
 
 
 def _train_script() -> str:
+    """The script this run was started with when it is a `train.py`, else plain `train.py` (the library
+    never assumes where the entry point lives)."""
     argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
     if argv0 is not None and argv0.name == "train.py" and argv0.is_file():
         return str(argv0.resolve())
-    candidate = _CODE_DIR.parent / "train.py"
-    return str(candidate) if candidate.is_file() else "train.py"
+    return "train.py"
 
 
 def hydra_overrides() -> dict[str, Any] | None:
