@@ -13,16 +13,7 @@ from typing import Any
 import torch
 
 from factory import registry
-from factory.config import ConfigError, PretrainedConfig
-
-
-def _plain(node: Any) -> Any:
-    """A Hydra/OmegaConf node as plain Python containers, without importing omegaconf here."""
-    if hasattr(node, "_metadata") and hasattr(node, "_get_node"):
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(node, resolve=True)
-    return node
+from factory.config import ConfigError, PretrainedConfig, plain_data
 
 
 def build_config(arch: Mapping[str, Any], path: str = "arch", **extra: Any) -> PretrainedConfig:
@@ -30,7 +21,7 @@ def build_config(arch: Mapping[str, Any], path: str = "arch", **extra: Any) -> P
 
     `extra` are values the pipeline sets (vocab size from the tokenizer, label maps from the data).
     """
-    values = dict(_plain(arch))
+    values = dict(plain_data(arch, path))
     model_type = values.pop("model_type", None)
     if model_type is None:
         raise ConfigError(

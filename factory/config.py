@@ -12,10 +12,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import os
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+
+logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 
@@ -34,6 +39,37 @@ class ConfigError(ValueError):
 def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.6)
     return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def plain_data(value: Any, path: str = "", *, fallback_unresolved: bool = False) -> Any:
+    """`value` as plain containers (dict, list, str, int, float, bool, None): what `weights_only` loads.
+
+    A Hydra/OmegaConf node becomes containers with its interpolations resolved; a missing value (`???`)
+    stays the string "???". With `fallback_unresolved`, a node whose interpolations do not all resolve
+    (a resolver that needs a running Hydra) is kept as written instead of raising. Any other value
+    raises `ConfigError` naming its key path (`path` is where `value` itself sits, e.g. "arch").
+    """
+    omegaconf = sys.modules.get("omegaconf")  # never imported here: a node means it is loaded already
+    if omegaconf is not None and isinstance(value, omegaconf.Container):
+        try:
+            value = omegaconf.OmegaConf.to_container(value, resolve=True)
+        except Exception as e:  # noqa: BLE001  (an interpolation that needs Hydra: keep it as written)
+            if not fallback_unresolved:
+                raise
+            logger.debug("%s kept unresolved: %s", path or "config", e)
+            value = omegaconf.OmegaConf.to_container(value, resolve=False)
+    if isinstance(value, Mapping):
+        return {
+            k: plain_data(v, f"{path}.{k}", fallback_unresolved=fallback_unresolved) for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [
+            plain_data(v, f"{path}[{i}]", fallback_unresolved=fallback_unresolved)
+            for i, v in enumerate(value)
+        ]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise ConfigError(f"{path.lstrip('.')}={value!r} is not plain config data (a {type(value).__name__}).")
 
 
 @dataclass
@@ -253,9 +289,8 @@ class PretrainedConfig:
         return cls.from_json_file(resolve_file(name_or_path, CONFIG_NAME, hub=hub), **overrides)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        from factory.checkpoints.weights import atomic_write_text
+        from factory.checkpoints.atomic import atomic_write_text
 
-        Path(save_directory).mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(save_directory) / CONFIG_NAME, self.to_json_string())
 
     def replace(self, **changes: Any) -> PretrainedConfig:

@@ -21,6 +21,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import factory.training.resume as resume
+from factory.checkpoints.atomic import atomic_save
 from factory.config import ConfigError
 from factory.data.files import DataError, default_data_files
 from factory.training.failures import NonFiniteError
@@ -257,11 +258,11 @@ def _partial_write_then_enospc(obj, f, *args, **kwargs):
 
 def test_atomic_save_keeps_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
-    resume.atomic_save({"step": torch.tensor(1)}, path)
+    atomic_save({"step": torch.tensor(1)}, path)
     before = path.read_bytes()
     monkeypatch.setattr(torch, "save", _partial_write_then_enospc)
     with pytest.raises(OSError, match="No space left"):
-        resume.atomic_save({"step": torch.tensor(2)}, path)
+        atomic_save({"step": torch.tensor(2)}, path)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
 

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from factory.checkpoints.atomic import atomic_files
 from factory.checkpoints.hub import HubOptions, resolve_file
 
 logger = logging.getLogger(__name__)
@@ -464,24 +464,6 @@ def parse_size(size: int | str) -> int:
     return int(number * base**power)
 
 
-def _atomic_replace(path: Path, write) -> None:
-    """Write through a temporary file in the target folder and rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_replace(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
 def save_state(
     model: nn.Module, save_directory: str | os.PathLike, max_shard_size: int | str = "5GB"
 ) -> list[str]:
@@ -518,35 +500,21 @@ def save_state(
         shards[-1][k] = t
         size += nbytes
 
-    written: dict[str, str] = {}  # final name -> temporary path
-    try:
-        if len(shards) == 1:
-            names = [SAFE_WEIGHTS]
-        else:
-            names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    if len(shards) == 1:
+        names = [SAFE_WEIGHTS]
+    else:
+        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    with atomic_files(folder) as temp:
         for name, shard in zip(names, shards):
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-            os.close(fd)
-            written[name] = tmp
-            save_file(shard, tmp, metadata={"format": "pt"})
+            save_file(shard, temp(name), metadata={"format": "pt"})
         if len(shards) > 1:
             index = {
                 "metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
                 "weight_map": {k: name for name, shard in zip(names, shards) for k in shard},
             }
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{SAFE_INDEX}.", suffix=".tmp")
-            os.close(fd)
-            written[SAFE_INDEX] = tmp
-            Path(tmp).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        for tmp in written.values():
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-    except BaseException:
-        for tmp in written.values():
-            Path(tmp).unlink(missing_ok=True)
-        raise
-    for name, tmp in written.items():
-        os.replace(tmp, folder / name)
+            text = json.dumps(index, indent=2, sort_keys=True) + "\n"
+            temp(SAFE_INDEX).write_text(text, encoding="utf-8")
+    written = [*names, SAFE_INDEX] if len(shards) > 1 else names
     for old in folder.iterdir():
         if _WEIGHT_FILE.match(old.name) and old.name not in written:
             old.unlink()

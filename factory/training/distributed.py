@@ -6,11 +6,11 @@ command line (`sys.argv`). Under Hydra that is wrong three ways: each child make
 writes in the cwd), a `--multirun` child runs its own copy of the whole sweep, and an Optuna child asks its
 own sampler for hyperparameters, so the ranks of one trial train with different values. Here rank 0
 writes the run's composed, resolved config and its Hydra state to `<run dir>/.hydra/replica.yaml` and
-starts each child as `python -c "<replica_main>" <that file>`: the child calls `factory.training.run.train`
-with those values and that run dir, and runs no sweep. `RankCheck` then compares, across ranks, what
-each is about to train (config, hyperparameters, learning rates, vocabulary) and stops the run if any
-differ. On SLURM (`hydra/launcher=slurm`), `srun` starts every rank of a job itself; each runs the same
-job, so the values agree too.
+starts each child as `python -c "<factory.training.replica.main>" <that file>`: the child calls
+`factory.training.run.train` with those values and that run dir, and runs no sweep. `RankCheck` then
+compares, across ranks, what each is about to train (config, hyperparameters, learning rates,
+vocabulary) and stops the run if any differ. On SLURM (`hydra/launcher=slurm`), `srun` starts every rank
+of a job itself; each runs the same job, so the values agree too.
 
 Only rank 0 writes exports, plots and reports: `is_global_zero()` before the Trainer exists,
 `trainer.is_global_zero` after.
@@ -40,7 +40,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from torch import nn
 
-from factory.config import ConfigError, did_you_mean
+from factory.checkpoints.atomic import atomic_write_text
+from factory.config import ConfigError, did_you_mean, plain_data
 from factory.training.failures import process_group_timeout
 
 logger = logging.getLogger(__name__)
@@ -232,91 +233,28 @@ def is_sharded(trainer: pl.Trainer) -> bool:
 
 
 # ---- rank 0's values in every rank --------------------------------------------------------------------
-def resolved(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """`cfg` as plain containers with every interpolation resolved (`???` stays unset)."""
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    return dict(cfg)
-
-
 def _hydra_state() -> dict[str, Any] | None:
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return None
     # Unresolved, as Hydra's own hydra.yaml: the values a run reads (overrides, job, runtime.output_dir)
-    # are plain already, and a resolver (a sweep's next trial dir) must not run again.
+    # are plain already, and a resolver (a sweep's next trial dir) must not run again. Not `plain_data`:
+    # Hydra's own schema holds enums (`mode: RUN`), which go back into OmegaConf in the child as they are.
     return OmegaConf.to_container(HydraConfig.get(), resolve=False)
 
 
 def write_replica(cfg: DictConfig | Mapping[str, Any], run_dir: str | os.PathLike) -> Path:
     """Write what a child rank needs to replay this run; return the file's path."""
     run_dir = Path(run_dir).resolve()
-    path = run_dir / REPLICA_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    replica = {"run_dir": str(run_dir), "config": resolved(cfg), "hydra": _hydra_state()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(replica)), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    replica = {"run_dir": str(run_dir), "config": plain_data(cfg), "hydra": _hydra_state()}
+    return atomic_write_text(run_dir / REPLICA_FILE, OmegaConf.to_yaml(OmegaConf.create(replica)))
 
 
 def replica_command(path: str | os.PathLike) -> list[str]:
     """The command of a child rank: no script and no command line of its own, only the replica file."""
-    code = "import sys, factory.training.distributed as d; sys.exit(d.replica_main(sys.argv[1:]))"
+    code = "import sys, factory.training.replica as r; sys.exit(r.main(sys.argv[1:]))"
     return [sys.executable, "-c", code, str(path)]
-
-
-def replica_main(argv: list[str]) -> int:
-    """A child rank: train the run described by the replica file `argv[0]`; the exit status."""
-    from factory.data.files import DataError
-    from factory.training.run import train
-
-    replica = OmegaConf.load(argv[0])
-    run_dir = Path(replica.run_dir)
-    rank = global_rank()
-    hydra = replica.get("hydra")
-    job = hydra.job.name if hydra is not None and hydra.job.get("name") else "train"
-    _log_to(run_dir / f"{job}_rank{rank}.log", rank)
-    if hydra is not None:
-        _set_hydra_state(hydra)
-    cfg = replica.config
-    OmegaConf.set_struct(cfg, True)  # as Hydra hands it to rank 0
-    logger.info("Rank %d replays %s", rank, run_dir)
-    try:
-        train(cfg, run_dir=run_dir)
-    except (ConfigError, DataError) as e:
-        print(f"Error (rank {rank}): {e}", file=sys.stderr)  # noqa: T201  (the entry point's message)
-        return 1
-    return 0
-
-
-def _log_to(path: Path, rank: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = logging.Formatter(f"[%(asctime)s][rank {rank}][%(name)s][%(levelname)s] - %(message)s")
-    to_file = logging.FileHandler(path, encoding="utf-8")
-    to_stderr = logging.StreamHandler(sys.stderr)
-    to_stderr.setLevel(logging.WARNING)
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    for handler in (to_file, to_stderr):
-        handler.setFormatter(fmt)
-        root.addHandler(handler)
-
-
-def _set_hydra_state(node: DictConfig) -> None:
-    """Make `HydraConfig.get()` in this process return rank 0's (overrides, job, output dir, choices)."""
-    from hydra.conf import HydraConf
-    from hydra.core.hydra_config import HydraConfig
-
-    state = OmegaConf.structured(HydraConf)
-    OmegaConf.set_struct(state, False)  # groups without a schema field (hydra/env) come along
-    try:
-        state = OmegaConf.merge(state, node)
-    except Exception as e:  # noqa: BLE001  (a plugin's node this Hydra cannot type: run without it)
-        logger.warning("Rank %d runs without rank 0's Hydra state: %s", global_rank(), e)
-        return
-    HydraConfig.instance().set_config(OmegaConf.create({"hydra": state}))
 
 
 class _Observer(threading.Thread):
@@ -490,7 +428,7 @@ class RankCheck(pl.Callback):
         run_dir: str | os.PathLike,
         extra: Mapping[str, Any] | None = None,
     ) -> None:
-        self.config = digest(resolved(config))
+        self.config = digest(plain_data(config))
         self.run_dir = Path(run_dir)
         self.extra = dict(extra or {})
 
@@ -512,7 +450,7 @@ class RankCheck(pl.Callback):
         reports = gather(mine)
         if len(reports) > 1 and trainer.is_global_zero:
             text = json.dumps(reports, indent=2, default=str) + "\n"
-            (self.run_dir / RANKS_FILE).write_text(text, encoding="utf-8")
+            atomic_write_text(self.run_dir / RANKS_FILE, text)
         differ = [k for k in self.COMPARED if any(r[k] != reports[0][k] for r in reports)]
         if differ:
             shown = {k: [r[k] for r in reports] for k in differ}

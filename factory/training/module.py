@@ -18,8 +18,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from factory.build import _plain, build_model
-from factory.config import ConfigError, did_you_mean
+from factory.build import build_model
+from factory.config import ConfigError, did_you_mean, plain_data
 from factory.heads.head import get_head
 
 logger = logging.getLogger(__name__)
@@ -39,18 +39,6 @@ OPTIM_DEFAULTS: dict[str, Any] = {
 
 
 # ---- config checks --------------------------------------------------------------------------------------
-def plain_data(value: Any, path: str = "") -> Any:
-    """`value` as plain containers (dict, list, str, int, float, bool, None): what `weights_only` loads."""
-    value = _plain(value)
-    if isinstance(value, Mapping):
-        return {k: plain_data(v, f"{path}.{k}") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain_data(v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    raise ConfigError(f"{path.lstrip('.')}={value!r} is not plain config data (a {type(value).__name__}).")
-
-
 def check_optim(optim: Mapping[str, Any], path: str = "optim") -> dict[str, Any]:
     """The optimizer settings with defaults filled in; a bad key or value raises `ConfigError`."""
     values = dict(plain_data(optim))

@@ -23,6 +23,7 @@ import torch
 from factory import registry
 from factory.auto import AutoConfig
 from factory.build import typed_name
+from factory.checkpoints.atomic import atomic_write_text
 from factory.checkpoints.hub import HubOptions, commit_of, resolve_file
 from factory.checkpoints.weights import checkpoint_files
 from factory.config import CONFIG_NAME, ConfigError, PretrainedConfig
@@ -289,6 +290,4 @@ def _short(keys: list[str], limit: int = 4) -> str:
 
 
 def write_report(report: Mapping[str, Any], run_dir: str | os.PathLike) -> Path:
-    path = Path(run_dir) / REPORT_NAME
-    path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return path
+    return atomic_write_text(Path(run_dir) / REPORT_NAME, json.dumps(report, indent=2, sort_keys=True) + "\n")

@@ -32,6 +32,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from factory.checkpoints.atomic import atomic_write_text
+from factory.config import plain_data
+
 logger = logging.getLogger(__name__)
 
 PROVENANCE_FILE = "provenance.json"
@@ -82,7 +85,7 @@ def write_provenance(
             keep = ("started", "command", "overrides", "git", "versions", "hardware", "environment")
             previous.setdefault("resumes", []).append({k: record[k] for k in keep})
             record = previous
-    _write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+    atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
     return path
 
 
@@ -102,7 +105,8 @@ def collect(
         },
         "replay": replay_command(run),
         "overrides": hydra_overrides(),
-        "config": resolved_config(cfg),
+        # Unresolved where a resolver needs a running Hydra and there is none.
+        "config": plain_data(_without_hydra(cfg), fallback_unresolved=True),
         "versions": package_versions(),
         "git": git_state(_CODE_DIR),
         "hardware": hardware(),
@@ -121,22 +125,12 @@ def replay_command(run_dir: str | os.PathLike, new_dir: str | os.PathLike | None
 
 
 def _train_script() -> str:
+    """The script this run was started with when it is a `train.py`, else plain `train.py` (the library
+    never assumes where the entry point lives)."""
     argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
     if argv0 is not None and argv0.name == "train.py" and argv0.is_file():
         return str(argv0.resolve())
-    candidate = _CODE_DIR.parent / "train.py"
-    return str(candidate) if candidate.is_file() else "train.py"
-
-
-def resolved_config(cfg: DictConfig) -> Any:
-    """The config as plain values with interpolations resolved (unresolved where a resolver needs a
-    running Hydra and there is none)."""
-    cfg = _without_hydra(cfg)
-    try:
-        return OmegaConf.to_container(cfg, resolve=True)
-    except Exception as e:  # noqa: BLE001  (an interpolation that needs Hydra: keep it as written)
-        logger.debug("Config not resolved for the provenance record: %s", e)
-        return OmegaConf.to_container(cfg, resolve=False)
+    return "train.py"
 
 
 def hydra_overrides() -> dict[str, Any] | None:
@@ -242,9 +236,3 @@ def _hydra_running() -> bool:
     from hydra.core.hydra_config import HydraConfig
 
     return HydraConfig.initialized()
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -21,12 +21,10 @@ run dir, and `trainer.fit(ckpt_path=<run dir>/checkpoints/last.ckpt)` (see `last
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
 import random
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader
 
+from factory.checkpoints.atomic import atomic_save
 from factory.config import ConfigError
+from factory.training.distributed import gather
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ class ResumeState(pl.Callback):
             position["finished"] = bool(progress.is_last_batch) or (
                 progress.current.ready >= trainer.num_training_batches
             )
-        return {"version": STATE_VERSION, "rng": _gather(rng_states()), "loader": position}
+        return {"version": STATE_VERSION, "rng": gather(rng_states()), "loader": position}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending = state_dict
@@ -261,16 +261,6 @@ class ResumeState(pl.Callback):
                 "The checkpoint has a data position, but the training loader is not a ResumableDataLoader: "
                 "the resumed run starts its epoch from the first batch."
             )
-
-
-def _gather(state: dict[str, Any]) -> list[dict[str, Any]]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        states: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(states, state)
-        return states
-    return [state]
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -324,44 +314,6 @@ def _validation_follows(trainer: pl.Trainer) -> bool:
 
 
 # ---- atomic writes --------------------------------------------------------------------------------------
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """`torch.save(obj, path)` through a temporary file in `path`'s folder, fsynced, renamed into place.
-
-    The rename is atomic on one file system, so `path` is always either the previous file or the new one;
-    if anything fails (a full disk, an interrupt) the temporary file is removed and the exception raised.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    # os.open applies the umask, as torch.save's own open would (mkstemp would make the file 0600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX; elsewhere a no-op)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's `TorchCheckpointIO`, writing local files with `atomic_save`.
 

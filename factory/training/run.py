@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from factory.config import ConfigError
+from factory.config import ConfigError, plain_data
 from factory.training import distributed
 from factory.training.failures import FiniteGuard, ProcessGuard
 from factory.training.module import FactoryModule, config_values
@@ -68,7 +68,7 @@ def instantiate_all(nodes: Any, **kwargs: Any) -> list[Any]:
     for name, node in (nodes or {}).items():
         if node is None:
             continue
-        node = OmegaConf.to_container(node, resolve=True)
+        node = plain_data(node, name)
         if not node.pop("enabled", True):
             continue
         if "_target_" not in node:

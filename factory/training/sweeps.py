@@ -29,6 +29,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from factory.checkpoints.atomic import atomic_write, atomic_write_text
 from factory.config import ConfigError
 from factory.data.files import DataError
 from factory.training.failures import NonFiniteError
@@ -107,7 +108,7 @@ def run_trial(cfg: DictConfig, fn: Callable[[DictConfig], float]) -> float:
             wall_time_s=round(time.perf_counter() - started, 3),
         )
         if rank_zero_only.rank == 0:
-            _write_text(trial_dir / TRIAL_FILE, json.dumps(record, indent=2) + "\n")
+            atomic_write_text(trial_dir / TRIAL_FILE, json.dumps(record, indent=2) + "\n")
             try:  # a partial summary after every trial; a problem with it never fails the trial
                 write_summary(trial_dir.parent, declared=_declared_keys(hc), mode=mode)
             except Exception:  # noqa: BLE001
@@ -230,8 +231,8 @@ def write_summary(
     mode = mode or (modes[0] if modes else "max")
     monitor = next((r["monitor"] for r in rows if r["monitor"]), "objective")
     ranked = rank_trials(rows, mode)
-    _write_text(sweep_dir / "summary.csv", _csv(rows, keys))
-    _write_text(sweep_dir / "summary.md", _markdown(ranked, keys, monitor, mode, sweep_dir))
+    atomic_write_text(sweep_dir / "summary.csv", _csv(rows, keys))
+    atomic_write_text(sweep_dir / "summary.md", _markdown(ranked, keys, monitor, mode, sweep_dir))
     try:
         plot_summary(rows, keys, monitor, mode, sweep_dir / "summary.png")
     except ImportError as e:  # matplotlib draws it; the tables stand without the picture
@@ -333,18 +334,9 @@ def plot_summary(
             f"{monitor} ({mode}) by swept value" + (f"; {failed} trials without a value" if failed else "")
         )
         fig.tight_layout()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     finally:
         plt.close(fig)
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write through a temp file and rename: a reader (or a second worker) never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ---- the Hydra callback ---------------------------------------------------------------------------------
