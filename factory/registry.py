@@ -68,8 +68,7 @@ def _config_problems(cls: type) -> list[str]:
         bad = [f for f in depth if f not in fields]
         if bad:
             problems.append(f"depth_fields {tuple(depth)!r} names non-fields {bad}")
-    # Imported here: it pulls in `tokenizers`, which the architecture file has imported already.
-    from factory.tokenizers.training import TokenizerRecipe
+    from factory.tokenizers.recipe import TokenizerRecipe
 
     if not isinstance(getattr(cls, "tokenizer_recipe", None), TokenizerRecipe):
         problems.append("no tokenizer_recipe (a TokenizerRecipe, for training a tokenizer at init=random)")

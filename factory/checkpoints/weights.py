@@ -343,7 +343,9 @@ def load_into(
         )
 
     prefix = model.base_model_prefix + "."
-    backbone = [k for k in expected if model.head == "base" or k.startswith(prefix)]
+    # A head model holds its backbone under the prefix (`bert.`); a backbone is all backbone.
+    headless = not hasattr(model, model.base_model_prefix)
+    backbone = [k for k in expected if headless or k.startswith(prefix)]
     matched = [k for k in backbone if k in state or any(k == m[0] for m in info.mismatched_keys)]
     if backbone and len(matched) < len(backbone) / 2:
         sample = sorted(renamed)[:5]

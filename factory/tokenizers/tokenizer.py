@@ -921,10 +921,13 @@ class Tokenizer:
         # Per-call padding/truncation must not end up baked into the saved file.
         self._backend.no_padding()
         self._backend.no_truncation()
-        self._backend.save(paths[0])
-        for path, content in zip(paths[1:], (config, special_map)):
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(json.dumps(content, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        from factory.checkpoints.atomic import atomic_files
+
+        with atomic_files(folder) as temp:  # the three files replace a previous tokenizer together
+            self._backend.save(str(temp(TOKENIZER_FILE)))
+            for name, content in ((TOKENIZER_CONFIG_FILE, config), (SPECIAL_TOKENS_MAP_FILE, special_map)):
+                text = json.dumps(content, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+                temp(name).write_text(text, encoding="utf-8")
         logger.info("Saved tokenizer to %s", folder)
         return paths
 

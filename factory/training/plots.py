@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
+from factory.checkpoints.atomic import atomic_write
+
 
 def plot_curves(
     train: Sequence[tuple[int, float]],
@@ -38,6 +40,6 @@ def plot_curves(
         if title:
             fig.suptitle(title)
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     finally:
         plt.close(fig)

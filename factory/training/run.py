@@ -20,6 +20,7 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
+from factory.checkpoints.atomic import atomic_write_text
 from factory.config import ConfigError, plain_data
 from factory.training import distributed
 from factory.training.failures import FiniteGuard, ProcessGuard
@@ -300,7 +301,7 @@ def train(
         "epochs": trainer.current_epoch,
         "wall_time_s": time.perf_counter() - started,
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
     try:
         from factory.training.plots import plot_curves
 
