@@ -200,6 +200,10 @@ def test_init_pretrained_starts_from_the_checkpoint(tiny_checkpoint, head, tmp_p
     }
     assert report["newly_initialised"] == new_head[head] and report["overrides"]["hidden_dropout_prob"] == 0.2
     assert report["files"]["model.safetensors"] and report["name_or_path"] == str(tiny_checkpoint)
+    # A replay sets the typed values again, so they count as typed there too.
+    provenance = json.loads((tmp_path / "provenance.json").read_text())
+    assert "arch.hidden_dropout_prob" in provenance["typed"]
+    assert "arch.hidden_dropout_prob=0.2" in provenance["replay"]
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from factory.checkpoints.atomic import atomic_write_text
 from factory.config import plain_data
@@ -63,11 +63,18 @@ _CODE_DIR = Path(__file__).resolve().parents[1]
 
 
 def write_provenance(
-    cfg: DictConfig, run_dir: str | os.PathLike, *, seed: int, argv: Sequence[str] | None = None
+    cfg: DictConfig,
+    run_dir: str | os.PathLike,
+    *,
+    seed: int,
+    argv: Sequence[str] | None = None,
+    typed: Sequence[str] = (),
 ) -> Path:
     """Write (or, for a resumed run, extend) `<run dir>/provenance.json`; return its path.
 
-    Call it on rank 0 only. Outside Hydra, `.hydra/config.yaml` is written too when missing.
+    `typed` are the dotted keys the user set (`arch.num_hidden_layers`, ...): the replay command sets
+    them again, so a replay counts them as set too (with init=pretrained only those apply). Call it on
+    rank 0 only. Outside Hydra, `.hydra/config.yaml` is written too when missing.
     """
     run = Path(run_dir).resolve()
     run.mkdir(parents=True, exist_ok=True)
@@ -75,7 +82,7 @@ def write_provenance(
     if not _hydra_running() and not (run / RUN_CONFIG).is_file():
         (run / RUN_CONFIG).parent.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(_without_hydra(cfg), run / RUN_CONFIG)
-    record = collect(cfg, run, seed=seed, argv=argv)
+    record = collect(cfg, run, seed=seed, argv=argv, typed=typed)
     if cfg.get("resume") and path.is_file():
         try:
             previous = json.loads(path.read_text(encoding="utf-8"))
@@ -90,7 +97,12 @@ def write_provenance(
 
 
 def collect(
-    cfg: DictConfig, run_dir: str | os.PathLike, *, seed: int, argv: Sequence[str] | None = None
+    cfg: DictConfig,
+    run_dir: str | os.PathLike,
+    *,
+    seed: int,
+    argv: Sequence[str] | None = None,
+    typed: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The provenance record of a run (see the module docstring)."""
     run = Path(run_dir).resolve()
@@ -103,7 +115,8 @@ def collect(
             "cwd": os.getcwd(),
             "python": sys.executable,
         },
-        "replay": replay_command(run),
+        "replay": replay_command(run, overrides=[typed_override(cfg, key) for key in typed]),
+        "typed": list(typed),
         "overrides": hydra_overrides(),
         # Unresolved where a resolver needs a running Hydra and there is none.
         "config": plain_data(_without_hydra(cfg), fallback_unresolved=True),
@@ -114,14 +127,43 @@ def collect(
     }
 
 
-def replay_command(run_dir: str | os.PathLike, new_dir: str | os.PathLike | None = None) -> str:
-    """The shell command that trains the run again from its saved config, into `new_dir`."""
+def replay_command(
+    run_dir: str | os.PathLike, new_dir: str | os.PathLike | None = None, overrides: Sequence[str] = ()
+) -> str:
+    """The shell command that trains the run again from its saved config, into `new_dir`.
+
+    `overrides` set again the values the user typed: they are in the saved config already, and setting
+    them on the command line again records them as typed (see `factory.training.overrides`).
+    """
     config = Path(run_dir).resolve() / RUN_CONFIG
     target = "<new run dir>" if new_dir is None else shlex.quote(str(new_dir))
+    typed = "".join(f" {shlex.quote(o)}" for o in overrides)
     return (
         f"python {shlex.quote(_train_script())} --config-dir {shlex.quote(str(config.parent))} "
-        f"--config-name config hydra.run.dir={target}"
+        f"--config-name config hydra.run.dir={target}{typed}"
     )
+
+
+def typed_override(cfg: DictConfig, key: str) -> str:
+    """`key=value` in Hydra's override syntax for the value `key` has in `cfg`."""
+    value = OmegaConf.select(cfg, key, throw_on_missing=False)
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
+    return f"{key}={_override_value(value)}"
+
+
+def _override_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, list):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_override_value(v)}" for k, v in value.items()) + "}"
+    return repr(value)
 
 
 def _train_script() -> str:

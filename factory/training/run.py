@@ -25,9 +25,10 @@ from factory.config import ConfigError, plain_data
 from factory.training import distributed
 from factory.training.failures import FiniteGuard, ProcessGuard
 from factory.training.module import FactoryModule, config_values
+from factory.training.overrides import task_overrides
 from factory.training.plan import Plan, describe, format_description, resolve, run_dir_of
 from factory.training.pretrained import load_pretrained, write_report
-from factory.training.provenance import write_provenance
+from factory.training.provenance import PROVENANCE_FILE, typed_override, write_provenance
 from factory.training.resume import AtomicCheckpointIO, ResumeState, last_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -125,6 +126,19 @@ def _tokenizer_and_model(
     return tokenizer, FactoryModule(config_values(config), head.name, plan.optim, plan.seed), None
 
 
+def typed_overrides(cfg: DictConfig, overrides: Sequence[str] | None) -> list[str]:
+    """What the user typed for this run: `overrides`, else this Hydra run's record; a resumed run adds
+    what its first run's user typed (recorded in provenance.json), so it resolves to the same model."""
+    typed = task_overrides() if overrides is None else list(overrides)
+    resume = cfg.get("resume")
+    record = Path(resume) / PROVENANCE_FILE if resume else None
+    if record is not None and record.is_file():
+        earlier = json.loads(record.read_text(encoding="utf-8")).get("typed", [])
+        mine = {o.split("=", 1)[0].lstrip("+~") for o in typed}
+        typed += [typed_override(cfg, key) for key in earlier if key not in mine]
+    return typed
+
+
 def import_plugins(names: Sequence[str]) -> None:
     """Import each `module` (or `module:function`, then call it): code of the user's that registers
     architectures, models and heads defined outside factory (`plugins=[...]` in the config)."""
@@ -189,6 +203,7 @@ def train(
     only those `arch` values apply over the checkpoint's.
     """
     import_plugins(cfg.get("plugins") or [])
+    overrides = typed_overrides(cfg, overrides)
     if cfg.get("dry_run"):
         logger.info("Dry run:\n%s", format_description(describe(cfg, overrides)))
         return float("nan")
@@ -200,7 +215,8 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     rank_zero = distributed.is_global_zero()  # rank 0 alone writes exports, plots and reports
     if rank_zero:
-        write_provenance(cfg, out, seed=plan.seed)
+        typed = sorted(k for k in plan.user.keys if "." in k and not k.startswith("hydra"))
+        write_provenance(cfg, out, seed=plan.seed, typed=typed)
     started = time.perf_counter()
     if keep_freed_memory():  # each step reuses the last one's memory instead of page-faulting it in
         logger.debug("glibc keeps freed memory for reuse (mmap and trim thresholds raised).")
