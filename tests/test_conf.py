@@ -17,7 +17,7 @@ from factory import registry
 from factory.build import build_config
 from factory.config import ConfigError
 from factory.heads.seqcls import accuracy_and_macro_f1
-from factory.training.module import check_optim, lr_factor, parameter_groups
+from factory.training.optim import check_optim, lr_factor, parameter_groups
 from factory.training.overrides import check_overrides, hydra_overrides
 from factory.training.plan import describe, estimate_memory, resolve
 from factory.training.run import train

@@ -23,7 +23,7 @@ import factory  # noqa: F401  (registers the architectures)
 from factory import ConfigError, registry
 from factory.build import build_model
 from factory.training import distributed
-from factory.training.module import FactoryModule, config_values
+from factory.training.lightning_module import FactoryModule, config_values
 from factory.training.plan import resolve
 from tests.helpers import TINY_RUN
 

@@ -284,7 +284,7 @@ def test_full_disk_during_training_keeps_the_last_good_checkpoint(small_data, tm
 
 # ---- guards ---------------------------------------------------------------------------------------------
 def test_non_finite_loss_stops_at_that_step_and_writes_no_checkpoint_of_it(small_data, tmp_path, monkeypatch):
-    from factory.training.module import FactoryModule
+    from factory.training.lightning_module import FactoryModule
 
     step = FactoryModule.training_step
 

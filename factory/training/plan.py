@@ -27,7 +27,7 @@ from factory.build import build_config
 from factory.config import ConfigError, PretrainedConfig, did_you_mean, plain_data
 from factory.heads.head import Head, get_head
 from factory.training import distributed
-from factory.training.module import check_optim
+from factory.training.optim import check_optim
 from factory.training.overrides import UserSet, user_set
 from factory.training.pretrained import PretrainedInit, checkpoint_config, merge_overrides
 

@@ -24,7 +24,7 @@ from factory.checkpoints.atomic import atomic_write_text
 from factory.config import ConfigError, plain_data
 from factory.training import distributed
 from factory.training.failures import FiniteGuard, ProcessGuard
-from factory.training.module import FactoryModule, config_values
+from factory.training.lightning_module import FactoryModule, config_values
 from factory.training.overrides import task_overrides
 from factory.training.plan import Plan, describe, format_description, resolve, run_dir_of
 from factory.training.pretrained import load_pretrained, write_report
