@@ -14,6 +14,7 @@ from factory.auto import (
 )
 from factory.checkpoints.weights import CheckpointError, CheckpointTable
 from factory.config import ConfigError, PretrainedConfig
+from factory.heads.head import Head, register_head
 from factory.models.modeling import PreTrainedModel
 from factory.models.outputs import ModelOutput
 from factory.registry import (
@@ -59,6 +60,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointTable",
     "ConfigError",
+    "Head",
     "ModelOutput",
     "PreTrainedModel",
     "PretrainedConfig",
@@ -66,6 +68,7 @@ __all__ = [
     "model_class",
     "model_matrix",
     "register_config",
+    "register_head",
     "register_model",
     "registered_models",
     *sorted(_architecture_classes()),

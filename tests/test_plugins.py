@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from factory import CheckpointTable, PretrainedConfig, PreTrainedModel, registry
+from factory import CheckpointTable, Head, PretrainedConfig, PreTrainedModel, register_head, registry
 from factory.data import files
-from factory.heads import DataSplits, Encoded, Head, get_head, register_head, unregister_head
+from factory.heads import DataSplits, Encoded, get_head, unregister_head
 from factory.models.outputs import ModelOutput
 from factory.tokenizers.training import TokenizerRecipe
 
