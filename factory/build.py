@@ -53,15 +53,21 @@ def typed_name(cls: type, key: str, values: Mapping[str, Any]) -> str:
 
 
 def build_model(
-    arch: Mapping[str, Any],
+    arch: Mapping[str, Any] | PretrainedConfig,
     head: str = "base",
     *,
     seed: int | None = None,
     path: str = "arch",
     **extra: Any,
 ):
-    """`(config, model)` for `arch` with a randomly initialised `head` (HF's scheme, seeded if asked)."""
-    config = build_config(arch, path=path, **extra)
+    """`(config, model)` for `arch` with a randomly initialised `head` (HF's scheme, seeded if asked).
+
+    `arch` is plain config data, or a typed config already resolved (used as it is, with `extra` applied).
+    """
+    if isinstance(arch, PretrainedConfig):
+        config = arch.replace(**extra) if extra else arch
+    else:
+        config = build_config(arch, path=path, **extra)
     try:
         cls = registry.model_class(config.model_type, head)
     except registry.RegistryError as e:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from factory.build import build_model
-from factory.config import plain_data
+from factory.config import PretrainedConfig, plain_data
 from factory.heads.head import get_head
 from factory.training.optim import check_optim, lr_factor, parameter_groups
 
@@ -28,15 +28,15 @@ logger = logging.getLogger(__name__)
 class FactoryModule(pl.LightningModule):
     """Training and validation of one factory model for one head.
 
-    `arch` holds the model's config values (`model_type` and fields or common names, as `factory.build`
-    reads them, including vocab size, special token ids and label maps); `optim` the optimizer settings
+    `arch` is the model's typed config (as the run resolved it) or its config values (`model_type` and
+    fields or common names, as `factory.build` reads them: how a checkpoint reloads); `optim` the settings
     (see `check_optim`). `model`, when given (pretrained weights), is used instead of a fresh one; it is
     not a hyperparameter: its config is stored as `arch`, and its weights are in the checkpoint.
     """
 
     def __init__(
         self,
-        arch: Mapping[str, Any],
+        arch: Mapping[str, Any] | PretrainedConfig,
         head: str,
         optim: Mapping[str, Any] | None = None,
         seed: int | None = None,
@@ -46,7 +46,8 @@ class FactoryModule(pl.LightningModule):
         optim = check_optim(optim or {})
         if model is None:
             with torch.random.fork_rng(devices=[]):  # seeding the init must not reseed the caller's RNG
-                _, model = build_model(plain_data(arch, "arch"), head, seed=seed)
+                typed = arch if isinstance(arch, PretrainedConfig) else plain_data(arch, "arch")
+                _, model = build_model(typed, head, seed=seed)
         self.model = model
         self.head = head
         self.task = get_head(head)  # what the head name stands for: its data, metrics and conventions

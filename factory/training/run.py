@@ -24,7 +24,7 @@ from factory.checkpoints.atomic import atomic_write_text
 from factory.config import ConfigError, plain_data
 from factory.training import distributed
 from factory.training.failures import FiniteGuard, ProcessGuard
-from factory.training.lightning_module import FactoryModule, config_values
+from factory.training.lightning_module import FactoryModule
 from factory.training.overrides import task_overrides
 from factory.training.plan import Plan, describe, format_description, resolve, run_dir_of
 from factory.training.pretrained import load_pretrained, write_report
@@ -104,7 +104,7 @@ def _tokenizer_and_model(
             extra=extra,
             resolved=(plan.config, plan.commit, plan.applied or {}),
         )
-        module = FactoryModule(config_values(config), head.name, plan.optim, plan.seed, model=model)
+        module = FactoryModule(config, head.name, plan.optim, plan.seed, model=model)
         return tokenizer, module, report
     started = time.perf_counter()
     if saved is not None and saved.is_dir():  # the weights were trained with exactly these ids
@@ -123,7 +123,7 @@ def _tokenizer_and_model(
     if labels is not None:
         values["id2label"] = labels
     config = plan.config.replace(**values)
-    return tokenizer, FactoryModule(config_values(config), head.name, plan.optim, plan.seed), None
+    return tokenizer, FactoryModule(config, head.name, plan.optim, plan.seed), None
 
 
 def typed_overrides(cfg: DictConfig, overrides: Sequence[str] | None) -> list[str]:
