@@ -95,7 +95,9 @@ def test_a_run_records_config_overrides_command_versions_git_hardware_and_seed(r
         assert record["git"]["commit"] == checkout["commit"] and isinstance(record["git"]["dirty"], bool)
     hardware = record["hardware"]
     assert hardware["cpu_count"] == os.cpu_count() and hardware["cpu"] and isinstance(hardware["gpus"], list)
-    assert record["replay"].endswith(f"--config-dir {runs['a'] / '.hydra'} --config-name config hydra.run.dir=<new run dir>")  # fmt: skip
+    assert f"--config-dir {runs['a'] / '.hydra'} --config-name config hydra.run.dir=<new run dir> " in record["replay"]  # fmt: skip
+    # ... then what the user typed, set again so that the replay counts it as typed too.
+    assert "init.seed" in record["typed"] and record["replay"].count(" init.seed=7") == 1
     # Hydra saved the composed config without a defaults list: what the replay composes.
     saved = OmegaConf.load(runs["a"] / ".hydra" / "config.yaml")
     assert "defaults" not in saved and saved.arch.resid_pdrop == 0.3
