@@ -269,18 +269,21 @@ def test_dry_run_of_a_pretrained_checkpoint_reads_only_its_config(minilm_path, n
 
 
 def test_callbacks_follow_the_head_and_early_stopping_is_opt_in():
+    import pytorch_lightning as pl
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
     from factory.training.run import instantiate_all
 
-    callbacks = instantiate_all(compose_cfg("head=causal_lm").callbacks)
+    callbacks = instantiate_all(compose_cfg("head=causal_lm").callbacks, pl.Callback, "callbacks")
     assert not any(isinstance(c, EarlyStopping) for c in callbacks)
     checkpoint = next(c for c in callbacks if isinstance(c, ModelCheckpoint))
     assert (checkpoint.monitor, checkpoint.mode, checkpoint.save_last) == ("val/loss", "min", False)
     last = next(c for c in callbacks if isinstance(c, ModelCheckpoint) and c.save_last)  # last.ckpt's writer
     assert last.monitor is None and last.save_top_k == 0
     callbacks = instantiate_all(
-        compose_cfg("callbacks.early_stopping.enabled=true", "callbacks.early_stopping.patience=1").callbacks
+        compose_cfg("callbacks.early_stopping.enabled=true", "callbacks.early_stopping.patience=1").callbacks,
+        pl.Callback,
+        "callbacks",
     )
     stop = next(c for c in callbacks if isinstance(c, EarlyStopping))
     assert (stop.monitor, stop.patience) == ("val/accuracy", 1)

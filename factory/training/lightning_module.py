@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +21,7 @@ from torch import nn
 from factory.build import build_model
 from factory.config import PretrainedConfig, plain_data
 from factory.heads.head import get_head
+from factory.training.failures import HINT, NonFiniteError
 from factory.training.optim import check_optim, lr_factor, parameter_groups
 
 logger = logging.getLogger(__name__)
@@ -91,7 +93,16 @@ class FactoryModule(pl.LightningModule):
         outputs, self._outputs = self._outputs, []
         if outputs:
             data = getattr(self.trainer, "datamodule", None)
-            self.log_dict(self.task.validation_metrics(outputs, data), prog_bar=True)
+            metrics = self.task.validation_metrics(outputs, data)
+            loss = metrics.get("val/loss")
+            if loss is not None and not math.isfinite(loss):
+                # The weights have diverged (a finite training loss can still hide it for a step): stop
+                # before a checkpoint or an export of them, naming the step.
+                raise NonFiniteError(
+                    f"The validation loss is {loss} at global step {self.trainer.global_step}: the model "
+                    f"has diverged. {HINT}"
+                )
+            self.log_dict(metrics, prog_bar=True)
 
     # ---- optimizer ----------------------------------------------------------------------------------
     def configure_optimizers(self):

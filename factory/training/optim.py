@@ -11,6 +11,7 @@ from torch import nn
 
 from factory.config import ConfigError, did_you_mean, plain_data
 
+FLOAT32_MAX = 3.4028234663852886e38
 SCHEDULERS = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw",)
 OPTIM_DEFAULTS: dict[str, Any] = {
@@ -64,6 +65,14 @@ def check_optim(optim: Mapping[str, Any], path: str = "optim") -> dict[str, Any]
         fail("warmup_steps", "an integer >= 0")
     if not number("warmup_ratio") or not 0.0 <= values["warmup_ratio"] < 1.0:
         fail("warmup_ratio", "a fraction in [0, 1)")
+    # AdamW's first step moves a weight by up to lr / (1 - beta1), computed in the weights' float32.
+    step = values["lr"] / (1.0 - betas[0])
+    if not math.isfinite(step) or step > FLOAT32_MAX or not math.isfinite(values["lr"]):
+        fail(
+            "lr",
+            f"a learning rate whose first AdamW step (lr / (1 - beta1) = {step:.3g}) fits in float32 "
+            f"(at most {FLOAT32_MAX:.3g})",
+        )
     return values
 
 

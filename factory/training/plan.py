@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from factory import registry
 from factory.build import build_config
 from factory.config import ConfigError, PretrainedConfig, did_you_mean, plain_data
-from factory.heads.head import Head, get_head
+from factory.data.files import COMMON_KEYS
+from factory.heads.head import Head, get_head, heads
 from factory.training import distributed
 from factory.training.optim import check_optim
 from factory.training.overrides import UserSet, user_set
@@ -35,6 +36,10 @@ logger = logging.getLogger(__name__)
 
 INITS = ("random", "pretrained")
 TOP_KEYS = ("arch", "head", "init", "data", "optim", "trainer", "logger", "callbacks")
+# The other top-level keys train.yaml declares (`hydra` is Hydra's own).
+OTHER_KEYS = ("task_name", "plugins", "dry_run", "run_dir", "resume", "hydra")
+# `data.*` keys the pipeline reads, whatever the head.
+PIPELINE_DATA_KEYS = ("batch_size", "max_length", "num_workers")
 
 
 @dataclass
@@ -72,6 +77,14 @@ def resolve(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Plan:
     for key in TOP_KEYS:
         if key not in cfg:
             raise ConfigError(f"The config has no {key!r} group; it needs {list(TOP_KEYS)}.", key=key)
+    unread = sorted(str(k) for k in cfg if k not in (*TOP_KEYS, *OTHER_KEYS))
+    if unread:
+        raise ConfigError(
+            f"Nothing reads the top-level key {unread[0]!r} (a `+{unread[0]}=...` typo, or a preset's key?). "
+            f"The top-level keys are {sorted((*TOP_KEYS, *OTHER_KEYS))}; a Trainer argument goes under "
+            f"+trainer.<name>=..., a model field under arch.<name>=....",
+            key=unread[0],
+        )
     trained = sorted({h for _, h, _ in registry.registered_models()} - {"base"})
     if cfg.head.name not in trained:
         raise ConfigError(
@@ -116,6 +129,7 @@ def resolve(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Plan:
         config = build_config(arch, **extra)
     registry.model_class(config.model_type, head.name)  # say so if this arch has no such head
     data = plain_data(cfg.data, "data")
+    _check_data_keys(data, head)
     _check_data(data, config, user, pretrained is not None)
     optim = check_optim(cfg.optim)
     trainer = plain_data(cfg.trainer, "trainer")
@@ -125,6 +139,13 @@ def resolve(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Plan:
             raise ConfigError(
                 f"trainer.{key}={trainer[key]!r} is not a Trainer argument we accept."
                 f"{did_you_mean(key, valid)} Valid keys: {valid}.",
+                key=key,
+            )
+    for key in ("max_epochs", "max_steps"):
+        if trainer.get(key) == 0:
+            raise ConfigError(
+                f"trainer.{key}=0 trains nothing (and would still export the untrained model): give a "
+                f"positive number, or -1 for no limit on {key.split('_')[1]}.",
                 key=key,
             )
     trainer = distributed.check_trainer(trainer)  # precision, devices, strategy: before any data
@@ -144,6 +165,22 @@ def resolve(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Plan:
         commit,
         applied,
         user,
+    )
+
+
+def _check_data_keys(data: dict[str, Any], head: Head) -> None:
+    """Every `data.*` key is read by the head or the pipeline: a typo (`+data.bach_size`) or another head's
+    data preset (`head=qa data=<a seqcls preset>`) would otherwise be ignored silently."""
+    valid = sorted({*COMMON_KEYS, *head.data_keys, *PIPELINE_DATA_KEYS})
+    unread = [k for k in data if k not in valid]
+    if not unread:
+        return
+    readers = sorted(h.name for h in heads().values() if unread[0] in h.data_keys)
+    why = f" It is read by head={readers[0]}: a data preset of another head?" if readers else ""
+    raise ConfigError(
+        f"data.{unread[0]}={data[unread[0]]!r} is not read by head={head.name}.{why}"
+        f"{did_you_mean(unread[0], valid)} Valid data keys for head={head.name}: {valid}.",
+        key=unread[0],
     )
 
 

@@ -23,8 +23,8 @@ from omegaconf import DictConfig
 from factory.checkpoints.atomic import atomic_write_text
 from factory.config import ConfigError, plain_data
 from factory.training import distributed
-from factory.training.failures import FiniteGuard, ProcessGuard
-from factory.training.lightning_module import FactoryModule
+from factory.training.failures import FiniteGuard, NonFiniteError, ProcessGuard, non_finite_tensors
+from factory.training.lightning_module import FactoryModule, config_values
 from factory.training.overrides import task_overrides
 from factory.training.plan import Plan, describe, format_description, resolve, run_dir_of
 from factory.training.pretrained import load_pretrained, write_report
@@ -62,21 +62,41 @@ class _History(pl.Callback):
         self.validation = [tuple(v) for v in state_dict.get("validation", [])]
 
 
-def instantiate_all(nodes: Any, **kwargs: Any) -> list[Any]:
-    """Third-party objects (loggers, callbacks) from `_target_` nodes; `enabled: false` skips one."""
+def instantiate_all(nodes: Any, base: type, group: str, **kwargs: Any) -> list[Any]:
+    """Third-party objects (loggers, callbacks) from `_target_` nodes; `enabled: false` skips one.
+
+    A config is data a run dir carries around (`resume=` composes `.hydra/config.yaml`): only a subclass
+    of `base` is constructed, and no argument may name a `_target_` of its own, so a planted node cannot
+    make the run construct anything else (a file handler that truncates a file, say).
+    """
     from hydra.utils import instantiate
 
     out = []
     for name, node in (nodes or {}).items():
         if node is None:
             continue
-        node = plain_data(node, name)
+        node = plain_data(node, f"{group}.{name}")
         if not node.pop("enabled", True):
             continue
         if "_target_" not in node:
-            raise ConfigError(f"{name}: a logger or callback needs a _target_ (got keys {sorted(node)}).")
-        params = inspect.signature(_target_class(node["_target_"])).parameters
-        out.append(instantiate(node, **{k: v for k, v in kwargs.items() if k in params}))
+            raise ConfigError(
+                f"{group}.{name}: a {base.__name__} needs a _target_ (got keys {sorted(node)})."
+            )
+        target = node["_target_"]
+        try:
+            cls = _target_class(target)
+        except Exception as e:  # noqa: BLE001  (Hydra wraps import errors in several types)
+            raise ConfigError(f"{group}.{name}._target_={target!r} cannot be imported: {e}") from None
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise ConfigError(
+                f"{group}.{name}._target_={target!r} is not a {base.__module__}.{base.__name__}: refused "
+                "(a config names only classes of that kind here)."
+            )
+        nested = [k for k, v in node.items() if k != "_target_" and "_target_" in repr(v)]
+        if nested:
+            raise ConfigError(f"{group}.{name}.{nested[0]}: an argument cannot name a _target_ of its own.")
+        params = inspect.signature(cls).parameters
+        out.append(instantiate(node, _recursive_=False, **{k: v for k, v in kwargs.items() if k in params}))
     return out
 
 
@@ -137,6 +157,29 @@ def typed_overrides(cfg: DictConfig, overrides: Sequence[str] | None) -> list[st
         mine = {o.split("=", 1)[0].lstrip("+~") for o in typed}
         typed += [typed_override(cfg, key) for key in earlier if key not in mine]
     return typed
+
+
+def check_resumable(ckpt_path: str | os.PathLike, module: FactoryModule) -> None:
+    """Raise `ConfigError` when the checkpoint's weights do not fit the model this config builds (a resume
+    that changes `arch.hidden_size`, ...), naming the changed keys, before Lightning's size-mismatch error."""
+    import torch
+
+    saved = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    before = {k: tuple(v.shape) for k, v in saved.get("state_dict", {}).items()}
+    now = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    changed = sorted(k for k in before.keys() & now.keys() if before[k] != now[k])
+    missing, extra = sorted(before.keys() - now.keys()), sorted(now.keys() - before.keys())
+    if not (changed or missing or extra):
+        return
+    saved_arch = (saved.get("hyper_parameters") or {}).get("arch", {})
+    mine = config_values(module.model.config)
+    keys = sorted(k for k in mine if k in saved_arch and saved_arch[k] != mine[k])
+    detail = ", ".join(f"arch.{k}: {saved_arch[k]!r} -> {mine[k]!r}" for k in keys[:6]) or "the model's shape"
+    where = changed[:3] or missing[:3] or extra[:3]
+    raise ConfigError(
+        f"resume: {ckpt_path} holds a model of another shape ({detail}; e.g. {', '.join(where)}). A resumed "
+        "run continues the same model: drop the overrides that change its shape, or start a new run."
+    )
 
 
 def import_plugins(names: Sequence[str]) -> None:
@@ -228,6 +271,8 @@ def train(
     splits = load_examples(plan.task, plan.data)
     tokenizer_dir = out / "tokenizer"  # as trained at the start: a resumed run reuses it
     tokenizer, module, load_report = _tokenizer_and_model(plan, splits, tokenizer_dir if resume else None)
+    if ckpt_path is not None:
+        check_resumable(ckpt_path, module)
     if load_report is not None:
         if rank_zero:
             write_report(load_report, out)
@@ -244,8 +289,8 @@ def train(
         splits=splits,
     )
     datamodule.setup("fit")  # encode now: bad data fails before the Trainer starts
-    loggers = instantiate_all(cfg.get("logger"), save_dir=str(out))
-    callbacks = instantiate_all(cfg.get("callbacks"))
+    loggers = instantiate_all(cfg.get("logger"), pl.loggers.Logger, "logger", save_dir=str(out))
+    callbacks = instantiate_all(cfg.get("callbacks"), pl.Callback, "callbacks")
     checkpoints = [c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint)]
     for c in checkpoints:  # the best one and last.ckpt
         c.dirpath = c.dirpath or str(out / "checkpoints")
@@ -288,6 +333,12 @@ def train(
         best = FactoryModule.load_from_checkpoint(best_path, map_location="cpu", weights_only=True)
     else:  # no checkpoint (fast_dev_run, or callbacks without one): the last weights are what we have
         best = module
+    bad = non_finite_tensors(best.model.state_dict())
+    if bad:  # never export what cannot be used; the message names the tensors
+        raise NonFiniteError(
+            f"The weights to export hold non-finite values ({', '.join(bad[:4])}"
+            f"{f' and {len(bad) - 4} more' if len(bad) > 4 else ''}); nothing was exported to {out / 'model'}."
+        )
     best.model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
 
