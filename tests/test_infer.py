@@ -330,6 +330,17 @@ def test_bad_records_name_file_and_line(model_dirs, tmp_path, lines, message):
         run(dict(model=str(model_dirs["bert", "qa"]), input=str(src)), io.StringIO())
 
 
+def test_bad_record_leaves_the_previous_output_intact(model_dirs, tmp_path):
+    # The output is written beside the target and renamed at the end: a failure half-way changes nothing.
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text(json.dumps({"text": "a great movie"}) + "\n{not json\n")
+    dst.write_text("previous predictions\n")
+    with pytest.raises(InferenceError, match=r"in\.jsonl:2: not valid JSON"):
+        run(dict(model=str(model_dirs["bert", "seqcls"]), input=str(src), output=str(dst)), io.StringIO())
+    assert dst.read_text() == "previous predictions\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]  # no temporary left
+
+
 @pytest.mark.parametrize(
     "options, message",
     [

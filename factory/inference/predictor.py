@@ -26,6 +26,7 @@ import torch
 import factory.models  # noqa: F401  (registers the architectures)
 from factory import registry
 from factory.auto import AutoConfig
+from factory.checkpoints.atomic import atomic_files
 from factory.config import CONFIG_NAME, ConfigError, did_you_mean
 from factory.heads.head import Head, Option, get_head, heads
 from factory.tokenizers.tokenizer import AutoTokenizer, Tokenizer
@@ -431,12 +432,13 @@ def run(options: Mapping[str, Any], stdout: TextIO) -> int:
             records: Iterable[dict[str, Any]] = [record]
         else:
             records = _checked_records(opts["input"], predictor)
-        out = stdout if opts["output"] is None else open(opts["output"], "w", encoding="utf-8")  # noqa: SIM115
-        try:
+        if opts["output"] is None:
+            return _write_predictions(predictor, records, opts, stdout)
+        # Predictions go to a temporary file beside the target, renamed into place only once every
+        # record succeeded: a bad line or an interrupt leaves the previous output as it was.
+        target = Path(opts["output"])
+        with atomic_files(target.parent) as temp, open(temp(target.name), "w", encoding="utf-8") as out:
             return _write_predictions(predictor, records, opts, out)
-        finally:
-            if out is not stdout:
-                out.close()
 
 
 def _checked_records(path: str, predictor: Predictor) -> Iterator[dict[str, Any]]:
