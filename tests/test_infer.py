@@ -341,6 +341,21 @@ def test_bad_record_leaves_the_previous_output_intact(model_dirs, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]  # no temporary left
 
 
+@pytest.mark.parametrize("spelling", ["same", "symlink", "dotdot"])
+def test_output_that_is_the_input_is_refused(model_dirs, tmp_path, spelling):
+    src = tmp_path / "in.jsonl"
+    text = json.dumps({"text": "a great movie"}) + "\n"
+    src.write_text(text)
+    (tmp_path / "sub").mkdir()
+    dst = {"same": src, "symlink": tmp_path / "link.jsonl", "dotdot": tmp_path / "sub" / ".." / "in.jsonl"}
+    if spelling == "symlink":
+        dst["symlink"].symlink_to(src)
+    options = dict(model=str(model_dirs["bert", "seqcls"]), input=str(src), output=str(dst[spelling]))
+    with pytest.raises(InferenceError, match=r"input=.* and output=.* are the same file"):
+        run(options, io.StringIO())
+    assert src.read_text() == text
+
+
 @pytest.mark.parametrize(
     "options, message",
     [

@@ -416,6 +416,8 @@ def run(options: Mapping[str, Any], stdout: TextIO) -> int:
     record = _single_record(opts)
     if opts["input"] is not None and not Path(opts["input"]).is_file():
         raise InferenceError(f"input={opts['input']!r} is not a file.", key="input")
+    if opts["input"] is not None and opts["output"] is not None:
+        _check_distinct(opts["input"], opts["output"])
     threads = opts["num_threads"]
     if threads is None and record is not None:
         # One input is a few milliseconds of compute: a thread pool costs more than it saves there, and
@@ -439,6 +441,20 @@ def run(options: Mapping[str, Any], stdout: TextIO) -> int:
         target = Path(opts["output"])
         with atomic_files(target.parent) as temp, open(temp(target.name), "w", encoding="utf-8") as out:
             return _write_predictions(predictor, records, opts, out)
+
+
+def _check_distinct(source: str, target: str) -> None:
+    """Refuse an output that is the input file itself, whatever the spelling (links, `..`, hard links):
+    writing it would replace the records before, or instead of, reading them."""
+    same = os.path.realpath(source) == os.path.realpath(target)
+    with contextlib.suppress(OSError):  # an output that does not exist yet is not the input
+        same = same or os.path.samefile(source, target)
+    if same:
+        raise InferenceError(
+            f"input={source!r} and output={target!r} are the same file; writing the predictions would "
+            f"overwrite the records. Give output= another file.",
+            key="output",
+        )
 
 
 def _checked_records(path: str, predictor: Predictor) -> Iterator[dict[str, Any]]:
