@@ -136,6 +136,22 @@ def test_bin_loads_with_weights_only_and_can_be_refused(tmp_path, bert_dir):
         BertModel.from_pretrained(folder)
 
 
+def test_non_finite_weights_are_named_on_load(tmp_path, bert_dir, caplog):
+    state = weights(bert_dir)
+    names = sorted(k for k in state if k.endswith(".bias"))
+    for k in names:
+        state[k][0] = float("nan") if "attention" in k else float("inf")
+    folder = tmp_path / "nan"
+    folder.mkdir()
+    safetensors.torch.save_file(state, folder / "model.safetensors")
+    (folder / "config.json").write_text((bert_dir / "config.json").read_text())
+    with caplog.at_level(logging.WARNING, logger="factory.checkpoints.weights"):
+        BertModel.from_pretrained(folder)
+    [message] = [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()]
+    assert f"in {len(names)} tensor(s)" in message and str(folder) in message
+    assert f"and {len(names) - 4} more" in message  # a few names, then a count
+
+
 def test_safetensors_preferred_over_bin(tmp_path, bert_dir):
     torch.save({"garbage": torch.zeros(1)}, bert_dir / "pytorch_model.bin")
     model, info = BertModel.from_pretrained(bert_dir, output_loading_info=True)

@@ -356,6 +356,35 @@ def test_output_that_is_the_input_is_refused(model_dirs, tmp_path, spelling):
     assert src.read_text() == text
 
 
+def _copy_with_weights(source, target, change):
+    """A copy of the model folder `source` whose weights `change(state)` edited."""
+    import safetensors.torch
+
+    target.mkdir()
+    for f in source.iterdir():
+        (target / f.name).write_bytes(f.read_bytes())
+    state = safetensors.torch.load_file(source / "model.safetensors")
+    change(state)
+    safetensors.torch.save_file(state, target / "model.safetensors", metadata={"format": "pt"})
+    return target
+
+
+def test_non_finite_predictions_are_refused(model_dirs, tmp_path):
+    def poison(state):
+        state["classifier.weight"][0, 0] = float("nan")
+
+    folder = _copy_with_weights(model_dirs["bert", "seqcls"], tmp_path / "nan", poison)
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text(json.dumps({"text": "a great movie"}) + "\n")
+    with pytest.raises(
+        InferenceError, match=r"in\.jsonl:1: .*not finite.*weights hold non-finite.*classifier"
+    ):
+        run(dict(model=str(folder), input=str(src), output=str(dst)), io.StringIO())
+    assert not dst.exists()
+    with pytest.raises(InferenceError, match=r"^text=: .*not finite"):
+        run(dict(model=str(folder), text="a great movie"), io.StringIO())
+
+
 @pytest.mark.parametrize(
     "options, message",
     [

@@ -356,6 +356,16 @@ def load_into(
         )
 
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    # After the cast: a float32 value beyond float16's range becomes inf there. A model with NaN or inf
+    # weights gives NaN outputs without any error, so say which tensors at load time.
+    nonfinite = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if nonfinite:
+        logger.warning(
+            "%s holds non-finite values (NaN or inf) in %d tensor(s): %s; the model's outputs will be NaN.",
+            name_or_path,
+            len(nonfinite),
+            _summarise(nonfinite, limit=4),
+        )
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
     info.missing_keys = _materialize(model, dtype)

@@ -426,12 +426,12 @@ def run(options: Mapping[str, Any], stdout: TextIO) -> int:
     with _torch_threads(threads):
         predictor = load_predictor(opts["model"], device=opts["device"], revision=opts["revision"])
         if record is not None:
+            given = " ".join(f"{k}=" for k in record)
             try:
                 predictor.check_record(record)
             except InferenceError as e:
-                given = " ".join(f"{k}=" for k in record)
                 raise InferenceError(f"Cannot predict from {given}: {e}", key=e.key) from None
-            records: Iterable[dict[str, Any]] = [record]
+            records: Iterable[tuple[str, dict[str, Any]]] = [(given, record)]
         else:
             records = _checked_records(opts["input"], predictor)
         if opts["output"] is None:
@@ -457,21 +457,50 @@ def _check_distinct(source: str, target: str) -> None:
         )
 
 
-def _checked_records(path: str, predictor: Predictor) -> Iterator[dict[str, Any]]:
+def _checked_records(path: str, predictor: Predictor) -> Iterator[tuple[str, dict[str, Any]]]:
+    """`("<file>:<line>", record)` for each record of the input file, checked against the head."""
     for number, record in read_jsonl(path):
         try:
             predictor.check_record(record)
         except InferenceError as e:
             raise InferenceError(f"{path}:{number}: {e}", key=e.key) from None
-        yield record
+        yield f"{path}:{number}", record
+
+
+def _is_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, Mapping):
+        return all(_is_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_is_finite(v) for v in value)
+    return True
+
+
+def _nonfinite_weights(model: torch.nn.Module) -> list[str]:
+    return [n for n, p in model.named_parameters() if p.is_floating_point() and not torch.isfinite(p).all()]
 
 
 def _write_predictions(
-    predictor: Predictor, records: Iterable[dict[str, Any]], opts: Mapping[str, Any], out: TextIO
+    predictor: Predictor, records: Iterable[tuple[str, dict[str, Any]]], opts: Mapping[str, Any], out: TextIO
 ) -> int:
+    """Write one JSON line per `(where, record)`; `where` names the record in errors."""
     count = 0
     for batch in _batched(records, opts["batch_size"]):
-        for result in predictor.predict_batch(batch, **opts):
+        results = predictor.predict_batch([record for _, record in batch], **opts)
+        for (where, _), result in zip(batch, results):
+            if not _is_finite(result):
+                # json.dumps would write NaN, which is not JSON and no prediction; find out why.
+                bad = _nonfinite_weights(predictor.model)
+                cause = (
+                    f"the model's weights hold non-finite values (NaN or inf) in {len(bad)} tensor(s): "
+                    f"{', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}; the checkpoint is broken"
+                    if bad
+                    else "the model's outputs overflowed (its weights are finite)"
+                )
+                raise InferenceError(
+                    f"{where}: the prediction is not finite ({result}): {cause}.", key="model"
+                )
             out.write(json.dumps(result, ensure_ascii=False) + "\n")
         count += len(batch)
         out.flush()  # a long file shows progress line by line
