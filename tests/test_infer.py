@@ -385,6 +385,32 @@ def test_non_finite_predictions_are_refused(model_dirs, tmp_path):
         run(dict(model=str(folder), text="a great movie"), io.StringIO())
 
 
+def test_partial_weights_are_refused_for_prediction(model_dirs, tmp_path):
+    import safetensors.torch
+
+    source = model_dirs["bert", "seqcls"]
+    state = safetensors.torch.load_file(source / "model.safetensors")
+    backbone = sorted(k for k in state if k.startswith("bert."))
+    dropped = backbone[: len(backbone) // 2]
+
+    def halve(state):
+        for k in dropped:
+            del state[k]
+
+    folder = _copy_with_weights(source, tmp_path / "half", halve)
+    # The weights reached through a link, as in a hub cache.
+    (folder / "model.safetensors").rename(tmp_path / "blob")
+    (folder / "model.safetensors").symlink_to(tmp_path / "blob")
+    with pytest.raises(InferenceError, match=rf"half/model\.safetensors lacks {len(dropped)} tensor"):
+        load_predictor(folder)
+    # A base checkpoint under a head model's name: the classifier would be random.
+    base = _copy_with_weights(source, tmp_path / "base", lambda s: s.pop("classifier.weight"))
+    with pytest.raises(InferenceError, match=r"lacks 1 tensor.*classifier\.weight.*noise"):
+        run(dict(model=str(base), text="a great movie"), io.StringIO())
+    # Training keeps loading such files: it initialises the missing tensors and warns.
+    factory.models.bert.BertForSequenceClassification.from_pretrained(base)
+
+
 @pytest.mark.parametrize(
     "options, message",
     [

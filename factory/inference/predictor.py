@@ -137,10 +137,32 @@ def load_predictor(
             f"model_type={config.model_type!r}.",
             key="architectures",
         )
-    net = cls.from_pretrained(folder, config=config).to(device).eval()
+    net, info = cls.from_pretrained(folder, config=config, output_loading_info=True)
+    _check_all_loaded(folder, cls.__name__, info)
+    net = net.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     logger.info("Loaded %s (%s head) from %s", cls.__name__, cls.head, folder)
     return Predictor(net, tokenizer, folder)
+
+
+def _check_all_loaded(folder: Path, class_name: str, info: Mapping[str, Any]) -> None:
+    """Refuse a model some of whose parameters the weight files did not supply.
+
+    The generic loader initialises those afresh and only warns, which training wants (a new head on a
+    pretrained backbone). A prediction from them is noise: a random classifier, or a backbone with
+    random layers from a truncated or partial file. So serving a model requires every tensor.
+    """
+    missing = list(info["missing_keys"])
+    if not missing:
+        return
+    files = [str(folder / name) for name in info["files"]]
+    shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+    raise InferenceError(
+        f"{', '.join(files)} lacks {len(missing)} tensor(s) of {class_name}: {shown}. Loading would "
+        f"initialise them at random, so the predictions would be noise. A base checkpoint needs training "
+        f"for a head first (train.py init=pretrained); otherwise the weight file is incomplete.",
+        key="model",
+    )
 
 
 # ---- predicting -------------------------------------------------------------------------------------
