@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import re
 
 import pytest
 import safetensors.torch
@@ -150,6 +151,15 @@ def test_non_finite_weights_are_named_on_load(tmp_path, bert_dir, caplog):
     [message] = [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()]
     assert f"in {len(names)} tensor(s)" in message and str(folder) in message
     assert f"and {len(names) - 4} more" in message  # a few names, then a count
+
+
+@pytest.mark.parametrize("damage", ["truncated", "header"])
+def test_corrupt_safetensors_names_the_file(bert_dir, damage):
+    path = bert_dir / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\xff" * 8 + data[8:])
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(path))} is not a readable safetensors file"):
+        BertModel.from_pretrained(bert_dir)
 
 
 def test_safetensors_preferred_over_bin(tmp_path, bert_dir):

@@ -491,6 +491,16 @@ def test_cli_errors_exit_1_with_a_message(model_dirs, tmp_path):
 
 
 @pytest.mark.slow
+def test_cli_corrupt_weights_exit_1_naming_the_file(model_dirs, tmp_path):
+    folder = _copy_with_weights(model_dirs["bert", "seqcls"], tmp_path / "bad", lambda state: None)
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 3])
+    proc = _infer(f"model={folder}", "text=a great movie")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"{folder / 'model.safetensors'} is not a readable safetensors file" in proc.stderr
+
+
+@pytest.mark.slow
 def test_hub_id_from_the_cache(tmp_path, model_dirs):
     """`model=org/name` finds the snapshot in the hub cache (HF_HUB_OFFLINE=1), including by revision."""
     from tests.helpers import SHA_MAIN, add_snapshot

@@ -106,9 +106,16 @@ class _Reader:
         self._bin: dict[Path, dict[str, torch.Tensor]] = {}
         for path in files:
             if safetensors:
-                from safetensors import safe_open
+                from safetensors import SafetensorError, safe_open
 
-                handle = safe_open(str(path), framework="pt", device="cpu")
+                try:
+                    handle = safe_open(str(path), framework="pt", device="cpu")
+                except SafetensorError as e:
+                    # safetensors' own message names neither the file nor what to do about it.
+                    raise CheckpointError(
+                        f"{path} is not a readable safetensors file ({_size(path)}): {e}. It is probably "
+                        f"truncated or corrupt (an interrupted download or copy); fetch or write it again."
+                    ) from None
                 self._handles[path] = handle
                 keys: Iterable[str] = handle.keys()
             else:
@@ -132,8 +139,20 @@ class _Reader:
     def get(self, key: str) -> torch.Tensor:
         path = self._where[key]
         if path in self._handles:
-            return self._handles[path].get_tensor(key)
+            from safetensors import SafetensorError
+
+            try:
+                return self._handles[path].get_tensor(key)
+            except SafetensorError as e:
+                raise CheckpointError(f"{path}: tensor {key!r} cannot be read: {e}.") from None
         return self._bin[path][key]
+
+
+def _size(path: Path) -> str:
+    try:
+        return f"{path.stat().st_size} bytes"
+    except OSError as e:
+        return f"cannot stat: {e.strerror}"
 
 
 def _checked_shard_names(
