@@ -162,6 +162,19 @@ def test_corrupt_safetensors_names_the_file(bert_dir, damage):
         BertModel.from_pretrained(bert_dir)
 
 
+def test_legacy_non_zip_bin_loads(tmp_path, bert_dir):
+    folder = tmp_path / "legacy_bin"
+    folder.mkdir()
+    (folder / "config.json").write_text((bert_dir / "config.json").read_text())
+    torch.save(weights(bert_dir), folder / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    model = BertModel.from_pretrained(folder)
+    assert_close(model.pooler["dense"].weight, weights(bert_dir)["pooler.dense.weight"])
+    # Still weights_only: pickled code is refused in the legacy format too.
+    torch.save({"x": _RunsCode()}, folder / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    with pytest.raises(Exception, match="[Ww]eights only"):
+        BertModel.from_pretrained(folder)
+
+
 def test_safetensors_preferred_over_bin(tmp_path, bert_dir):
     torch.save({"garbage": torch.zeros(1)}, bert_dir / "pytorch_model.bin")
     model, info = BertModel.from_pretrained(bert_dir, output_loading_info=True)

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,7 +120,9 @@ class _Reader:
                 self._handles[path] = handle
                 keys: Iterable[str] = handle.keys()
             else:
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                # mmap needs the zip format (torch >= 1.6); older files are read whole, still weights_only.
+                zipped = zipfile.is_zipfile(path)
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
                 if not isinstance(state, dict):
                     raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict.")
                 self._bin[path] = state
