@@ -120,6 +120,25 @@ def test_shard_names_that_leave_the_folder_are_refused(tmp_path, bert_dir, name)
         BertModel.from_pretrained(folder)
 
 
+@pytest.mark.parametrize(
+    "index, message",
+    [
+        ('{"weight_map": ["model-1.safetensors"]}', r"'weight_map' is list, expected an object"),
+        ("[]", r"'weight_map' is NoneType"),
+        ('{"weight_map": {"a": "x"}, "size": ' + "1" * 5000 + "}", r"size is an integer of 5000 digits"),
+        ("{" * 100_000, r"nested too deeply|not valid JSON"),
+    ],
+    ids=["weight_map_list", "not_an_object", "long_int", "deep"],
+)
+def test_bad_shard_index_names_the_file(tmp_path, bert_dir, index, message):
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    (folder / "config.json").write_text((bert_dir / "config.json").read_text())
+    (folder / "model.safetensors.index.json").write_text(index)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors\.index\.json.*" + message):
+        BertModel.from_pretrained(folder)
+
+
 def test_bin_loads_with_weights_only_and_can_be_refused(tmp_path, bert_dir):
     folder = tmp_path / "bin"
     folder.mkdir()

@@ -23,6 +23,7 @@ from torch.overrides import TorchFunctionMode
 
 from factory.checkpoints.atomic import atomic_files
 from factory.checkpoints.hub import HubOptions, resolve_file
+from factory.config import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -161,11 +162,13 @@ def _size(path: Path) -> str:
 def _checked_shard_names(
     name_or_path: str | os.PathLike, index_file: Path, hub: HubOptions | None
 ) -> list[Path]:
-    try:
-        index = json.loads(index_file.read_text(encoding="utf-8"))
-        weight_map = index["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{index_file} is not a valid shard index: {e}") from e
+    index = read_json(index_file, CheckpointError)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(
+            f"{index_file} is not a valid shard index: 'weight_map' is {type(weight_map).__name__}, "
+            f"expected an object mapping tensor names to shard files."
+        )
     names = list(dict.fromkeys(weight_map.values()))
     for name in names:
         # A shard name is a file name inside the checkpoint folder; anything else could read any file.
