@@ -22,6 +22,7 @@ from factory import (
     BertLMHeadModel,
     BertModel,
     CheckpointError,
+    ConfigError,
 )
 from factory.checkpoints.weights import parse_size
 
@@ -192,6 +193,22 @@ def test_legacy_non_zip_bin_loads(tmp_path, bert_dir):
     torch.save({"x": _RunsCode()}, folder / "pytorch_model.bin", _use_new_zipfile_serialization=False)
     with pytest.raises(Exception, match="[Ww]eights only"):
         BertModel.from_pretrained(folder)
+
+
+def test_impossible_size_is_refused_before_allocating(bert_dir):
+    from factory.models.modeling import estimate_num_parameters
+
+    config = json.loads((bert_dir / "config.json").read_text())
+    model = BertModel.from_pretrained(bert_dir)
+    sizes = estimate_num_parameters(BertModel, model.config)
+    assert sizes["total"] == model.num_parameters()
+    assert sizes["num_hidden_layers"] == sum(p.numel() for p in model.encoder.parameters())
+    config["num_hidden_layers"] = 1_000_000_000
+    (bert_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ConfigError, match=r"config\.json: num_hidden_layers=1000000000 gives about .* GiB in float32"
+    ):
+        BertModel.from_pretrained(bert_dir)
 
 
 def test_safetensors_preferred_over_bin(tmp_path, bert_dir):
