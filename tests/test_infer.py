@@ -429,6 +429,15 @@ def test_option_errors_come_before_loading(options, message):
         run(options, io.StringIO())
 
 
+def test_unavailable_device_is_refused_before_loading(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(InferenceError, match=r"device='cuda' is not available.*available: \['cpu'"):
+        run(dict(model="never-loaded", text="a", device="cuda"), io.StringIO())
+    with pytest.raises(InferenceError, match=r"device='gpu' is not a torch device; available: \['cpu'"):
+        run(dict(model="never-loaded", text="a", device="gpu"), io.StringIO())
+
+
 # ---- infer.py in a subprocess -----------------------------------------------------------------------
 
 

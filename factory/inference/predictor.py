@@ -436,6 +436,7 @@ def run(options: Mapping[str, Any], stdout: TextIO) -> int:
     for head in heads().values():  # each head checks its own options (sampling settings, ...)
         head.check_options(opts)
     record = _single_record(opts)
+    _check_device(opts["device"])
     if opts["input"] is not None and not Path(opts["input"]).is_file():
         raise InferenceError(f"input={opts['input']!r} is not a file.", key="input")
     if opts["input"] is not None and opts["output"] is not None:
@@ -463,6 +464,40 @@ def run(options: Mapping[str, Any], stdout: TextIO) -> int:
         target = Path(opts["output"])
         with atomic_files(target.parent) as temp, open(temp(target.name), "w", encoding="utf-8") as out:
             return _write_predictions(predictor, records, opts, out)
+
+
+def available_devices() -> list[str]:
+    """The torch devices this process can use: cpu, then each CUDA device, then mps."""
+    out = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
+
+
+def _check_device(device: str) -> None:
+    """Refuse a device this torch build or machine lacks, before the model loads (torch would raise an
+    AssertionError deep inside `.to()`)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        parsed = None
+    available = available_devices()
+    if parsed is not None:
+        if parsed.type == "cpu":
+            return
+        if parsed.type == "cuda" and torch.cuda.is_available():
+            if parsed.index is None or parsed.index < torch.cuda.device_count():
+                return
+        elif parsed.type in available:
+            return
+    if parsed is None:
+        problem = "not a torch device"
+    elif parsed.type == "cuda" and torch.version.cuda is None:
+        problem = "not available: this torch build has no CUDA"
+    else:
+        problem = "not available on this machine"
+    raise InferenceError(f"device={device!r} is {problem}; available: {available}.", key="device")
 
 
 def _check_distinct(source: str, target: str) -> None:
