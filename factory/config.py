@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -72,6 +73,54 @@ def plain_data(value: Any, path: str = "", *, fallback_unresolved: bool = False)
     raise ConfigError(f"{path.lstrip('.')}={value!r} is not plain config data (a {type(value).__name__}).")
 
 
+class _LongInt:
+    """An integer literal too long for Python's int-string limit, kept aside to name its key."""
+
+    def __init__(self, digits: str) -> None:
+        self.digits = len(digits.lstrip("-"))
+
+
+def _parse_int(text: str) -> int | _LongInt:
+    try:
+        return int(text)
+    except ValueError:  # beyond sys.get_int_max_str_digits(): no config value is that large
+        return _LongInt(text)
+
+
+def _long_int_key(value: Any, path: str = "") -> tuple[str, int] | None:
+    if isinstance(value, _LongInt):
+        return path.lstrip(".") or "(top level)", value.digits
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        found = _long_int_key(v, f"{path}.{k}" if isinstance(k, str) else f"{path}[{k}]")
+        if found:
+            return found
+    return None
+
+
+def read_json(path: Path, error: type[Exception]) -> Any:
+    """The JSON value in `path`; anything unreadable raises `error` naming the file (and key, if any).
+
+    Besides bad syntax: bytes that are not UTF-8, nesting too deep for the parser (RecursionError) and
+    integers past Python's int-string limit (ValueError) all pass `json.JSONDecodeError` by.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{path} is not UTF-8 text: byte {e.object[e.start]:#04x} at offset {e.start}.") from None
+    try:
+        value = json.loads(text, parse_int=_parse_int)
+    except json.JSONDecodeError as e:
+        raise error(f"{path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise error(f"{path} is nested too deeply to be a config (thousands of levels).") from None
+    found = _long_int_key(value)
+    if found:
+        key, digits = found
+        raise error(f"{path}: {key} is an integer of {digits} digits; no valid value is that large.")
+    return value
+
+
 @dataclass
 class PretrainedConfig:
     """Fields shared by every architecture, with HF's names and defaults."""
@@ -103,14 +152,25 @@ class PretrainedConfig:
 
     # ---- construction -------------------------------------------------------------------------------
     def __post_init__(self) -> None:
+        self._check_numbers()
         if self.id2label is not None:
-            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+            if not isinstance(self.id2label, Mapping):
+                self._fail("id2label", self.id2label, "a mapping of label index to name, e.g. {'0': 'neg'}")
+            try:
+                self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+            except (TypeError, ValueError):
+                self._fail("id2label", self.id2label, "integer keys (label indices)")
             if not self.id2label:
                 raise ConfigError(f"{type(self).__name__}.id2label is empty: give at least one label.")
         if self.id2label is not None and self.label2id is None:
             self.label2id = {v: k for k, v in self.id2label.items()}
         if self.label2id is not None:
-            self.label2id = {str(k): int(v) for k, v in self.label2id.items()}
+            if not isinstance(self.label2id, Mapping):
+                self._fail("label2id", self.label2id, "a mapping of label name to index, e.g. {'neg': 0}")
+            try:
+                self.label2id = {str(k): int(v) for k, v in self.label2id.items()}
+            except (TypeError, ValueError):
+                self._fail("label2id", self.label2id, "integer values (label indices)")
         if self.problem_type is not None and self.problem_type not in self.PROBLEM_TYPES:
             self._fail("problem_type", self.problem_type, f"one of {list(self.PROBLEM_TYPES)}")
         for name, (value, reason) in self.unsupported.items():
@@ -118,6 +178,18 @@ class PretrainedConfig:
             if got != value:
                 self._fail(name, got, f"{value!r} ({reason})")
         self.validate()
+
+    def _check_numbers(self) -> None:
+        """Float fields hold finite numbers: a string passes the dataclass, then fails deep in a layer."""
+        for f in dataclasses.fields(self):
+            kind = (f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")).replace(" ", "")
+            if kind not in ("float", "float|None"):
+                continue
+            value = getattr(self, f.name)
+            if value is None and kind == "float|None":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                self._fail(f.name, value, "a finite number" + (" or null" if "None" in kind else ""))
 
     def validate(self) -> None:
         """Cross-field checks of one architecture; raise `ConfigError` through `_fail`."""
@@ -263,14 +335,13 @@ class PretrainedConfig:
     @classmethod
     def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> PretrainedConfig:
         path = Path(path)
-        try:
-            values = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON: {e}") from e
+        values = read_json(path, ConfigError)
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path} holds a JSON {type(values).__name__}, not an object of config keys.")
         try:
             return cls.from_dict(values, **overrides)
         except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
+            raise ConfigError(f"{path}: {e}", key=e.key) from None
 
     @classmethod
     def from_pretrained(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import re
 
 import pytest
 import safetensors.torch
@@ -21,6 +22,7 @@ from factory import (
     BertLMHeadModel,
     BertModel,
     CheckpointError,
+    ConfigError,
 )
 from factory.checkpoints.weights import parse_size
 
@@ -119,6 +121,25 @@ def test_shard_names_that_leave_the_folder_are_refused(tmp_path, bert_dir, name)
         BertModel.from_pretrained(folder)
 
 
+@pytest.mark.parametrize(
+    "index, message",
+    [
+        ('{"weight_map": ["model-1.safetensors"]}', r"'weight_map' is list, expected an object"),
+        ("[]", r"'weight_map' is NoneType"),
+        ('{"weight_map": {"a": "x"}, "size": ' + "1" * 5000 + "}", r"size is an integer of 5000 digits"),
+        ("{" * 100_000, r"nested too deeply|not valid JSON"),
+    ],
+    ids=["weight_map_list", "not_an_object", "long_int", "deep"],
+)
+def test_bad_shard_index_names_the_file(tmp_path, bert_dir, index, message):
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    (folder / "config.json").write_text((bert_dir / "config.json").read_text())
+    (folder / "model.safetensors.index.json").write_text(index)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors\.index\.json.*" + message):
+        BertModel.from_pretrained(folder)
+
+
 def test_bin_loads_with_weights_only_and_can_be_refused(tmp_path, bert_dir):
     folder = tmp_path / "bin"
     folder.mkdir()
@@ -134,6 +155,60 @@ def test_bin_loads_with_weights_only_and_can_be_refused(tmp_path, bert_dir):
     torch.save({"x": _RunsCode()}, folder / "pytorch_model.bin")
     with pytest.raises(Exception, match="[Ww]eights only"):
         BertModel.from_pretrained(folder)
+
+
+def test_non_finite_weights_are_named_on_load(tmp_path, bert_dir, caplog):
+    state = weights(bert_dir)
+    names = sorted(k for k in state if k.endswith(".bias"))
+    for k in names:
+        state[k][0] = float("nan") if "attention" in k else float("inf")
+    folder = tmp_path / "nan"
+    folder.mkdir()
+    safetensors.torch.save_file(state, folder / "model.safetensors")
+    (folder / "config.json").write_text((bert_dir / "config.json").read_text())
+    with caplog.at_level(logging.WARNING, logger="factory.checkpoints.weights"):
+        BertModel.from_pretrained(folder)
+    [message] = [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()]
+    assert f"in {len(names)} tensor(s)" in message and str(folder) in message
+    assert f"and {len(names) - 4} more" in message  # a few names, then a count
+
+
+@pytest.mark.parametrize("damage", ["truncated", "header"])
+def test_corrupt_safetensors_names_the_file(bert_dir, damage):
+    path = bert_dir / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\xff" * 8 + data[8:])
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(path))} is not a readable safetensors file"):
+        BertModel.from_pretrained(bert_dir)
+
+
+def test_legacy_non_zip_bin_loads(tmp_path, bert_dir):
+    folder = tmp_path / "legacy_bin"
+    folder.mkdir()
+    (folder / "config.json").write_text((bert_dir / "config.json").read_text())
+    torch.save(weights(bert_dir), folder / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    model = BertModel.from_pretrained(folder)
+    assert_close(model.pooler["dense"].weight, weights(bert_dir)["pooler.dense.weight"])
+    # Still weights_only: pickled code is refused in the legacy format too.
+    torch.save({"x": _RunsCode()}, folder / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    with pytest.raises(Exception, match="[Ww]eights only"):
+        BertModel.from_pretrained(folder)
+
+
+def test_impossible_size_is_refused_before_allocating(bert_dir):
+    from factory.models.modeling import estimate_num_parameters
+
+    config = json.loads((bert_dir / "config.json").read_text())
+    model = BertModel.from_pretrained(bert_dir)
+    sizes = estimate_num_parameters(BertModel, model.config)
+    assert sizes["total"] == model.num_parameters()
+    assert sizes["num_hidden_layers"] == sum(p.numel() for p in model.encoder.parameters())
+    config["num_hidden_layers"] = 1_000_000_000
+    (bert_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ConfigError, match=r"config\.json: num_hidden_layers=1000000000 gives about .* GiB in float32"
+    ):
+        BertModel.from_pretrained(bert_dir)
 
 
 def test_safetensors_preferred_over_bin(tmp_path, bert_dir):

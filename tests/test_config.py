@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -102,3 +103,27 @@ def test_invalid_checkpoint_config_names_the_file(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(dict(BERT_BASE_UNCASED, num_attention_heads=7)))
     with pytest.raises(ConfigError, match=r"config.json: BertConfig.num_attention_heads=7"):
         AutoConfig.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"layer_norm_eps": "x"}', r"layer_norm_eps='x' is not valid: expected a finite number"),
+        ('{"layer_norm_eps": NaN}', r"layer_norm_eps=nan is not valid"),
+        ('{"id2label": ["neg", "pos"]}', r"id2label=\['neg', 'pos'\] is not valid: expected a mapping"),
+        ('{"id2label": {"first": "neg"}}', r"id2label=.* expected integer keys"),
+        (b'{"hidden_act": "\xff"}', r"is not UTF-8 text: byte 0xff at offset 16"),
+        ("[" * 200_000 + "]" * 200_000, r"is nested too deeply"),
+        ('{"vocab_size": ' + "9" * 5000 + "}", r": vocab_size is an integer of 5000 digits"),
+        ("[1, 2]", r"holds a JSON list, not an object"),
+    ],
+    ids=["float_str", "float_nan", "id2label_list", "id2label_keys", "not_utf8", "deep", "long_int", "list"],
+)
+def test_bad_values_in_config_json_name_the_file(tmp_path, text, message):
+    path = tmp_path / "config.json"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(str(path)) + ".*" + message):
+        BertConfig.from_json_file(path)

@@ -124,3 +124,26 @@ def test_shard_index_from_the_hub_refuses_escaping_names(tmp_path):
 
     with pytest.raises(CheckpointError, match="leaves the checkpoint folder"):
         AutoModel.from_pretrained("org/evil", cache_dir=tmp_path / "hub")
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["raw", "as_local_entry_not_found"])
+def test_unreachable_hub_says_so_and_suggests_offline(tmp_path, monkeypatch, wrapped):
+    import huggingface_hub
+    import huggingface_hub.constants
+    import requests
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def no_network(*args, **kwargs):
+        error = requests.ConnectionError("Max retries exceeded: Failed to establish a new connection")
+        if not wrapped:
+            raise error
+        # What huggingface_hub raises when the hub is unreachable and the cache lacks the file.
+        raise LocalEntryNotFoundError("cannot find the requested files in the local cache") from error
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    with pytest.raises(FileNotFoundError) as info:
+        AutoConfig.from_pretrained("org/model", cache_dir=tmp_path / "hub")
+    message = str(info.value)
+    assert "could not be reached" in message and "org/model" in message and "HF_HUB_OFFLINE=1" in message
+    assert "downloads are off" not in message

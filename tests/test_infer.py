@@ -330,6 +330,87 @@ def test_bad_records_name_file_and_line(model_dirs, tmp_path, lines, message):
         run(dict(model=str(model_dirs["bert", "qa"]), input=str(src)), io.StringIO())
 
 
+def test_bad_record_leaves_the_previous_output_intact(model_dirs, tmp_path):
+    # The output is written beside the target and renamed at the end: a failure half-way changes nothing.
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text(json.dumps({"text": "a great movie"}) + "\n{not json\n")
+    dst.write_text("previous predictions\n")
+    with pytest.raises(InferenceError, match=r"in\.jsonl:2: not valid JSON"):
+        run(dict(model=str(model_dirs["bert", "seqcls"]), input=str(src), output=str(dst)), io.StringIO())
+    assert dst.read_text() == "previous predictions\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]  # no temporary left
+
+
+@pytest.mark.parametrize("spelling", ["same", "symlink", "dotdot"])
+def test_output_that_is_the_input_is_refused(model_dirs, tmp_path, spelling):
+    src = tmp_path / "in.jsonl"
+    text = json.dumps({"text": "a great movie"}) + "\n"
+    src.write_text(text)
+    (tmp_path / "sub").mkdir()
+    dst = {"same": src, "symlink": tmp_path / "link.jsonl", "dotdot": tmp_path / "sub" / ".." / "in.jsonl"}
+    if spelling == "symlink":
+        dst["symlink"].symlink_to(src)
+    options = dict(model=str(model_dirs["bert", "seqcls"]), input=str(src), output=str(dst[spelling]))
+    with pytest.raises(InferenceError, match=r"input=.* and output=.* are the same file"):
+        run(options, io.StringIO())
+    assert src.read_text() == text
+
+
+def _copy_with_weights(source, target, change):
+    """A copy of the model folder `source` whose weights `change(state)` edited."""
+    import safetensors.torch
+
+    target.mkdir()
+    for f in source.iterdir():
+        (target / f.name).write_bytes(f.read_bytes())
+    state = safetensors.torch.load_file(source / "model.safetensors")
+    change(state)
+    safetensors.torch.save_file(state, target / "model.safetensors", metadata={"format": "pt"})
+    return target
+
+
+def test_non_finite_predictions_are_refused(model_dirs, tmp_path):
+    def poison(state):
+        state["classifier.weight"][0, 0] = float("nan")
+
+    folder = _copy_with_weights(model_dirs["bert", "seqcls"], tmp_path / "nan", poison)
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text(json.dumps({"text": "a great movie"}) + "\n")
+    with pytest.raises(
+        InferenceError, match=r"in\.jsonl:1: .*not finite.*weights hold non-finite.*classifier"
+    ):
+        run(dict(model=str(folder), input=str(src), output=str(dst)), io.StringIO())
+    assert not dst.exists()
+    with pytest.raises(InferenceError, match=r"^text=: .*not finite"):
+        run(dict(model=str(folder), text="a great movie"), io.StringIO())
+
+
+def test_partial_weights_are_refused_for_prediction(model_dirs, tmp_path):
+    import safetensors.torch
+
+    source = model_dirs["bert", "seqcls"]
+    state = safetensors.torch.load_file(source / "model.safetensors")
+    backbone = sorted(k for k in state if k.startswith("bert."))
+    dropped = backbone[: len(backbone) // 2]
+
+    def halve(state):
+        for k in dropped:
+            del state[k]
+
+    folder = _copy_with_weights(source, tmp_path / "half", halve)
+    # The weights reached through a link, as in a hub cache.
+    (folder / "model.safetensors").rename(tmp_path / "blob")
+    (folder / "model.safetensors").symlink_to(tmp_path / "blob")
+    with pytest.raises(InferenceError, match=rf"half/model\.safetensors lacks {len(dropped)} tensor"):
+        load_predictor(folder)
+    # A base checkpoint under a head model's name: the classifier would be random.
+    base = _copy_with_weights(source, tmp_path / "base", lambda s: s.pop("classifier.weight"))
+    with pytest.raises(InferenceError, match=r"lacks 1 tensor.*classifier\.weight.*noise"):
+        run(dict(model=str(base), text="a great movie"), io.StringIO())
+    # Training keeps loading such files: it initialises the missing tensors and warns.
+    factory.models.bert.BertForSequenceClassification.from_pretrained(base)
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
@@ -346,6 +427,15 @@ def test_bad_records_name_file_and_line(model_dirs, tmp_path, lines, message):
 def test_option_errors_come_before_loading(options, message):
     with pytest.raises(ValueError, match=message):
         run(options, io.StringIO())
+
+
+def test_unavailable_device_is_refused_before_loading(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(InferenceError, match=r"device='cuda' is not available.*available: \['cpu'"):
+        run(dict(model="never-loaded", text="a", device="cuda"), io.StringIO())
+    with pytest.raises(InferenceError, match=r"device='gpu' is not a torch device; available: \['cpu'"):
+        run(dict(model="never-loaded", text="a", device="gpu"), io.StringIO())
 
 
 # ---- infer.py in a subprocess -----------------------------------------------------------------------
@@ -407,6 +497,16 @@ def test_cli_errors_exit_1_with_a_message(model_dirs, tmp_path):
         and "is neither a local folder nor a hub id" in proc.stderr
         and "Traceback" not in proc.stderr
     )
+
+
+@pytest.mark.slow
+def test_cli_corrupt_weights_exit_1_naming_the_file(model_dirs, tmp_path):
+    folder = _copy_with_weights(model_dirs["bert", "seqcls"], tmp_path / "bad", lambda state: None)
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 3])
+    proc = _infer(f"model={folder}", "text=a great movie")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"{folder / 'model.safetensors'} is not a readable safetensors file" in proc.stderr
 
 
 @pytest.mark.slow

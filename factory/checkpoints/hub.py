@@ -125,7 +125,11 @@ def _hub_file(repo_id: str, filename: str, required: bool, hub: HubOptions) -> P
             cache_dir=hub.cache_dir,
             local_files_only=offline,
         )
-    except LocalEntryNotFoundError:
+    except LocalEntryNotFoundError as e:
+        if not offline:
+            # Downloads were on: huggingface_hub gives this error when it could not reach the hub and
+            # the cache lacks the file. "Downloads are off" would send the user the wrong way.
+            raise FileNotFoundError(_unreachable(repo_id, filename, hub, e)) from None
         if not required:
             return None
         raise FileNotFoundError(
@@ -142,4 +146,38 @@ def _hub_file(repo_id: str, filename: str, required: bool, hub: HubOptions) -> P
         raise FileNotFoundError(
             f"Hub repository {repo_id!r} was not found (or is private; log in with `hf auth login`)."
         ) from None
+    except Exception as e:
+        if _connection_failure(e) is None:
+            raise
+        raise FileNotFoundError(_unreachable(repo_id, filename, hub, e)) from None
     return Path(path)
+
+
+def _connection_failure(error: BaseException) -> BaseException | None:
+    """The connection or timeout error in `error`'s chain of causes, if any (requests or the socket)."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        names = {c.__name__ for c in type(e).__mro__}
+        if isinstance(e, (ConnectionError, TimeoutError)) or names & {
+            "ConnectionError",
+            "Timeout",
+            "ConnectTimeout",
+            "ReadTimeout",
+            "ConnectError",
+            "TimeoutException",
+        }:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _unreachable(repo_id: str, filename: str, hub: HubOptions, error: BaseException) -> str:
+    cause = _connection_failure(error) or error
+    return (
+        f"The Hugging Face Hub could not be reached to fetch {filename} of {repo_id} "
+        f"(revision {hub.revision or 'main'!r}): {type(cause).__name__}: {str(cause)[:200]}. Check the "
+        f"network or proxy settings; on a machine without network, set HF_HUB_OFFLINE=1 and use a hub cache "
+        f"({cache_root(hub)}) that holds it: {_how_to_get(repo_id, hub)}."
+    )

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch.overrides import TorchFunctionMode
 
 from factory.checkpoints.atomic import atomic_files
 from factory.checkpoints.hub import HubOptions, resolve_file
+from factory.config import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -106,13 +108,22 @@ class _Reader:
         self._bin: dict[Path, dict[str, torch.Tensor]] = {}
         for path in files:
             if safetensors:
-                from safetensors import safe_open
+                from safetensors import SafetensorError, safe_open
 
-                handle = safe_open(str(path), framework="pt", device="cpu")
+                try:
+                    handle = safe_open(str(path), framework="pt", device="cpu")
+                except SafetensorError as e:
+                    # safetensors' own message names neither the file nor what to do about it.
+                    raise CheckpointError(
+                        f"{path} is not a readable safetensors file ({_size(path)}): {e}. It is probably "
+                        f"truncated or corrupt (an interrupted download or copy); fetch or write it again."
+                    ) from None
                 self._handles[path] = handle
                 keys: Iterable[str] = handle.keys()
             else:
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                # mmap needs the zip format (torch >= 1.6); older files are read whole, still weights_only.
+                zipped = zipfile.is_zipfile(path)
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
                 if not isinstance(state, dict):
                     raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict.")
                 self._bin[path] = state
@@ -132,18 +143,32 @@ class _Reader:
     def get(self, key: str) -> torch.Tensor:
         path = self._where[key]
         if path in self._handles:
-            return self._handles[path].get_tensor(key)
+            from safetensors import SafetensorError
+
+            try:
+                return self._handles[path].get_tensor(key)
+            except SafetensorError as e:
+                raise CheckpointError(f"{path}: tensor {key!r} cannot be read: {e}.") from None
         return self._bin[path][key]
+
+
+def _size(path: Path) -> str:
+    try:
+        return f"{path.stat().st_size} bytes"
+    except OSError as e:
+        return f"cannot stat: {e.strerror}"
 
 
 def _checked_shard_names(
     name_or_path: str | os.PathLike, index_file: Path, hub: HubOptions | None
 ) -> list[Path]:
-    try:
-        index = json.loads(index_file.read_text(encoding="utf-8"))
-        weight_map = index["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{index_file} is not a valid shard index: {e}") from e
+    index = read_json(index_file, CheckpointError)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(
+            f"{index_file} is not a valid shard index: 'weight_map' is {type(weight_map).__name__}, "
+            f"expected an object mapping tensor names to shard files."
+        )
     names = list(dict.fromkeys(weight_map.values()))
     for name in names:
         # A shard name is a file name inside the checkpoint folder; anything else could read any file.
@@ -356,6 +381,16 @@ def load_into(
         )
 
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    # After the cast: a float32 value beyond float16's range becomes inf there. A model with NaN or inf
+    # weights gives NaN outputs without any error, so say which tensors at load time.
+    nonfinite = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if nonfinite:
+        logger.warning(
+            "%s holds non-finite values (NaN or inf) in %d tensor(s): %s; the model's outputs will be NaN.",
+            name_or_path,
+            len(nonfinite),
+            _summarise(nonfinite, limit=4),
+        )
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
     info.missing_keys = _materialize(model, dtype)

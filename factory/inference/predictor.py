@@ -26,6 +26,7 @@ import torch
 import factory.models  # noqa: F401  (registers the architectures)
 from factory import registry
 from factory.auto import AutoConfig
+from factory.checkpoints.atomic import atomic_files
 from factory.config import CONFIG_NAME, ConfigError, did_you_mean
 from factory.heads.head import Head, Option, get_head, heads
 from factory.tokenizers.tokenizer import AutoTokenizer, Tokenizer
@@ -136,10 +137,32 @@ def load_predictor(
             f"model_type={config.model_type!r}.",
             key="architectures",
         )
-    net = cls.from_pretrained(folder, config=config).to(device).eval()
+    net, info = cls.from_pretrained(folder, config=config, output_loading_info=True)
+    _check_all_loaded(folder, cls.__name__, info)
+    net = net.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     logger.info("Loaded %s (%s head) from %s", cls.__name__, cls.head, folder)
     return Predictor(net, tokenizer, folder)
+
+
+def _check_all_loaded(folder: Path, class_name: str, info: Mapping[str, Any]) -> None:
+    """Refuse a model some of whose parameters the weight files did not supply.
+
+    The generic loader initialises those afresh and only warns, which training wants (a new head on a
+    pretrained backbone). A prediction from them is noise: a random classifier, or a backbone with
+    random layers from a truncated or partial file. So serving a model requires every tensor.
+    """
+    missing = list(info["missing_keys"])
+    if not missing:
+        return
+    files = [str(folder / name) for name in info["files"]]
+    shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+    raise InferenceError(
+        f"{', '.join(files)} lacks {len(missing)} tensor(s) of {class_name}: {shown}. Loading would "
+        f"initialise them at random, so the predictions would be noise. A base checkpoint needs training "
+        f"for a head first (train.py init=pretrained); otherwise the weight file is incomplete.",
+        key="model",
+    )
 
 
 # ---- predicting -------------------------------------------------------------------------------------
@@ -413,8 +436,11 @@ def run(options: Mapping[str, Any], stdout: TextIO) -> int:
     for head in heads().values():  # each head checks its own options (sampling settings, ...)
         head.check_options(opts)
     record = _single_record(opts)
+    _check_device(opts["device"])
     if opts["input"] is not None and not Path(opts["input"]).is_file():
         raise InferenceError(f"input={opts['input']!r} is not a file.", key="input")
+    if opts["input"] is not None and opts["output"] is not None:
+        _check_distinct(opts["input"], opts["output"])
     threads = opts["num_threads"]
     if threads is None and record is not None:
         # One input is a few milliseconds of compute: a thread pool costs more than it saves there, and
@@ -423,37 +449,115 @@ def run(options: Mapping[str, Any], stdout: TextIO) -> int:
     with _torch_threads(threads):
         predictor = load_predictor(opts["model"], device=opts["device"], revision=opts["revision"])
         if record is not None:
+            given = " ".join(f"{k}=" for k in record)
             try:
                 predictor.check_record(record)
             except InferenceError as e:
-                given = " ".join(f"{k}=" for k in record)
                 raise InferenceError(f"Cannot predict from {given}: {e}", key=e.key) from None
-            records: Iterable[dict[str, Any]] = [record]
+            records: Iterable[tuple[str, dict[str, Any]]] = [(given, record)]
         else:
             records = _checked_records(opts["input"], predictor)
-        out = stdout if opts["output"] is None else open(opts["output"], "w", encoding="utf-8")  # noqa: SIM115
-        try:
+        if opts["output"] is None:
+            return _write_predictions(predictor, records, opts, stdout)
+        # Predictions go to a temporary file beside the target, renamed into place only once every
+        # record succeeded: a bad line or an interrupt leaves the previous output as it was.
+        target = Path(opts["output"])
+        with atomic_files(target.parent) as temp, open(temp(target.name), "w", encoding="utf-8") as out:
             return _write_predictions(predictor, records, opts, out)
-        finally:
-            if out is not stdout:
-                out.close()
 
 
-def _checked_records(path: str, predictor: Predictor) -> Iterator[dict[str, Any]]:
+def available_devices() -> list[str]:
+    """The torch devices this process can use: cpu, then each CUDA device, then mps."""
+    out = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
+
+
+def _check_device(device: str) -> None:
+    """Refuse a device this torch build or machine lacks, before the model loads (torch would raise an
+    AssertionError deep inside `.to()`)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        parsed = None
+    available = available_devices()
+    if parsed is not None:
+        if parsed.type == "cpu":
+            return
+        if parsed.type == "cuda" and torch.cuda.is_available():
+            if parsed.index is None or parsed.index < torch.cuda.device_count():
+                return
+        elif parsed.type in available:
+            return
+    if parsed is None:
+        problem = "not a torch device"
+    elif parsed.type == "cuda" and torch.version.cuda is None:
+        problem = "not available: this torch build has no CUDA"
+    else:
+        problem = "not available on this machine"
+    raise InferenceError(f"device={device!r} is {problem}; available: {available}.", key="device")
+
+
+def _check_distinct(source: str, target: str) -> None:
+    """Refuse an output that is the input file itself, whatever the spelling (links, `..`, hard links):
+    writing it would replace the records before, or instead of, reading them."""
+    same = os.path.realpath(source) == os.path.realpath(target)
+    with contextlib.suppress(OSError):  # an output that does not exist yet is not the input
+        same = same or os.path.samefile(source, target)
+    if same:
+        raise InferenceError(
+            f"input={source!r} and output={target!r} are the same file; writing the predictions would "
+            f"overwrite the records. Give output= another file.",
+            key="output",
+        )
+
+
+def _checked_records(path: str, predictor: Predictor) -> Iterator[tuple[str, dict[str, Any]]]:
+    """`("<file>:<line>", record)` for each record of the input file, checked against the head."""
     for number, record in read_jsonl(path):
         try:
             predictor.check_record(record)
         except InferenceError as e:
             raise InferenceError(f"{path}:{number}: {e}", key=e.key) from None
-        yield record
+        yield f"{path}:{number}", record
+
+
+def _is_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, Mapping):
+        return all(_is_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_is_finite(v) for v in value)
+    return True
+
+
+def _nonfinite_weights(model: torch.nn.Module) -> list[str]:
+    return [n for n, p in model.named_parameters() if p.is_floating_point() and not torch.isfinite(p).all()]
 
 
 def _write_predictions(
-    predictor: Predictor, records: Iterable[dict[str, Any]], opts: Mapping[str, Any], out: TextIO
+    predictor: Predictor, records: Iterable[tuple[str, dict[str, Any]]], opts: Mapping[str, Any], out: TextIO
 ) -> int:
+    """Write one JSON line per `(where, record)`; `where` names the record in errors."""
     count = 0
     for batch in _batched(records, opts["batch_size"]):
-        for result in predictor.predict_batch(batch, **opts):
+        results = predictor.predict_batch([record for _, record in batch], **opts)
+        for (where, _), result in zip(batch, results):
+            if not _is_finite(result):
+                # json.dumps would write NaN, which is not JSON and no prediction; find out why.
+                bad = _nonfinite_weights(predictor.model)
+                cause = (
+                    f"the model's weights hold non-finite values (NaN or inf) in {len(bad)} tensor(s): "
+                    f"{', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}; the checkpoint is broken"
+                    if bad
+                    else "the model's outputs overflowed (its weights are finite)"
+                )
+                raise InferenceError(
+                    f"{where}: the prediction is not finite ({result}): {cause}.", key="model"
+                )
             out.write(json.dumps(result, ensure_ascii=False) + "\n")
         count += len(batch)
         out.flush()  # a long file shows progress line by line

@@ -17,6 +17,87 @@ from factory.config import ConfigError, PretrainedConfig
 logger = logging.getLogger(__name__)
 
 
+def estimate_num_parameters(model_cls: type[PreTrainedModel], config: PretrainedConfig) -> dict[str, int]:
+    """Parameters `model_cls(config)` would have, without building it: `{"total": n, <depth field>: n}`.
+
+    Builds the model on the meta device with one and with two layers per stack (no memory, a few ms)
+    and extrapolates linearly in each of `config.depth_fields`, so a config asking for a billion layers
+    is measured as fast as a tiny one. Each depth field's entry is what its layers contribute.
+    """
+    from factory.checkpoints.weights import _SkipMetaInit
+
+    depth = [f for f in type(config).depth_fields if isinstance(getattr(config, f), int)]
+
+    def count(**layers: int) -> int:
+        with torch.device("meta"), _SkipMetaInit():
+            model = model_cls(config.replace(**layers) if layers else config)
+        # Tied parameters count once, as they are stored once.
+        return sum(p.numel() for p in model.parameters())
+
+    if not depth:
+        return {"total": count()}
+    one = dict.fromkeys(depth, 1)
+    base = count(**one)
+    out = {"total": base}
+    for f in depth:
+        per_layer = count(**{**one, f: 2}) - base
+        out[f] = per_layer * getattr(config, f)
+        out["total"] += per_layer * (getattr(config, f) - 1)
+    return out
+
+
+def memory_bytes() -> int | None:
+    """This machine's total RAM in bytes (psutil if installed, else sysconf), or None if unknown."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except ImportError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_fits_in_memory(
+    model_cls: type[PreTrainedModel],
+    config: PretrainedConfig,
+    dtype: torch.dtype | None = None,
+    source: str = "config",
+) -> int:
+    """Raise ConfigError if the parameters of `model_cls(config)` alone exceed this machine's RAM.
+
+    Allocating them first would swap or hang for minutes before failing. Returns the estimated count.
+    """
+    sizes = estimate_num_parameters(model_cls, config)
+    total = sizes.pop("total")
+    itemsize = (dtype or torch.float32).itemsize
+    ram = memory_bytes()
+    if ram is None or total * itemsize <= ram:
+        return total
+    key = max(sizes, key=sizes.get) if sizes else None
+    if key is not None and sizes[key] * 2 > total:
+        cause, name = f"{key}={getattr(config, key)}", key
+    else:
+        dims = (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "max_position_embeddings",
+            "d_model",
+            "n_embd",
+        )
+        cause = ", ".join(f"{d}={getattr(config, d)}" for d in dims if d in config.field_names())
+        name = None
+    raise ConfigError(
+        f"{source}: {cause} gives about {total:.3g} parameters, {total * itemsize / 2**30:,.0f} GiB in "
+        f"{str(dtype or torch.float32).removeprefix('torch.')}, more than this machine's "
+        f"{ram / 2**30:,.0f} GiB of memory. Check the value; a model this size cannot be loaded here.",
+        key=name,
+    )
+
+
 class PreTrainedModel(nn.Module):
     """A model whose parameter names are those of the HF checkpoints of its architecture.
 
@@ -126,6 +207,7 @@ class PreTrainedModel(nn.Module):
             )
         elif config_overrides:
             config = config.replace(**config_overrides)
+        check_fits_in_memory(cls, config, dtype, source=f"{name_or_path}/config.json")
         model, info = load_into(
             cls,
             config,
