@@ -115,3 +115,17 @@ def test_callbacks_and_loggers_construct_only_their_kind(tmp_path, monkeypatch, 
     with pytest.raises(ConfigError, match=pattern):
         train(cfg, run_dir=tmp_path / "run", overrides=[])
     assert not (tmp_path / "victim.txt").exists()
+
+
+def test_a_model_too_large_for_memory_is_refused_before_anything_is_built(no_data, tmp_path):
+    from factory.training.plan import describe
+
+    typed = ["arch.num_hidden_layers=100000"]
+    with pytest.raises(ConfigError, match=r"num_hidden_layers=100000 gives about 1.3\de\+10 parameters"):
+        train(compose_cfg(*typed), run_dir=tmp_path / "run", overrides=typed)
+    # A large but possible depth is described from its estimate, without building 1000 layers.
+    summary = describe(compose_cfg("arch.num_hidden_layers=1000"), ["arch.num_hidden_layers=1000"])
+    two = describe(compose_cfg("arch.num_hidden_layers=2"), ["arch.num_hidden_layers=2"])
+    per_layer = (summary["num_parameters"] - two["num_parameters"]) // 998
+    attention, ffn, norms = 4 * (128 * 128 + 128), (128 * 256 + 256) + (256 * 128 + 128), 2 * 2 * 128
+    assert per_layer == attention + ffn + norms and summary["config"]["num_hidden_layers"] == 1000

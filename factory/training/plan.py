@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from factory import registry
@@ -27,6 +26,7 @@ from factory.build import build_config
 from factory.config import ConfigError, PretrainedConfig, did_you_mean, plain_data
 from factory.data.files import COMMON_KEYS
 from factory.heads.head import Head, get_head, heads
+from factory.models.modeling import check_fits_in_memory, estimate_num_parameters
 from factory.training import distributed
 from factory.training.optim import check_optim
 from factory.training.overrides import UserSet, user_set
@@ -127,7 +127,8 @@ def resolve(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Plan:
         config = config.replace(**extra)
     else:
         config = build_config(arch, **extra)
-    registry.model_class(config.model_type, head.name)  # say so if this arch has no such head
+    model_cls = registry.model_class(config.model_type, head.name)  # say so if this arch has no such head
+    check_fits_in_memory(model_cls, config, source="arch")  # before anything is allocated
     data = plain_data(cfg.data, "data")
     _check_data_keys(data, head)
     _check_data(data, config, user, pretrained is not None)
@@ -240,10 +241,9 @@ def describe(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[st
     """
     plan = resolve(cfg, overrides)
     config = plan.config  # with init=pretrained: the checkpoint's, with the user's overrides
-    with torch.device("meta"):  # shapes only: nothing is allocated or initialised
-        model = registry.model_class(config.model_type, plan.head)(config)
-    n_params = model.num_parameters()
-    layers = sum(len(m) for m in model.modules() if isinstance(m, torch.nn.ModuleList))
+    # Counted on the meta device from one- and two-layer models: fast whatever the depth.
+    n_params = estimate_num_parameters(registry.model_class(config.model_type, plan.head), config)["total"]
+    layers = sum(getattr(config, f) for f in type(config).depth_fields)
     memory = estimate_memory(
         n_params,
         layers=layers,
