@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from factory.config import ConfigError
 from factory.data.files import DataError
-from factory.training.failures import NonFiniteError
+from factory.training.failures import PREEMPTED_EXIT_STATUS, NonFiniteError, Preempted
 from factory.training.overrides import check_overrides, hydra_overrides
 from factory.training.resume import resume_argv
 from factory.training.run import train
@@ -25,6 +25,9 @@ def main(cfg: DictConfig) -> float:
     except (ConfigError, DataError, NonFiniteError) as e:  # config, data, diverged: the message says it all
         print(f"Error: {e}", file=sys.stderr)
         sys.exit(1)
+    except Preempted as e:  # SIGTERM: last.ckpt is written; the status says "killed by SIGTERM"
+        print(f"Stopped: {e}", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT_STATUS)
 
 
 if __name__ == "__main__":

@@ -408,3 +408,39 @@ def test_a_failing_or_hanging_process_ends_the_whole_ddp_run(mode, tmp_path):
         assert "rank 1 failed on purpose at step 3" in proc.stderr  # the error is shown
     if mode == "rank1_hangs":  # rank 0 gave up after the timeout and ended rank 1
         assert "Timed out" in proc.stderr and "ending the 1 other process" in proc.stderr
+
+
+# ---- preemption -----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_sigterm_writes_last_ckpt_exits_143_and_resumes(small_data, tmp_path):
+    """What SLURM and Kubernetes send before taking the machine back: last.ckpt, status 143, resumable."""
+    run = tmp_path / "run"
+    more = ["trainer.max_steps=100000", "callbacks.last_checkpoint.every_n_train_steps=100000"]
+    more += ["+logger.csv.flush_logs_every_n_steps=1"]  # metrics.csv appears once training has started
+    cmd = [sys.executable, str(REPO / "train.py"), *overrides(small_data, *more), f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "logs" / "metrics.csv").is_file() and proc.poll() is None:
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "resume=" in stderr and "Traceback" not in stderr
+    step = last(run)["global_step"]
+    assert step >= 1
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), f"resume={run}", f"trainer.max_steps={step + 2}"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run / "results.json").read_text())["global_step"] == step + 2

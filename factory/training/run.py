@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from factory.checkpoints.atomic import atomic_write_text
 from factory.config import ConfigError, plain_data
 from factory.training import distributed
-from factory.training.failures import FiniteGuard, ProcessGuard
+from factory.training.failures import FiniteGuard, Preempted, Preemption, ProcessGuard
 from factory.training.lightning_module import FactoryModule
 from factory.training.overrides import task_overrides
 from factory.training.plan import Plan, describe, format_description, resolve, run_dir_of
@@ -194,6 +194,23 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1)) and took
 
 
+def _fit(
+    trainer: pl.Trainer, module: Any, datamodule: Any, ckpt_path: Any, preemption: Any, out: Path
+) -> None:
+    """`trainer.fit`, with Lightning's SIGTERM exit (a `SystemExit` with status None: exit 0, as if the run
+    had ended) turned into `Preempted`, which says how to continue."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        saved = f"wrote {preemption.saved}" if preemption.saved else "no last.ckpt could be written"
+        raise Preempted(
+            f"SIGTERM at global step {trainer.global_step}: training stopped, {saved}; continue with "
+            f"`python train.py resume={out}`."
+        ) from None
+
+
 def train(
     cfg: DictConfig, run_dir: str | os.PathLike | None = None, overrides: Sequence[str] | None = None
 ) -> float:
@@ -251,6 +268,7 @@ def train(
         c.dirpath = c.dirpath or str(out / "checkpoints")
     checkpoint = next((c for c in checkpoints if c.monitor), checkpoints[0] if checkpoints else None)
     history = _History()
+    preemption = Preemption()
     # Every rank checks it trains what rank 0 does (config, hyperparameters, lr, vocabulary).
     same = distributed.RankCheck(cfg, out, extra={"vocab": distributed.digest(tokenizer.get_vocab())})
     arguments = distributed.trainer_arguments(plan.trainer, module.model)
@@ -259,7 +277,7 @@ def train(
         **arguments,
         default_root_dir=str(out),
         logger=loggers or False,
-        callbacks=[*callbacks, history, same, ResumeState(), FiniteGuard(), ProcessGuard()],
+        callbacks=[*callbacks, history, same, ResumeState(), FiniteGuard(), ProcessGuard(), preemption],
         enable_checkpointing=checkpoint is not None,
         # Checkpoints written next to their target and renamed into place: never half a last.ckpt.
         plugins=[*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()],
@@ -274,7 +292,7 @@ def train(
     )
     # DDP/FSDP: the other ranks replay this run (cfg, run dir), not the command line, and end with the block.
     with distributed.replicas(trainer, cfg, out):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        _fit(trainer, module, datamodule, ckpt_path, preemption, out)
         if not history.validation and trainer.limit_val_batches and not trainer.fast_dev_run:
             trainer.validate(module, datamodule=datamodule, verbose=False)  # training stopped before any
         best_path = checkpoint.best_model_path if checkpoint is not None else ""
