@@ -444,3 +444,18 @@ def test_sigterm_writes_last_ckpt_exits_143_and_resumes(small_data, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run / "results.json").read_text())["global_step"] == step + 2
+
+
+@pytest.mark.slow
+def test_last_ckpt_is_written_at_the_end_and_orphaned_temps_are_removed(small_data, tmp_path):
+    """max_epochs=2 ends at step 6, not a multiple of every_n_train_steps=4; a killed save's temp goes."""
+    orphan = tmp_path / "checkpoints" / ".last.ckpt.12345.0123abcd.tmp"
+    orphan.parent.mkdir()
+    orphan.write_bytes(b"half a checkpoint")
+    kept = tmp_path / "checkpoints" / "notes.tmp"  # not the atomic writer's
+    kept.write_text("mine")
+    more = ["trainer.max_steps=-1", "trainer.max_epochs=2", "callbacks.last_checkpoint.every_n_train_steps=4"]
+    train(compose_cfg(overrides(small_data, *more)), run_dir=tmp_path)
+    assert last(tmp_path)["global_step"] == 6
+    assert not orphan.exists() and kept.exists()
+    assert not list((tmp_path / "checkpoints").glob(".*.tmp"))

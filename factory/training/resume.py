@@ -25,6 +25,7 @@ import itertools
 import logging
 import os
 import random
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -296,6 +297,12 @@ class LastCheckpoint(ModelCheckpoint):
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
+    def on_train_end(self, trainer, pl_module) -> None:
+        # Lightning's own end-of-training save happens only when no last.ckpt was written in this run, so
+        # a run stopping on max_epochs at step 20 with every_n_train_steps=8 would keep step 16's.
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def on_validation_end(self, trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)
         if self._after_validation == trainer.global_step and not trainer.sanity_checking:
@@ -327,6 +334,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         atomic_save(checkpoint, path)
+
+
+# What `factory.checkpoints.atomic` names its temporary files: `.<name>.<pid>.<8 hex digits>.tmp`.
+_ATOMIC_TEMP = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")
+
+
+def remove_orphaned_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the atomic writer's temporary files left in `folder` by a save that was killed (each can be
+    as large as a checkpoint); the paths removed. Call it only while no other process writes there."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.iterdir():
+        if _ATOMIC_TEMP.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        logger.info(
+            "Removed %d unfinished checkpoint file(s) of an earlier save in %s.", len(removed), folder
+        )
+    return removed
 
 
 # ---- `resume=<run dir>` ---------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from factory.training.overrides import task_overrides
 from factory.training.plan import Plan, describe, format_description, resolve, run_dir_of
 from factory.training.pretrained import load_pretrained, write_report
 from factory.training.provenance import PROVENANCE_FILE, typed_override, write_provenance
-from factory.training.resume import AtomicCheckpointIO, ResumeState, last_checkpoint
+from factory.training.resume import AtomicCheckpointIO, ResumeState, last_checkpoint, remove_orphaned_temps
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +232,7 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     rank_zero = distributed.is_global_zero()  # rank 0 alone writes exports, plots and reports
     if rank_zero:
+        remove_orphaned_temps(out / "checkpoints")  # a killed save's half-written files
         typed = sorted(k for k in plan.user.keys if "." in k and not k.startswith("hydra"))
         write_provenance(cfg, out, seed=plan.seed, typed=typed)
     started = time.perf_counter()
