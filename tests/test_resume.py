@@ -459,3 +459,24 @@ def test_last_ckpt_is_written_at_the_end_and_orphaned_temps_are_removed(small_da
     assert last(tmp_path)["global_step"] == 6
     assert not orphan.exists() and kept.exists()
     assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
+
+
+def metric_rows(run: Path) -> list[dict]:
+    import csv
+
+    with open(run / "logs" / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in r.items() if v} for r in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_metrics_rows_logged_before_the_kill(small_data, tmp_path, monkeypatch):
+    cfg = compose_cfg(overrides(small_data))
+    train_killed_after(cfg, tmp_path, 5, monkeypatch)
+    before = [r for r in metric_rows(tmp_path) if int(r["step"]) < 5]
+    assert before
+    train(resume.run_config(tmp_path))
+    after = metric_rows(tmp_path)
+    assert [r for r in after if int(r["step"]) < 5] == before  # the history as it was, not repeated
+    losses = [int(r["step"]) for r in after if "train/loss" in r]
+    # Every step once; step 4's row (the loss of the 5th step) was due after the save the kill followed.
+    assert losses == [0, 1, 2, 3, 5, 6, 7]

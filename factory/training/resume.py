@@ -358,6 +358,36 @@ def remove_orphaned_temps(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+# ---- the metrics history ------------------------------------------------------------------------------
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The optimizer step a checkpoint was written at (memory-mapped: the weights are not read)."""
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+
+
+def keep_metrics_history(loggers: Sequence[Any], step: int) -> None:
+    """Keep a resumed run's `metrics.csv` rows logged before `step` (the checkpoint's): Lightning's
+    CSVLogger deletes the file when it opens its log dir, and a resumed run logs again from `step` on.
+
+    Call it before training, in the process that writes the logs (rank 0).
+    """
+    import csv
+
+    from pytorch_lightning.loggers import CSVLogger
+
+    for csv_logger in (lg for lg in loggers if isinstance(lg, CSVLogger)):
+        path = Path(csv_logger.log_dir) / "metrics.csv"
+        if not path.is_file():
+            continue
+        with open(path, newline="", encoding="utf-8") as f:
+            # A row's step is the optimizer steps done before it was logged: rows of steps the resumed
+            # run repeats (those after the checkpoint, logged before the kill) are left out.
+            rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) < step]
+        writer = csv_logger.experiment  # opening it deletes the file
+        writer.metrics = rows
+        writer.save()
+        logger.info("Kept %d row(s) of %s logged before step %d.", len(rows), path, step)
+
+
 # ---- `resume=<run dir>` ---------------------------------------------------------------------------------
 def last_checkpoint(run_dir: str | os.PathLike) -> Path:
     """`<run dir>/checkpoints/last.ckpt`; `ConfigError` naming what is missing when it is not there."""

@@ -29,7 +29,14 @@ from factory.training.overrides import task_overrides
 from factory.training.plan import Plan, describe, format_description, resolve, run_dir_of
 from factory.training.pretrained import load_pretrained, write_report
 from factory.training.provenance import PROVENANCE_FILE, typed_override, write_provenance
-from factory.training.resume import AtomicCheckpointIO, ResumeState, last_checkpoint, remove_orphaned_temps
+from factory.training.resume import (
+    AtomicCheckpointIO,
+    ResumeState,
+    checkpoint_step,
+    keep_metrics_history,
+    last_checkpoint,
+    remove_orphaned_temps,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -263,6 +270,8 @@ def train(
     )
     datamodule.setup("fit")  # encode now: bad data fails before the Trainer starts
     loggers = instantiate_all(cfg.get("logger"), save_dir=str(out))
+    if ckpt_path is not None and rank_zero:
+        keep_metrics_history(loggers, checkpoint_step(ckpt_path))
     callbacks = instantiate_all(cfg.get("callbacks"))
     checkpoints = [c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint)]
     for c in checkpoints:  # the best one and last.ckpt
