@@ -13,7 +13,7 @@ from factory.config import ConfigError
 from factory.data.files import DataError
 from factory.training.failures import PREEMPTED_EXIT_STATUS, NonFiniteError, Preempted
 from factory.training.overrides import check_overrides, hydra_overrides
-from factory.training.resume import resume_argv
+from factory.training.resume import refuse_if_held, resume_argv
 from factory.training.run import train
 from factory.training.sweeps import run_trial
 
@@ -35,6 +35,10 @@ if __name__ == "__main__":
         sys.argv[1:] = resume_argv(sys.argv[1:])  # resume=<run dir>: that run's own config and dir
         overrides, config_name = hydra_overrides(sys.argv[1:])
         check_overrides(overrides, Path(__file__).parent / "conf", config_name)
+        # Before Hydra writes its record there: a dir another live run trains in is refused.
+        for o in overrides:
+            if o.startswith("hydra.run.dir="):
+                refuse_if_held(o.split("=", 1)[1].strip("'\""), "hydra.run.dir")
     except ConfigError as e:
         print(f"Error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -21,6 +21,7 @@ run dir, and `trainer.fit(ckpt_path=<run dir>/checkpoints/last.ckpt)` (see `last
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -32,6 +33,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader
@@ -358,6 +360,90 @@ def remove_orphaned_temps(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+# ---- a run owns its directory --------------------------------------------------------------------------
+LOCK_FILE = "run.lock"  # in the run dir: the pid of the process training there
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def lock_holder(run_dir: str | os.PathLike) -> int | None:
+    """The pid of a live process other than this one that holds `run_dir`'s lock; None when free."""
+    try:
+        text = (Path(run_dir) / LOCK_FILE).read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    pid = int(text) if text.isdigit() else None
+    # An unreadable lock is taken over too: its writer died between creating and filling it.
+    return pid if pid is not None and pid != os.getpid() and _alive(pid) else None
+
+
+def refuse_if_held(run_dir: str | os.PathLike, key: str) -> None:
+    """`ConfigError` naming `key=run_dir` and the pid when a live process trains in `run_dir`."""
+    pid = lock_holder(run_dir)
+    if pid is not None:
+        raise ConfigError(
+            f"{key}={run_dir}: process {pid} is training in this directory ({Path(run_dir) / LOCK_FILE}); "
+            "give another directory, or wait until that run ends (a lock of a process that died is taken "
+            "over)."
+        )
+
+
+class RunLock:
+    """`<run dir>/run.lock`, created with O_EXCL and holding this process's pid, for as long as the run
+    trains: a second run in the same directory is refused instead of mixing its files with the first's.
+    A lock whose process is gone is taken over. Only rank 0 takes it: the other ranks replay its run.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, key: str = "hydra.run.dir") -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self.key = key
+        self.owned = False
+
+    def __enter__(self) -> RunLock:
+        for _ in range(3):  # a stale lock is removed, then created again with O_EXCL
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                refuse_if_held(self.path.parent, self.key)
+                self.path.unlink(missing_ok=True)  # its process is gone (or it is this process's)
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(f"{os.getpid()}\n")
+            self.owned = True
+            return self
+        refuse_if_held(self.path.parent, self.key)  # another process keeps taking it over: say who
+        raise ConfigError(f"{self.key}={self.path.parent}: could not create {self.path}.")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.owned:
+            self.owned = False
+            with contextlib.suppress(OSError):
+                if self.path.read_text(encoding="utf-8").strip() == str(os.getpid()):
+                    self.path.unlink()
+
+
+def unique_run_name(stamp: str) -> str:
+    """`stamp` (a time) made unique to this launch: runs started in the same second get their own dirs.
+
+    The pid tells launches on one machine apart; under torchrun or SLURM every rank is a launch of its
+    own and must name the same dir, so the job's id is used there instead.
+    """
+    job = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("SLURM_JOB_ID")
+    return f"{stamp}_{job}" if job else f"{stamp}_{os.getpid()}"
+
+
+# Cached: Hydra may resolve hydra.run.dir more than once in a launch; it must name one dir.
+OmegaConf.register_new_resolver("factory.unique_run_name", unique_run_name, replace=True, use_cache=True)
+
+
 # ---- the metrics history ------------------------------------------------------------------------------
 def checkpoint_step(path: str | os.PathLike) -> int:
     """The optimizer step a checkpoint was written at (memory-mapped: the weights are not read)."""
@@ -448,6 +534,7 @@ def resume_argv(argv: Sequence[str]) -> list[str]:
             )
     run = Path(value).expanduser().resolve()
     last_checkpoint(run)
+    refuse_if_held(run, "resume")
     config = run / RUN_CONFIG
     if not config.is_file():
         raise ConfigError(f"resume={value}: {config} does not exist (is this a run directory of train.py?).")

@@ -7,6 +7,7 @@ gets `model/`, `results.json` and a plot of the curves. Nothing is written outsi
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -32,6 +33,7 @@ from factory.training.provenance import PROVENANCE_FILE, typed_override, write_p
 from factory.training.resume import (
     AtomicCheckpointIO,
     ResumeState,
+    RunLock,
     checkpoint_step,
     keep_metrics_history,
     last_checkpoint,
@@ -237,6 +239,14 @@ def train(
     ckpt_path = last_checkpoint(resume) if resume else None
     out = run_dir_of(cfg, run_dir or resume)
     out.mkdir(parents=True, exist_ok=True)
+    key = "resume" if resume else "hydra.run.dir"
+    # Only rank 0 owns the dir: DDP child ranks replay its run there.
+    with RunLock(out, key) if distributed.is_global_zero() else contextlib.nullcontext():
+        return _train_in(cfg, plan, out, resume, ckpt_path)
+
+
+def _train_in(cfg: DictConfig, plan: Plan, out: Path, resume: Any, ckpt_path: Path | None) -> float:
+    """`train` in its run dir `out`, which this run holds."""
     rank_zero = distributed.is_global_zero()  # rank 0 alone writes exports, plots and reports
     if rank_zero:
         remove_orphaned_temps(out / "checkpoints")  # a killed save's half-written files
