@@ -270,3 +270,20 @@ def test_training_keeps_freed_memory_on_glibc():
     from factory.training.run import keep_freed_memory
 
     assert keep_freed_memory()
+
+
+@pytest.mark.slow
+def test_train_py_config_error_leaves_no_run_dir(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    # A value Hydra accepts and the plan refuses: Hydra has created the dir by then.
+    cmd = [sys.executable, str(REPO / "train.py"), "arch.hidden_size=32", "arch.num_attention_heads=3"]
+    proc = subprocess.run(
+        [*cmd, f"hydra.run.dir={tmp_path}/run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and "num_attention_heads" in proc.stderr, proc.stderr[-3000:]
+    assert not any(tmp_path.iterdir())
