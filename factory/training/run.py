@@ -71,6 +71,36 @@ class _History(pl.Callback):
         self.validation = [tuple(v) for v in state_dict.get("validation", [])]
 
 
+class ProgressLog(pl.Callback):
+    """A log line every `every_n_steps` optimizer steps: what replaces the progress bar with no terminal
+    (SLURM, CI, nohup, a pipe), where tqdm's carriage-return redraws fill the log."""
+
+    def __init__(self, every_n_steps: int = 50) -> None:
+        self.every_n_steps = max(1, int(every_n_steps))
+        self._logged = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == self._logged or (step % self.every_n_steps and step != trainer.max_steps):
+            return
+        self._logged = step
+        loss = trainer.callback_metrics.get("train/loss")
+        shown = f", train/loss {float(loss):.4f}" if loss is not None else ""
+        total = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
+        logger.info("step %d%s (epoch %d)%s", step, total, trainer.current_epoch, shown)
+
+
+def without_terminal_bars(callbacks: list[Any]) -> tuple[list[Any], bool]:
+    """`callbacks` with a progress bar replaced by `ProgressLog` when stdout is not a terminal; and
+    whether a progress bar is left (Lightning adds its own unless told not to)."""
+    import sys
+
+    bars = [c for c in callbacks if isinstance(c, pl.callbacks.ProgressBar)]
+    if not bars or sys.stdout.isatty():
+        return callbacks, bool(bars)
+    return [c for c in callbacks if c not in bars] + [ProgressLog()], False
+
+
 def instantiate_all(nodes: Any, **kwargs: Any) -> list[Any]:
     """Third-party objects (loggers, callbacks) from `_target_` nodes; `enabled: false` skips one."""
     from hydra.utils import instantiate
@@ -283,6 +313,7 @@ def _train_in(cfg: DictConfig, plan: Plan, out: Path, resume: Any, ckpt_path: Pa
     if ckpt_path is not None and rank_zero:
         keep_metrics_history(loggers, checkpoint_step(ckpt_path))
     callbacks = instantiate_all(cfg.get("callbacks"))
+    callbacks, bar = without_terminal_bars(callbacks)
     checkpoints = [c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint)]
     for c in checkpoints:  # the best one and last.ckpt
         c.dirpath = c.dirpath or str(out / "checkpoints")
@@ -293,6 +324,8 @@ def _train_in(cfg: DictConfig, plan: Plan, out: Path, resume: Any, ckpt_path: Pa
     same = distributed.RankCheck(cfg, out, extra={"vocab": distributed.digest(tokenizer.get_vocab())})
     arguments = distributed.trainer_arguments(plan.trainer, module.model)
     plugins = arguments.pop("plugins", None) or []
+    if not bar:
+        arguments["enable_progress_bar"] = False
     trainer = pl.Trainer(
         **arguments,
         default_root_dir=str(out),
