@@ -3,6 +3,7 @@
 A thin shell over `factory.training.run.train`; returns the monitored metric, for Hydra's sweepers.
 """
 
+import logging
 import sys
 from pathlib import Path
 
@@ -11,9 +12,9 @@ from omegaconf import DictConfig
 
 from factory.config import ConfigError
 from factory.data.files import DataError
-from factory.training.failures import NonFiniteError
+from factory.training.failures import PREEMPTED_EXIT_STATUS, NonFiniteError, Preempted
 from factory.training.overrides import check_overrides, hydra_overrides
-from factory.training.resume import resume_argv
+from factory.training.resume import refuse_if_held, resume_argv
 from factory.training.run import train
 from factory.training.sweeps import run_trial
 
@@ -23,8 +24,29 @@ def main(cfg: DictConfig) -> float:
     try:  # under -m, a trial that cannot work is recorded as failed and the sweep goes on
         return run_trial(cfg, train)
     except (ConfigError, DataError, NonFiniteError) as e:  # config, data, diverged: the message says it all
+        if isinstance(e, ConfigError):
+            remove_empty_run_dir()
         print(f"Error: {e}", file=sys.stderr)
         sys.exit(1)
+    except Preempted as e:  # SIGTERM: last.ckpt is written; the status says "killed by SIGTERM"
+        print(f"Stopped: {e}", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT_STATUS)
+
+
+def remove_empty_run_dir() -> None:
+    """A run stopped by a config error leaves no dir: Hydra created it (its `.hydra/` record, the log)
+    before the config was checked. A dir holding anything else (a resumed run's) is kept."""
+    import shutil
+
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    if hc.mode is not None and hc.mode.name == "MULTIRUN":  # a sweep keeps each trial's record
+        return
+    run = Path(hc.runtime.output_dir)
+    if run.is_dir() and {p.name for p in run.iterdir()} <= {".hydra", f"{hc.job.name}.log"}:
+        logging.shutdown()  # the log file is open: close it first
+        shutil.rmtree(run, ignore_errors=True)
 
 
 if __name__ == "__main__":
@@ -32,6 +54,10 @@ if __name__ == "__main__":
         sys.argv[1:] = resume_argv(sys.argv[1:])  # resume=<run dir>: that run's own config and dir
         overrides, config_name = hydra_overrides(sys.argv[1:])
         check_overrides(overrides, Path(__file__).parent / "conf", config_name)
+        # Before Hydra writes its record there: a dir another live run trains in is refused.
+        for o in overrides:
+            if o.startswith("hydra.run.dir="):
+                refuse_if_held(o.split("=", 1)[1].strip("'\""), "hydra.run.dir")
     except ConfigError as e:
         print(f"Error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -408,3 +408,75 @@ def test_a_failing_or_hanging_process_ends_the_whole_ddp_run(mode, tmp_path):
         assert "rank 1 failed on purpose at step 3" in proc.stderr  # the error is shown
     if mode == "rank1_hangs":  # rank 0 gave up after the timeout and ended rank 1
         assert "Timed out" in proc.stderr and "ending the 1 other process" in proc.stderr
+
+
+# ---- preemption -----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_sigterm_writes_last_ckpt_exits_143_and_resumes(small_data, tmp_path):
+    """What SLURM and Kubernetes send before taking the machine back: last.ckpt, status 143, resumable."""
+    run = tmp_path / "run"
+    more = ["trainer.max_steps=100000", "callbacks.last_checkpoint.every_n_train_steps=100000"]
+    more += ["+logger.csv.flush_logs_every_n_steps=1"]  # metrics.csv appears once training has started
+    cmd = [sys.executable, str(REPO / "train.py"), *overrides(small_data, *more), f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "logs" / "metrics.csv").is_file() and proc.poll() is None:
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "resume=" in stderr and "Traceback" not in stderr
+    step = last(run)["global_step"]
+    assert step >= 1
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), f"resume={run}", f"trainer.max_steps={step + 2}"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run / "results.json").read_text())["global_step"] == step + 2
+
+
+@pytest.mark.slow
+def test_last_ckpt_is_written_at_the_end_and_orphaned_temps_are_removed(small_data, tmp_path):
+    """max_epochs=2 ends at step 6, not a multiple of every_n_train_steps=4; a killed save's temp goes."""
+    orphan = tmp_path / "checkpoints" / ".last.ckpt.12345.0123abcd.tmp"
+    orphan.parent.mkdir()
+    orphan.write_bytes(b"half a checkpoint")
+    kept = tmp_path / "checkpoints" / "notes.tmp"  # not the atomic writer's
+    kept.write_text("mine")
+    more = ["trainer.max_steps=-1", "trainer.max_epochs=2", "callbacks.last_checkpoint.every_n_train_steps=4"]
+    train(compose_cfg(overrides(small_data, *more)), run_dir=tmp_path)
+    assert last(tmp_path)["global_step"] == 6
+    assert not orphan.exists() and kept.exists()
+    assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
+
+
+def metric_rows(run: Path) -> list[dict]:
+    import csv
+
+    with open(run / "logs" / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in r.items() if v} for r in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_metrics_rows_logged_before_the_kill(small_data, tmp_path, monkeypatch):
+    cfg = compose_cfg(overrides(small_data))
+    train_killed_after(cfg, tmp_path, 5, monkeypatch)
+    before = [r for r in metric_rows(tmp_path) if int(r["step"]) < 5]
+    assert before
+    train(resume.run_config(tmp_path))
+    after = metric_rows(tmp_path)
+    assert [r for r in after if int(r["step"]) < 5] == before  # the history as it was, not repeated
+    losses = [int(r["step"]) for r in after if "train/loss" in r]
+    # Every step once; step 4's row (the loss of the 5th step) was due after the save the kill followed.
+    assert losses == [0, 1, 2, 3, 5, 6, 7]

@@ -270,3 +270,38 @@ def test_training_keeps_freed_memory_on_glibc():
     from factory.training.run import keep_freed_memory
 
     assert keep_freed_memory()
+
+
+@pytest.mark.slow
+def test_train_py_config_error_leaves_no_run_dir(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    # A value Hydra accepts and the plan refuses: Hydra has created the dir by then.
+    cmd = [sys.executable, str(REPO / "train.py"), "arch.hidden_size=32", "arch.num_attention_heads=3"]
+    proc = subprocess.run(
+        [*cmd, f"hydra.run.dir={tmp_path}/run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and "num_attention_heads" in proc.stderr, proc.stderr[-3000:]
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_train_py_piped_logs_lines_not_progress_bars(tmp_path):
+    """With stdout a pipe (SLURM, CI, nohup), no tqdm redraws: a log line every N steps instead."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    tiny = [o for o in TINY if not o.startswith("callbacks.progress_bar")]  # the default bar
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        *tiny,
+        *MAX_LENGTH["seqcls"],
+        f"hydra.run.dir={tmp_path}/run",
+    ]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "\r" not in proc.stdout + proc.stderr
+    assert "step 3/3" in proc.stdout + proc.stderr

@@ -12,6 +12,11 @@
   - rank 0 is killed: `ProcessGuard` made the others die with it (Linux `PR_SET_PDEATHSIG`);
   - a process hangs: the others give up in their next collective after `process_group_timeout()`
     (pass it to `DDPStrategy(timeout=...)`), then one of the cases above.
+- `Preemption` (a Lightning callback): SIGTERM, what SLURM and Kubernetes send before they take the
+  machine back, writes `last.ckpt` and ends the run with `Preempted` (train.py exits 143, as a process
+  killed by SIGTERM does), so `python train.py resume=<run dir>` continues it. Lightning's own SIGTERM
+  handler (and, under SLURM with auto-requeue, its requeue handlers) stays in place: it is what stops
+  the loop after the current batch; on its own it would end `fit` with exit status 0 and no exports.
 """
 
 from __future__ import annotations
@@ -39,6 +44,45 @@ HINT = (
 
 class NonFiniteError(RuntimeError):
     """Training produced a non-finite loss or non-finite weights."""
+
+
+# A process ended by a signal exits 128 + the signal's number in shells and batch systems.
+PREEMPTED_EXIT_STATUS = 128 + signal.SIGTERM
+
+
+class Preempted(RuntimeError):
+    """The run received SIGTERM and stopped after writing `last.ckpt`; `resume=<run dir>` continues it."""
+
+
+class Preemption(pl.Callback):
+    """On SIGTERM (Lightning stops the loop with `SIGTERMException`), write `last.ckpt` with the state
+    Lightning stopped in, for `resume=<run dir>`.
+
+    Lightning raises its exception after the current batch and its validation (if one was due), so the
+    checkpoint is one a resumed run continues from. Every rank receives the SIGTERM decision (Lightning
+    broadcasts it), so every rank calls `save_checkpoint`, a collective under DDP/FSDP.
+    """
+
+    def __init__(self) -> None:
+        self.saved: str | None = None
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        if not isinstance(exception, SIGTERMException):
+            return
+        last = next((c for c in trainer.checkpoint_callbacks if getattr(c, "save_last", False)), None)
+        if last is None or not last.dirpath:
+            logger.warning(
+                "SIGTERM at %s: no last-checkpoint callback, so nothing to resume from.", _where(trainer)
+            )
+            return
+        path = os.path.join(last.dirpath, "last.ckpt")
+        trainer.save_checkpoint(path)
+        self.saved = path
+        logger.warning("SIGTERM at %s: wrote %s.", _where(trainer), path)
 
 
 class FiniteGuard(pl.Callback):

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from factory.config import ConfigError
 from factory.data.files import DataError
 from factory.training.distributed import global_rank
+from factory.training.failures import PREEMPTED_EXIT_STATUS, Preempted
 from factory.training.run import train
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ def main(argv: list[str]) -> int:
     except (ConfigError, DataError) as e:
         logger.error("Error (rank %d): %s", rank, e)  # to stderr and the rank's log (`_log_to`)
         return 1
+    except Preempted as e:  # rank 0 says how to resume; this rank wrote its part of last.ckpt
+        logger.warning("Rank %d: %s", rank, e)
+        return PREEMPTED_EXIT_STATUS
     return 0
 
 

@@ -21,16 +21,19 @@ run dir, and `trainer.fit(ckpt_path=<run dir>/checkpoints/last.ckpt)` (see `last
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
 import random
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader
@@ -296,6 +299,12 @@ class LastCheckpoint(ModelCheckpoint):
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
+    def on_train_end(self, trainer, pl_module) -> None:
+        # Lightning's own end-of-training save happens only when no last.ckpt was written in this run, so
+        # a run stopping on max_epochs at step 20 with every_n_train_steps=8 would keep step 16's.
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def on_validation_end(self, trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)
         if self._after_validation == trainer.global_step and not trainer.sanity_checking:
@@ -327,6 +336,142 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         atomic_save(checkpoint, path)
+
+
+# What `factory.checkpoints.atomic` names its temporary files: `.<name>.<pid>.<8 hex digits>.tmp`.
+_ATOMIC_TEMP = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")
+
+
+def remove_orphaned_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the atomic writer's temporary files left in `folder` by a save that was killed (each can be
+    as large as a checkpoint); the paths removed. Call it only while no other process writes there."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.iterdir():
+        if _ATOMIC_TEMP.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        logger.info(
+            "Removed %d unfinished checkpoint file(s) of an earlier save in %s.", len(removed), folder
+        )
+    return removed
+
+
+# ---- a run owns its directory --------------------------------------------------------------------------
+LOCK_FILE = "run.lock"  # in the run dir: the pid of the process training there
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def lock_holder(run_dir: str | os.PathLike) -> int | None:
+    """The pid of a live process other than this one that holds `run_dir`'s lock; None when free."""
+    try:
+        text = (Path(run_dir) / LOCK_FILE).read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    pid = int(text) if text.isdigit() else None
+    # An unreadable lock is taken over too: its writer died between creating and filling it.
+    return pid if pid is not None and pid != os.getpid() and _alive(pid) else None
+
+
+def refuse_if_held(run_dir: str | os.PathLike, key: str) -> None:
+    """`ConfigError` naming `key=run_dir` and the pid when a live process trains in `run_dir`."""
+    pid = lock_holder(run_dir)
+    if pid is not None:
+        raise ConfigError(
+            f"{key}={run_dir}: process {pid} is training in this directory ({Path(run_dir) / LOCK_FILE}); "
+            "give another directory, or wait until that run ends (a lock of a process that died is taken "
+            "over)."
+        )
+
+
+class RunLock:
+    """`<run dir>/run.lock`, created with O_EXCL and holding this process's pid, for as long as the run
+    trains: a second run in the same directory is refused instead of mixing its files with the first's.
+    A lock whose process is gone is taken over. Only rank 0 takes it: the other ranks replay its run.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, key: str = "hydra.run.dir") -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self.key = key
+        self.owned = False
+
+    def __enter__(self) -> RunLock:
+        for _ in range(3):  # a stale lock is removed, then created again with O_EXCL
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                refuse_if_held(self.path.parent, self.key)
+                self.path.unlink(missing_ok=True)  # its process is gone (or it is this process's)
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(f"{os.getpid()}\n")
+            self.owned = True
+            return self
+        refuse_if_held(self.path.parent, self.key)  # another process keeps taking it over: say who
+        raise ConfigError(f"{self.key}={self.path.parent}: could not create {self.path}.")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.owned:
+            self.owned = False
+            with contextlib.suppress(OSError):
+                if self.path.read_text(encoding="utf-8").strip() == str(os.getpid()):
+                    self.path.unlink()
+
+
+def unique_run_name(stamp: str) -> str:
+    """`stamp` (a time) made unique to this launch: runs started in the same second get their own dirs.
+
+    The pid tells launches on one machine apart; under torchrun or SLURM every rank is a launch of its
+    own and must name the same dir, so the job's id is used there instead.
+    """
+    job = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("SLURM_JOB_ID")
+    return f"{stamp}_{job}" if job else f"{stamp}_{os.getpid()}"
+
+
+# Cached: Hydra may resolve hydra.run.dir more than once in a launch; it must name one dir.
+OmegaConf.register_new_resolver("factory.unique_run_name", unique_run_name, replace=True, use_cache=True)
+
+
+# ---- the metrics history ------------------------------------------------------------------------------
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The optimizer step a checkpoint was written at (memory-mapped: the weights are not read)."""
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+
+
+def keep_metrics_history(loggers: Sequence[Any], step: int) -> None:
+    """Keep a resumed run's `metrics.csv` rows logged before `step` (the checkpoint's): Lightning's
+    CSVLogger deletes the file when it opens its log dir, and a resumed run logs again from `step` on.
+
+    Call it before training, in the process that writes the logs (rank 0).
+    """
+    import csv
+
+    from pytorch_lightning.loggers import CSVLogger
+
+    for csv_logger in (lg for lg in loggers if isinstance(lg, CSVLogger)):
+        path = Path(csv_logger.log_dir) / "metrics.csv"
+        if not path.is_file():
+            continue
+        with open(path, newline="", encoding="utf-8") as f:
+            # A row's step is the optimizer steps done before it was logged: rows of steps the resumed
+            # run repeats (those after the checkpoint, logged before the kill) are left out.
+            rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) < step]
+        writer = csv_logger.experiment  # opening it deletes the file
+        writer.metrics = rows
+        writer.save()
+        logger.info("Kept %d row(s) of %s logged before step %d.", len(rows), path, step)
 
 
 # ---- `resume=<run dir>` ---------------------------------------------------------------------------------
@@ -389,6 +534,7 @@ def resume_argv(argv: Sequence[str]) -> list[str]:
             )
     run = Path(value).expanduser().resolve()
     last_checkpoint(run)
+    refuse_if_held(run, "resume")
     config = run / RUN_CONFIG
     if not config.is_file():
         raise ConfigError(f"resume={value}: {config} does not exist (is this a run directory of train.py?).")

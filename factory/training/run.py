@@ -7,6 +7,7 @@ gets `model/`, `results.json` and a plot of the curves. Nothing is written outsi
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -23,13 +24,28 @@ from omegaconf import DictConfig
 from factory.checkpoints.atomic import atomic_write_text
 from factory.config import ConfigError, plain_data
 from factory.training import distributed
-from factory.training.failures import FiniteGuard, NonFiniteError, ProcessGuard, non_finite_tensors
+from factory.training.failures import (
+    FiniteGuard,
+    NonFiniteError,
+    Preempted,
+    Preemption,
+    ProcessGuard,
+    non_finite_tensors,
+)
 from factory.training.lightning_module import FactoryModule, config_values
 from factory.training.overrides import task_overrides
 from factory.training.plan import Plan, describe, format_description, resolve, run_dir_of
 from factory.training.pretrained import load_pretrained, write_report
 from factory.training.provenance import PROVENANCE_FILE, typed_override, write_provenance
-from factory.training.resume import AtomicCheckpointIO, ResumeState, last_checkpoint
+from factory.training.resume import (
+    AtomicCheckpointIO,
+    ResumeState,
+    RunLock,
+    checkpoint_step,
+    keep_metrics_history,
+    last_checkpoint,
+    remove_orphaned_temps,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +76,36 @@ class _History(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.train = [tuple(t) for t in state_dict.get("train", [])]
         self.validation = [tuple(v) for v in state_dict.get("validation", [])]
+
+
+class ProgressLog(pl.Callback):
+    """A log line every `every_n_steps` optimizer steps: what replaces the progress bar with no terminal
+    (SLURM, CI, nohup, a pipe), where tqdm's carriage-return redraws fill the log."""
+
+    def __init__(self, every_n_steps: int = 50) -> None:
+        self.every_n_steps = max(1, int(every_n_steps))
+        self._logged = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == self._logged or (step % self.every_n_steps and step != trainer.max_steps):
+            return
+        self._logged = step
+        loss = trainer.callback_metrics.get("train/loss")
+        shown = f", train/loss {float(loss):.4f}" if loss is not None else ""
+        total = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
+        logger.info("step %d%s (epoch %d)%s", step, total, trainer.current_epoch, shown)
+
+
+def without_terminal_bars(callbacks: list[Any]) -> tuple[list[Any], bool]:
+    """`callbacks` with a progress bar replaced by `ProgressLog` when stdout is not a terminal; and
+    whether a progress bar is left (Lightning adds its own unless told not to)."""
+    import sys
+
+    bars = [c for c in callbacks if isinstance(c, pl.callbacks.ProgressBar)]
+    if not bars or sys.stdout.isatty():
+        return callbacks, bool(bars)
+    return [c for c in callbacks if c not in bars] + [ProgressLog()], False
 
 
 def instantiate_all(nodes: Any, base: type, group: str, **kwargs: Any) -> list[Any]:
@@ -237,6 +283,23 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1)) and took
 
 
+def _fit(
+    trainer: pl.Trainer, module: Any, datamodule: Any, ckpt_path: Any, preemption: Any, out: Path
+) -> None:
+    """`trainer.fit`, with Lightning's SIGTERM exit (a `SystemExit` with status None: exit 0, as if the run
+    had ended) turned into `Preempted`, which says how to continue."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        saved = f"wrote {preemption.saved}" if preemption.saved else "no last.ckpt could be written"
+        raise Preempted(
+            f"SIGTERM at global step {trainer.global_step}: training stopped, {saved}; continue with "
+            f"`python train.py resume={out}`."
+        ) from None
+
+
 def train(
     cfg: DictConfig, run_dir: str | os.PathLike | None = None, overrides: Sequence[str] | None = None
 ) -> float:
@@ -256,8 +319,17 @@ def train(
     ckpt_path = last_checkpoint(resume) if resume else None
     out = run_dir_of(cfg, run_dir or resume)
     out.mkdir(parents=True, exist_ok=True)
+    key = "resume" if resume else "hydra.run.dir"
+    # Only rank 0 owns the dir: DDP child ranks replay its run there.
+    with RunLock(out, key) if distributed.is_global_zero() else contextlib.nullcontext():
+        return _train_in(cfg, plan, out, resume, ckpt_path)
+
+
+def _train_in(cfg: DictConfig, plan: Plan, out: Path, resume: Any, ckpt_path: Path | None) -> float:
+    """`train` in its run dir `out`, which this run holds."""
     rank_zero = distributed.is_global_zero()  # rank 0 alone writes exports, plots and reports
     if rank_zero:
+        remove_orphaned_temps(out / "checkpoints")  # a killed save's half-written files
         typed = sorted(k for k in plan.user.keys if "." in k and not k.startswith("hydra"))
         write_provenance(cfg, out, seed=plan.seed, typed=typed)
     started = time.perf_counter()
@@ -290,21 +362,27 @@ def train(
     )
     datamodule.setup("fit")  # encode now: bad data fails before the Trainer starts
     loggers = instantiate_all(cfg.get("logger"), pl.loggers.Logger, "logger", save_dir=str(out))
+    if ckpt_path is not None and rank_zero:
+        keep_metrics_history(loggers, checkpoint_step(ckpt_path))
     callbacks = instantiate_all(cfg.get("callbacks"), pl.Callback, "callbacks")
+    callbacks, bar = without_terminal_bars(callbacks)
     checkpoints = [c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint)]
     for c in checkpoints:  # the best one and last.ckpt
         c.dirpath = c.dirpath or str(out / "checkpoints")
     checkpoint = next((c for c in checkpoints if c.monitor), checkpoints[0] if checkpoints else None)
     history = _History()
+    preemption = Preemption()
     # Every rank checks it trains what rank 0 does (config, hyperparameters, lr, vocabulary).
     same = distributed.RankCheck(cfg, out, extra={"vocab": distributed.digest(tokenizer.get_vocab())})
     arguments = distributed.trainer_arguments(plan.trainer, module.model)
     plugins = arguments.pop("plugins", None) or []
+    if not bar:
+        arguments["enable_progress_bar"] = False
     trainer = pl.Trainer(
         **arguments,
         default_root_dir=str(out),
         logger=loggers or False,
-        callbacks=[*callbacks, history, same, ResumeState(), FiniteGuard(), ProcessGuard()],
+        callbacks=[*callbacks, history, same, ResumeState(), FiniteGuard(), ProcessGuard(), preemption],
         enable_checkpointing=checkpoint is not None,
         # Checkpoints written next to their target and renamed into place: never half a last.ckpt.
         plugins=[*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()],
@@ -319,7 +397,7 @@ def train(
     )
     # DDP/FSDP: the other ranks replay this run (cfg, run dir), not the command line, and end with the block.
     with distributed.replicas(trainer, cfg, out):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        _fit(trainer, module, datamodule, ckpt_path, preemption, out)
         if not history.validation and trainer.limit_val_batches and not trainer.fast_dev_run:
             trainer.validate(module, datamodule=datamodule, verbose=False)  # training stopped before any
         best_path = checkpoint.best_model_path if checkpoint is not None else ""
