@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -106,6 +107,32 @@ def without_terminal_bars(callbacks: list[Any]) -> tuple[list[Any], bool]:
     if not bars or sys.stdout.isatty():
         return callbacks, bool(bars)
     return [c for c in callbacks if c not in bars] + [ProgressLog()], False
+
+
+# Messages a default run prints that say nothing about it: Lightning's advertisement, its notes that a
+# limit of 1.0 means "all batches", a deprecation inside Lightning itself, and the Optuna storage's
+# schema setup lines. Dropped by exact text; every other message stays.
+_NOISE = re.compile(
+    r"💡 Tip: |`Trainer\((limit_\w+|val_check_interval)=1(\.0)?\)` was configured so "
+    r"|Loading `\w+_dataloader` to estimate number of stepping batches"
+)
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _NOISE.match(record.getMessage())
+
+
+def quiet_known_noise() -> None:
+    """Drop the known-harmless messages of a default run (see `_NOISE`); idempotent."""
+    import warnings
+
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in log.filters):
+            log.addFilter(_DropNoise())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def instantiate_all(nodes: Any, base: type, group: str, **kwargs: Any) -> list[Any]:
@@ -309,6 +336,7 @@ def train(
     only those `arch` values apply over the checkpoint's.
     """
     import_plugins(cfg.get("plugins") or [])
+    quiet_known_noise()
     overrides = typed_overrides(cfg, overrides)
     if cfg.get("dry_run"):
         logger.info("Dry run:\n%s", format_description(describe(cfg, overrides)))
