@@ -415,7 +415,9 @@ def test_a_failing_or_hanging_process_ends_the_whole_ddp_run(mode, tmp_path):
 def test_sigterm_writes_last_ckpt_exits_143_and_resumes(small_data, tmp_path):
     """What SLURM and Kubernetes send before taking the machine back: last.ckpt, status 143, resumable."""
     run = tmp_path / "run"
-    more = ["trainer.max_steps=100000", "callbacks.last_checkpoint.every_n_train_steps=100000"]
+    # Long enough that the signal always lands in training, however slow or fast the machine.
+    more = ["trainer.max_steps=100000", "trainer.max_epochs=100000"]
+    more += ["callbacks.last_checkpoint.every_n_train_steps=100000"]
     more += ["+logger.csv.flush_logs_every_n_steps=1"]  # metrics.csv appears once training has started
     cmd = [sys.executable, str(REPO / "train.py"), *overrides(small_data, *more), f"hydra.run.dir={run}"]
     proc = subprocess.Popen(
