@@ -9,8 +9,12 @@ from factory.auto import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForMultipleChoice,
     AutoModelForQuestionAnswering,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
 )
 from factory.checkpoints.weights import CheckpointError, CheckpointTable
 from factory.config import ConfigError, PretrainedConfig
@@ -54,8 +58,12 @@ __all__ = [
     "AutoConfig",
     "AutoModel",
     "AutoModelForCausalLM",
+    "AutoModelForMaskedLM",
+    "AutoModelForMultipleChoice",
     "AutoModelForQuestionAnswering",
+    "AutoModelForSeq2SeqLM",
     "AutoModelForSequenceClassification",
+    "AutoModelForTokenClassification",
     "AutoTokenizer",
     "CheckpointError",
     "CheckpointTable",

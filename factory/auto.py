@@ -82,3 +82,19 @@ class AutoModelForQuestionAnswering(_AutoModel):
 
 class AutoModelForCausalLM(_AutoModel):
     head = "causal_lm"
+
+
+class AutoModelForTokenClassification(_AutoModel):
+    head = "token_cls"
+
+
+class AutoModelForMaskedLM(_AutoModel):
+    head = "masked_lm"
+
+
+class AutoModelForSeq2SeqLM(_AutoModel):
+    head = "seq2seq_lm"
+
+
+class AutoModelForMultipleChoice(_AutoModel):
+    head = "multiple_choice"

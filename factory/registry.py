@@ -153,9 +153,12 @@ def model_class(model_type: str, head: str = "base") -> type:
         return _MODELS[(model_type, head)]
     except KeyError:
         heads = sorted(h for (t, h) in _MODELS if t == model_type)
+        having = sorted(t for (t, h) in _MODELS if h == head)
+        # A head other architectures have is a hole in the matrix (no such class in HF either), not a typo.
+        others = f" Architectures that have head {head!r}: {having}." if having else ""
         raise RegistryError(
             f"Unknown head {head!r} for model_type {model_type!r}.{did_you_mean(str(head), heads)} "
-            f"Valid heads for {model_type!r}: {heads}."
+            f"Valid heads for {model_type!r}: {heads}.{others}"
         ) from None
 
 
