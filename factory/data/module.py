@@ -151,6 +151,10 @@ class FactoryDataModule(pl.LightningDataModule):
 
     def collate(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Pad a list of encoded rows to the longest and stack them into tensors."""
+        batch = self.head.collate(rows, self.pad_id)
+        if batch is not None:
+            self.head.finish_batch(batch)
+            return batch
         length = max(len(r["input_ids"]) for r in rows)
         batch: dict[str, torch.Tensor] = {}
         batch["input_ids"] = torch.full((len(rows), length), self.pad_id, dtype=torch.long)

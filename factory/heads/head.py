@@ -107,6 +107,11 @@ class Head:
         """Examples as rows of token ids (and labels) of at most `settings["max_length"]` tokens."""
         raise NotImplementedError(f"head {self.name!r} encodes no data")
 
+    def collate(self, rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any] | None:
+        """A batch of `rows` for a head whose rows are not flat token lists (several choices per row,
+        say); None lets the data module pad the usual 1-D rows."""
+        return None
+
     def finish_batch(self, batch: dict[str, Any]) -> None:
         """Add what the head derives from the padded inputs (a causal LM's labels)."""
 
