@@ -70,6 +70,10 @@ def make_batch(
         out["end_positions"] = torch.randint(0, length, (batch,), generator=g)
     elif head == "causal_lm":
         out["labels"] = ids.masked_fill(mask == 0, -100)
+    elif head == "token_cls":  # a label per token; padding and a few others ignored
+        labels = torch.randint(0, config.num_labels, (batch, length), generator=g)
+        ignored = (mask == 0) | (torch.rand(batch, length, generator=g) < 0.2)
+        out["labels"] = labels.masked_fill(ignored, -100)
     return out
 
 

@@ -39,6 +39,7 @@ def test_matrix_lists_every_arch_and_head():
         "causal_lm": "BertLMHeadModel",
         "qa": "BertForQuestionAnswering",
         "seqcls": "BertForSequenceClassification",
+        "token_cls": "BertForTokenClassification",
     }
     for heads in matrix.values():
         assert set(heads) >= {"base", "seqcls", "qa", "causal_lm"}

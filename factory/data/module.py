@@ -170,6 +170,10 @@ class FactoryDataModule(pl.LightningDataModule):
         for key, value in rows[0].items():  # per-row integers: labels, answer positions, window index
             if key not in batch and isinstance(value, int):
                 batch[key] = torch.tensor([r[key] for r in rows], dtype=torch.long)
+            elif key == "labels" and isinstance(value, list):  # per-token labels: padding is ignored
+                batch[key] = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+                for i, row in enumerate(rows):
+                    batch[key][i, : len(row[key])] = torch.tensor(row[key], dtype=torch.long)
         self.head.finish_batch(batch)
         return batch
 

@@ -22,7 +22,12 @@ from factory.models.layers import (
     keep_last,
     split_heads,
 )
-from factory.models.losses import causal_lm_loss, question_answering_loss, sequence_classification_loss
+from factory.models.losses import (
+    causal_lm_loss,
+    question_answering_loss,
+    sequence_classification_loss,
+    token_classification_loss,
+)
 from factory.models.modeling import PreTrainedModel
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
@@ -313,3 +318,22 @@ class BertLMHeadModel(BertPreTrainedModel):
         logits = self.cls["predictions"](keep_last(out.last_hidden_state, logits_to_keep, labels))
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values)
+
+
+@register_model("token_cls")
+class BertForTokenClassification(BertPreTrainedModel):
+    """A label per token: the classifier over every hidden state (no pooler, as HF)."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None):
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, use_cache=False)
+        logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, num_labels)
+        loss = token_classification_loss(logits, labels) if labels is not None else None
+        return ModelOutput(loss=loss, logits=logits)

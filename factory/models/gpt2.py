@@ -25,7 +25,12 @@ from factory.models.layers import (
     keep_last,
     split_heads,
 )
-from factory.models.losses import causal_lm_loss, question_answering_loss, sequence_classification_loss
+from factory.models.losses import (
+    causal_lm_loss,
+    question_answering_loss,
+    sequence_classification_loss,
+    token_classification_loss,
+)
 from factory.models.modeling import PreTrainedModel
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
@@ -346,3 +351,38 @@ class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
         if start_positions is not None and end_positions is not None:
             loss = question_answering_loss(start, end, start_positions, end_positions)
         return ModelOutput(loss=loss, start_logits=start.contiguous(), end_logits=end.contiguous())
+
+
+@register_model("token_cls")
+class GPT2ForTokenClassification(GPT2PreTrainedModel):
+    """A label per token from the causal hidden states (each token sees only its left context, as HF).
+
+    The dropout before the classifier is HF's: `classifier_dropout`, else `hidden_dropout`, else 0.1 (GPT-2's
+    config has neither field; a config.json that carries one keeps it in `extra`).
+    """
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__(config)
+        self.transformer = GPT2Model(config)
+        dropouts = (config.extra.get("classifier_dropout"), config.extra.get("hidden_dropout"), 0.1)
+        p = next(v for v in dropouts if v is not None)
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.n_embd, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        past_key_values=None,
+        use_cache=None,
+        labels=None,
+    ):
+        out = self.transformer(
+            input_ids, attention_mask, token_type_ids, position_ids, past_key_values, use_cache
+        )
+        logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, num_labels)
+        loss = token_classification_loss(logits, labels) if labels is not None else None
+        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values)

@@ -99,3 +99,9 @@ class _TokenCrossEntropy(torch.autograd.Function):
                 grad[rows] = logits[rows].float().sub_(lse[rows, None]).exp_().mul_(scale[rows, None])
         grad.scatter_add_(1, safe[:, None], -scale[:, None].to(grad.dtype))
         return grad, None
+
+
+def token_classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over (B, T, num_labels) logits against (B, T) labels; -100 labels are ignored."""
+    flat = logits.reshape(-1, logits.size(-1)).float()
+    return F.cross_entropy(flat, labels.reshape(-1).to(logits.device), ignore_index=IGNORE_INDEX)
