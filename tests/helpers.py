@@ -70,6 +70,11 @@ def make_batch(
         out["end_positions"] = torch.randint(0, length, (batch,), generator=g)
     elif head == "causal_lm":
         out["labels"] = ids.masked_fill(mask == 0, -100)
+    elif head == "masked_lm":
+        # Mostly -100, a few positions (never padding) asking for a token id.
+        chosen = (torch.rand(batch, length, generator=g) < 0.3) & (mask == 1)
+        chosen[0, 1] = True
+        out["labels"] = ids.masked_fill(~chosen, -100)
     return out
 
 

@@ -99,3 +99,12 @@ class _TokenCrossEntropy(torch.autograd.Function):
                 grad[rows] = logits[rows].float().sub_(lse[rows, None]).exp_().mul_(scale[rows, None])
         grad.scatter_add_(1, safe[:, None], -scale[:, None].to(grad.dtype))
         return grad, None
+
+
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy at the masked positions: `labels[i]` is the token at position i, -100 elsewhere.
+
+    Unshifted (each position predicts itself), as HF's `BertForMaskedLM`; the same memory-lean kernel
+    as the causal loss, since the logits span the vocabulary at every position.
+    """
+    return causal_lm_loss(logits, labels, shift=False)
