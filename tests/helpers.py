@@ -74,6 +74,11 @@ def make_batch(
         labels = torch.randint(0, config.num_labels, (batch, length), generator=g)
         ignored = (mask == 0) | (torch.rand(batch, length, generator=g) < 0.2)
         out["labels"] = labels.masked_fill(ignored, -100)
+    elif head == "masked_lm":
+        # Mostly -100, a few positions (never padding) asking for a token id.
+        chosen = (torch.rand(batch, length, generator=g) < 0.3) & (mask == 1)
+        chosen[0, 1] = True
+        out["labels"] = ids.masked_fill(~chosen, -100)
     return out
 
 

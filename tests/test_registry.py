@@ -37,6 +37,7 @@ def test_matrix_lists_every_arch_and_head():
     assert matrix["bert"] == {
         "base": "BertModel",
         "causal_lm": "BertLMHeadModel",
+        "masked_lm": "BertForMaskedLM",
         "qa": "BertForQuestionAnswering",
         "seqcls": "BertForSequenceClassification",
         "token_cls": "BertForTokenClassification",

@@ -24,6 +24,7 @@ from factory.models.layers import (
 )
 from factory.models.losses import (
     causal_lm_loss,
+    masked_lm_loss,
     question_answering_loss,
     sequence_classification_loss,
     token_classification_loss,
@@ -336,4 +337,41 @@ class BertForTokenClassification(BertPreTrainedModel):
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, use_cache=False)
         logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, num_labels)
         loss = token_classification_loss(logits, labels) if labels is not None else None
+        return ModelOutput(loss=loss, logits=logits)
+
+
+@register_model("masked_lm")
+class BertForMaskedLM(BertPreTrainedModel):
+    """BERT's masked-language-model head (`cls.predictions`), decoder tied to the word embeddings."""
+
+    # Pretraining checkpoints (`bert-base-uncased`'s, saved from BertForPreTraining) also hold the pooler
+    # and the next-sentence head, which a masked LM has no use for (HF drops them quietly too). Their MLM
+    # head is ours: old files spell its LayerNorm gamma/beta and may lack the decoder's weight or bias,
+    # both of which the tied groups below supply.
+    checkpoint_table = CheckpointTable(
+        renames=COMMON_RENAMES,
+        ignore=(
+            *BertPreTrainedModel.checkpoint_table.ignore,
+            r"(^|\.)pooler\.",
+            r"^cls\.seq_relationship\.",
+        ),
+        layer=BertPreTrainedModel.checkpoint_table.layer,
+    )
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.cls = nn.ModuleDict(dict(predictions=BertLMPredictionHead(config)))
+        self.post_init()
+
+    def tied_groups(self) -> list[tuple[str, ...]]:
+        groups = [("cls.predictions.bias", "cls.predictions.decoder.bias")]
+        if self.config.tie_word_embeddings:
+            groups.append(("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"))
+        return groups
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None):
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, use_cache=False)
+        logits = self.cls["predictions"](out.last_hidden_state)  # (B, T, vocab)
+        loss = masked_lm_loss(logits, labels) if labels is not None else None
         return ModelOutput(loss=loss, logits=logits)

@@ -105,3 +105,12 @@ def token_classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> tor
     """Mean cross-entropy over (B, T, num_labels) logits against (B, T) labels; -100 labels are ignored."""
     flat = logits.reshape(-1, logits.size(-1)).float()
     return F.cross_entropy(flat, labels.reshape(-1).to(logits.device), ignore_index=IGNORE_INDEX)
+
+
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy at the masked positions: `labels[i]` is the token at position i, -100 elsewhere.
+
+    Unshifted (each position predicts itself), as HF's `BertForMaskedLM`; the same memory-lean kernel
+    as the causal loss, since the logits span the vocabulary at every position.
+    """
+    return causal_lm_loss(logits, labels, shift=False)
