@@ -70,6 +70,13 @@ def make_batch(
         out["end_positions"] = torch.randint(0, length, (batch,), generator=g)
     elif head == "causal_lm":
         out["labels"] = ids.masked_fill(mask == 0, -100)
+    elif head == "multiple_choice":  # (B, C, T): each row's choices are `choices` rows of the batch above
+        choices = 3
+        flat = make_batch(config, "base", batch * choices, length, seed, padded)
+        out = {k: v.view(batch, choices, length) for k, v in flat.items()}
+        out["token_type_ids"] = torch.zeros_like(out["input_ids"])
+        out["token_type_ids"][..., length // 2 :] = 1
+        out["labels"] = torch.randint(0, choices, (batch,), generator=g)
     return out
 
 

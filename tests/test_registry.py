@@ -37,6 +37,7 @@ def test_matrix_lists_every_arch_and_head():
     assert matrix["bert"] == {
         "base": "BertModel",
         "causal_lm": "BertLMHeadModel",
+        "multiple_choice": "BertForMultipleChoice",
         "qa": "BertForQuestionAnswering",
         "seqcls": "BertForSequenceClassification",
     }

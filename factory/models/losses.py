@@ -99,3 +99,8 @@ class _TokenCrossEntropy(torch.autograd.Function):
                 grad[rows] = logits[rows].float().sub_(lse[rows, None]).exp_().mul_(scale[rows, None])
         grad.scatter_add_(1, safe[:, None], -scale[:, None].to(grad.dtype))
         return grad, None
+
+
+def multiple_choice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of (B, num_choices) logits against the (B,) index of the right choice."""
+    return F.cross_entropy(logits.float(), labels.view(-1))
