@@ -79,6 +79,13 @@ def make_batch(
         chosen = (torch.rand(batch, length, generator=g) < 0.3) & (mask == 1)
         chosen[0, 1] = True
         out["labels"] = ids.masked_fill(~chosen, -100)
+    elif head == "multiple_choice":  # (B, C, T): each row's choices are `choices` rows of the batch above
+        choices = 3
+        flat = make_batch(config, "base", batch * choices, length, seed, padded)
+        out = {k: v.view(batch, choices, length) for k, v in flat.items()}
+        out["token_type_ids"] = torch.zeros_like(out["input_ids"])
+        out["token_type_ids"][..., length // 2 :] = 1
+        out["labels"] = torch.randint(0, choices, (batch,), generator=g)
     return out
 
 

@@ -38,6 +38,7 @@ def test_matrix_lists_every_arch_and_head():
         "base": "BertModel",
         "causal_lm": "BertLMHeadModel",
         "masked_lm": "BertForMaskedLM",
+        "multiple_choice": "BertForMultipleChoice",
         "qa": "BertForQuestionAnswering",
         "seqcls": "BertForSequenceClassification",
         "token_cls": "BertForTokenClassification",

@@ -25,6 +25,7 @@ from factory.models.layers import (
 from factory.models.losses import (
     causal_lm_loss,
     masked_lm_loss,
+    multiple_choice_loss,
     question_answering_loss,
     sequence_classification_loss,
     token_classification_loss,
@@ -374,4 +375,30 @@ class BertForMaskedLM(BertPreTrainedModel):
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, use_cache=False)
         logits = self.cls["predictions"](out.last_hidden_state)  # (B, T, vocab)
         loss = masked_lm_loss(logits, labels) if labels is not None else None
+        return ModelOutput(loss=loss, logits=logits)
+
+
+@register_model("multiple_choice")
+class BertForMultipleChoice(BertPreTrainedModel):
+    """One score per (context, choice) pair from the pooled output; softmax over a row's choices."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config)
+        self.bert = BertModel(config)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None):
+        b, n = input_ids.shape[:2]  # (B, num_choices, T): each choice is a row of its own
+
+        def flat(x: torch.Tensor | None) -> torch.Tensor | None:
+            return x.reshape(-1, x.size(-1)) if x is not None else None  # (B * num_choices, T)
+
+        out = self.bert(
+            flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids), use_cache=False
+        )
+        logits = self.classifier(self.dropout(out.pooler_output)).view(b, n)  # (B, num_choices)
+        loss = multiple_choice_loss(logits, labels) if labels is not None else None
         return ModelOutput(loss=loss, logits=logits)

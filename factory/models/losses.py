@@ -114,3 +114,8 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     as the causal loss, since the logits span the vocabulary at every position.
     """
     return causal_lm_loss(logits, labels, shift=False)
+
+
+def multiple_choice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of (B, num_choices) logits against the (B,) index of the right choice."""
+    return F.cross_entropy(logits.float(), labels.view(-1))

@@ -1,0 +1,82 @@
+"""Write the shipped multiple-choice dataset, deterministically.
+
+    python -m factory.data.datasets.generate_multiple_choice            # rewrites multiple_choice/
+    python -m factory.data.datasets.generate_multiple_choice --out DIR  # somewhere else
+
+multiple_choice/{train,validation}.jsonl: `{"context", "choices", "label"}`. A question asks for a thing
+of one category ("Which of these is a colour?"); one choice belongs to it and the 2-4 others to other
+categories, in random order, so examples have 3 to 5 choices. Templated from word lists with a seeded
+`random.Random`: the committed files are exactly what this script writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+SEED = 4321
+SIZES = (3000, 500)  # (train, validation) examples
+
+CATEGORIES = {
+    "colour": ["red", "blue", "green", "yellow", "purple", "orange", "brown", "grey", "pink", "black"],
+    "animal": ["dog", "cat", "horse", "rabbit", "tiger", "mouse", "sheep", "eagle", "frog", "whale"],
+    "fruit": ["apple", "banana", "cherry", "grape", "lemon", "mango", "peach", "pear", "plum", "melon"],
+    "piece of furniture": ["table", "chair", "sofa", "bed", "desk", "shelf", "stool", "bench", "wardrobe"],
+    "vehicle": ["car", "bus", "train", "bicycle", "truck", "boat", "plane", "tram", "scooter", "van"],
+    "tool": ["hammer", "saw", "wrench", "drill", "shovel", "chisel", "rake", "pliers", "axe", "ladder"],
+    "musical instrument": ["piano", "violin", "guitar", "drum", "flute", "trumpet", "harp", "cello"],
+    "verb": ["run", "jump", "swim", "write", "sing", "read", "climb", "cook", "dance", "sleep"],
+    "weather word": ["rain", "snow", "wind", "fog", "storm", "hail", "sunshine", "thunder", "frost"],
+    "feeling": ["happy", "sad", "angry", "afraid", "calm", "proud", "bored", "jealous", "curious"],
+}
+TEMPLATES = [
+    "Which of these is a {c}?",
+    "Pick the {c}.",
+    "One of the following is a {c}. Which one?",
+    "Name the word that is a {c}.",
+    "Choose the {c} from the list.",
+    "Which word names a {c}?",
+]
+
+
+def example(rng: random.Random) -> dict:
+    category = rng.choice(sorted(CATEGORIES))
+    others = [c for c in sorted(CATEGORIES) if c != category]
+    distractors = [rng.choice(CATEGORIES[c]) for c in rng.sample(others, rng.randint(2, 4))]
+    choices = [rng.choice(CATEGORIES[category]), *distractors]
+    rng.shuffle(choices)
+    answer = next(i for i, w in enumerate(choices) if w in CATEGORIES[category])
+    return {"context": rng.choice(TEMPLATES).format(c=category), "choices": choices, "label": answer}
+
+
+def generate(out: Path) -> list[Path]:
+    """Write both splits under `out/multiple_choice/`; return their paths."""
+    rng = random.Random(SEED)
+    folder = out / "multiple_choice"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for split, size in zip(("train", "validation"), SIZES):
+        path = folder / f"{split}.jsonl"
+        lines = [json.dumps(example(rng)) for _ in range(size)]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        logger.info("wrote %s (%d examples)", path, size)
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=HERE, help="folder to write into (default: the package)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    generate(args.out)
+
+
+if __name__ == "__main__":
+    main()
