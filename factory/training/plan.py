@@ -177,7 +177,8 @@ def _check_data_keys(data: dict[str, Any], head: Head) -> None:
     if not unread:
         return
     readers = sorted(h.name for h in heads().values() if unread[0] in h.data_keys)
-    why = f" It is read by head={readers[0]}: a data preset of another head?" if readers else ""
+    by = " and ".join(f"head={r}" for r in readers)
+    why = f" It is read by {by}: a data preset of another head?" if readers else ""
     raise ConfigError(
         f"data.{unread[0]}={data[unread[0]]!r} is not read by head={head.name}.{why}"
         f"{did_you_mean(unread[0], valid)} Valid data keys for head={head.name}: {valid}.",
