@@ -79,3 +79,49 @@ def test_the_logits_bias_of_a_file_is_loaded_and_saved(tmp_path):
     model.save_pretrained(tmp_path)
     again = BartForConditionalGeneration.from_pretrained(tmp_path)
     assert_close(again.final_logits_bias, model.final_logits_bias)
+
+
+# ---- greedy generation ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def both(tmp_path_factory, model):
+    folder = tmp_path_factory.mktemp("s2s")
+    model.save_pretrained(folder)
+    theirs = transformers.BartForConditionalGeneration.from_pretrained(folder, attn_implementation="eager")
+    return model, theirs.eval()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(max_new_tokens=12),
+        dict(max_new_tokens=9, min_new_tokens=6, forced_bos_token_id=0),
+        dict(max_new_tokens=7, forced_eos_token_id=5, eos_token_id=[2, 7]),
+        dict(max_new_tokens=10, eos_token_id=[]),
+        # This random model's favourite tokens as eos, so rows stop at different steps and then pad.
+        dict(max_new_tokens=12, eos_token_id=96),
+        dict(max_new_tokens=12, eos_token_id=[96, 29], min_new_tokens=3),
+    ],
+    ids=["plain", "min_new_and_forced_bos", "forced_eos_and_two_eos", "no_eos", "eos_stops", "min_new_eos"],
+)
+def test_greedy_generation_is_transformers_token_for_token(both, settings):
+    from factory.inference.generation import generate_seq2seq
+
+    ours, theirs = both
+    batch = make_batch(ours.config, "seq2seq_lm", batch=4, length=9)
+    src, mask = batch["input_ids"], batch["attention_mask"]
+    hf_settings = dict(settings)
+    if hf_settings.get("eos_token_id") == []:  # HF's spelling of "no eos to stop at"
+        hf_settings["eos_token_id"] = None
+    expected = theirs.generate(
+        src,
+        attention_mask=mask,
+        num_beams=1,
+        do_sample=False,
+        pad_token_id=1,
+        decoder_start_token_id=2,
+        **{"eos_token_id": 2, **hf_settings},
+    )
+    got = generate_seq2seq(ours, src, mask, **settings)
+    assert got.tolist() == expected.tolist()
+    if settings.get("eos_token_id") == 96:  # the case is what it says: rows end early, one keeps going
+        assert (got == 1).any() and got.size(1) == 13

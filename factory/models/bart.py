@@ -652,6 +652,10 @@ class BartForConditionalGeneration(BartPreTrainedModel):
     def tied_groups(self) -> list[tuple[str, ...]]:
         return [group + ("lm_head.weight",) for group in self._embedding_groups("model.")]
 
+    def get_encoder(self) -> BartEncoder:
+        """The encoder, which generation runs once per batch (HF's name)."""
+        return self.model.encoder
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
