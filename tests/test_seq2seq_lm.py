@@ -4,16 +4,26 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import transformers
 from torch.testing import assert_close
 
+from factory.data.files import DataError
+from factory.heads import get_head
 from factory.models.bart import BartForConditionalGeneration, BartModel
-from tests.helpers import make_batch, tiny_config
+from tests.helpers import TINY_RUN, make_batch, tiny_config
 from tests.test_parity import off_init
 
 TOL = dict(atol=1e-5, rtol=1e-5)
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = {"source_column": "source", "target_column": "target", "max_target_length": 64, "format": None}
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +135,93 @@ def test_greedy_generation_is_transformers_token_for_token(both, settings):
     assert got.tolist() == expected.tolist()
     if settings.get("eos_token_id") == 96:  # the case is what it says: rows end early, one keeps going
         assert (got == 1).any() and got.size(1) == 13
+
+
+# ---- the head -------------------------------------------------------------------------------------------
+def test_pairs_are_read_from_csv_with_named_columns(tmp_path):
+    head = get_head("seq2seq_lm")
+    (tmp_path / "t.csv").write_text('doc,summary\n"A long text, with a comma.",short\nanother text,brief\n')
+    settings = {**SETTINGS, "source_column": "doc", "target_column": "summary"}
+    splits = head.read(str(tmp_path / "t.csv"), str(tmp_path / "t.csv"), settings)
+    assert splits.train == [
+        {"source": "A long text, with a comma.", "target": "short"},
+        {"source": "another text", "target": "brief"},
+    ]
+    with pytest.raises(DataError, match=r"t\.csv, line 1: no column 'target' \(data.target_column\)"):
+        head.read(str(tmp_path / "t.csv"), str(tmp_path / "t.csv"), SETTINGS | {"source_column": "doc"})
+
+
+def test_an_empty_target_is_an_error_naming_file_and_line(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"source": "a b", "target": "a"}\n{"source": "c d", "target": " "}\n')
+    with pytest.raises(DataError, match=r"t\.jsonl, line 2.*'target' is empty"):
+        get_head("seq2seq_lm").read(str(path), str(path), SETTINGS)
+
+
+def test_collate_pads_sources_and_targets_each_to_their_longest():
+    rows = [
+        {"input_ids": [0, 5, 2], "labels": [0, 7, 8, 9, 2]},
+        {"input_ids": [0, 5, 6, 6, 6, 2], "labels": [0, 2]},
+    ]
+    batch = get_head("seq2seq_lm").collate(rows, pad_id=1)
+    assert batch["input_ids"].tolist() == [[0, 5, 2, 1, 1, 1], [0, 5, 6, 6, 6, 2]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0, 0], [1] * 6]
+    assert batch["labels"].tolist() == [[0, 7, 8, 9, 2], [0, 2, -100, -100, -100]]
+
+
+def test_rouge_is_googles_f_measure():
+    from factory.heads.seq2seq_lm import rouge
+
+    scores = rouge(
+        ["the farmer repaired the tractor", "a cat"], ["the farmer repaired the tractor", "the dog ran"]
+    )
+    assert scores["rouge1"] == pytest.approx(0.5) and scores["rougeL"] == pytest.approx(0.5)
+    assert scores["rouge2"] == pytest.approx(0.5)
+
+
+def test_the_shipped_dataset_is_what_its_generator_writes(tmp_path):
+    from factory.data.datasets import generate_seq2seq_lm
+
+    generate_seq2seq_lm.generate(tmp_path)
+    for name in ("train.jsonl", "validation.jsonl"):
+        shipped = generate_seq2seq_lm.HERE / "seq2seq_lm" / name
+        assert (tmp_path / "seq2seq_lm" / name).read_text() == shipped.read_text()
+
+
+@pytest.mark.slow
+def test_train_then_infer_on_the_command_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    run_dir = tmp_path / "run"
+    train = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "arch=bart",
+            "head=seq2seq_lm",
+            f"hydra.run.dir={run_dir}",
+            *TINY_RUN,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert train.returncode == 0, train.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    metrics = results["final_metrics"]
+    assert results["head"] == "seq2seq_lm" and 0 <= metrics["val/rougeL"] <= 1 and metrics["val/loss"] > 0
+    infer = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "infer.py"),
+            f"model={run_dir}",
+            "text=Yesterday, the old farmer quietly repaired the red tractor.",
+            "max_target_tokens=4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert infer.returncode == 0, infer.stderr[-3000:]
+    assert set(json.loads(infer.stdout)) == {"generated_text"}
