@@ -86,6 +86,11 @@ def make_batch(
         out["token_type_ids"] = torch.zeros_like(out["input_ids"])
         out["token_type_ids"][..., length // 2 :] = 1
         out["labels"] = torch.randint(0, choices, (batch,), generator=g)
+    elif head == "seq2seq_lm":  # target ids of another length, ending in eos; the last row's tail ignored
+        labels = torch.randint(3, config.vocab_size, (batch, length - 3), generator=g)
+        labels[:, -1] = config.eos_token_id
+        labels[-1, -2:] = -100
+        out["labels"] = labels
     return out
 
 

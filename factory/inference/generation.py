@@ -14,6 +14,10 @@ output is the same token for token on the same weights:
   when every row is finished or `max_new_tokens` were added;
 - a config with `forced_eos_token_id` (BART's) gets that token as the last of `max_new_tokens`, as HF's
   `ForcedEOSTokenLogitsProcessor` does.
+
+`generate_seq2seq` is the same greedy loop for encoder-decoders (BartForConditionalGeneration): the
+encoder runs once, the decoder starts from `decoder_start_token_id` and reads one token a step with its
+cache, and HF's min-new-tokens, forced-bos and forced-eos processors apply in HF's order.
 """
 
 from __future__ import annotations
@@ -203,6 +207,103 @@ def generate(
             next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, pad_token_id))
             ids = torch.cat([ids, next_tokens[:, None]], dim=-1)
             mask = torch.cat([mask, mask.new_ones(b, 1)], dim=-1)
+            if eos:
+                unfinished &= ~torch.isin(next_tokens, eos_tensor)
+                if not bool(unfinished.any()):
+                    break
+    return ids
+
+
+def _force(scores: torch.Tensor, token: int) -> torch.Tensor:
+    """Scores that allow only `token` (HF's forced-bos/eos processors)."""
+    forced = torch.full_like(scores, -math.inf)
+    forced[:, token] = 0.0
+    return forced
+
+
+def generate_seq2seq(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    max_new_tokens: int = 20,
+    min_new_tokens: int = 0,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    decoder_start_token_id: int | None = None,
+    forced_bos_token_id: int | None = None,
+    forced_eos_token_id: int | None = None,
+) -> torch.Tensor:
+    """Greedy decoding of an encoder-decoder; returns the decoder ids, start token first, as HF's generate.
+
+    Args:
+        model: an encoder-decoder of the factory with `get_encoder()` (BartForConditionalGeneration), in
+            eval mode.
+        input_ids: (B, S) source ids, right-padded; attention_mask (B, S) marks the real tokens.
+        max_new_tokens: tokens to add at most after the start token.
+        min_new_tokens: eos is not allowed before this many tokens were added (HF's MinNewTokens).
+        eos_token_id, pad_token_id, decoder_start_token_id, forced_bos_token_id, forced_eos_token_id: None
+            takes the model config's value, as HF's generation config does. `forced_bos_token_id` is the
+            first token added, `forced_eos_token_id` the last of `max_new_tokens`; pass `[]` as
+            `eos_token_id` never to stop early.
+
+    Returns:
+        (B, 1 + n) token ids, n <= max_new_tokens (fewer when every row reached eos); finished rows pad.
+    """
+    _positive_int("max_new_tokens", max_new_tokens)
+    if isinstance(min_new_tokens, bool) or not isinstance(min_new_tokens, int) or min_new_tokens < 0:
+        raise ValueError(f"min_new_tokens={min_new_tokens!r} is not valid: expected an integer >= 0.")
+    if input_ids.dim() != 2 or input_ids.size(1) == 0:
+        raise ValueError(
+            f"input_ids must be (batch, length) with length >= 1, got shape {tuple(input_ids.shape)}."
+        )
+    config = model.config
+    limit = _max_positions(model)
+    if limit is not None and 1 + max_new_tokens > limit:
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} plus the start token is longer than the decoder's "
+            f"max_position_embeddings={limit}; use max_new_tokens <= {limit - 1}."
+        )
+    eos = _eos_ids(config.eos_token_id if eos_token_id is None else eos_token_id)
+    start = config.decoder_start_token_id if decoder_start_token_id is None else decoder_start_token_id
+    if start is None:
+        raise ValueError("decoder_start_token_id is not set, in the call nor in the model's config.")
+    if pad_token_id is None:
+        pad_token_id = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else 0)
+    forced_bos = (
+        getattr(config, "forced_bos_token_id", None) if forced_bos_token_id is None else forced_bos_token_id
+    )
+    forced_eos = (
+        getattr(config, "forced_eos_token_id", None) if forced_eos_token_id is None else forced_eos_token_id
+    )
+    b = input_ids.size(0)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+
+    with torch.inference_mode():
+        encoder_outputs = model.get_encoder()(input_ids, attention_mask)  # once for every step
+        ids = torch.full((b, 1), start, dtype=input_ids.dtype, device=input_ids.device)
+        eos_tensor = torch.tensor(eos, device=ids.device, dtype=ids.dtype)
+        unfinished = torch.ones(b, dtype=torch.bool, device=ids.device)
+        past = None
+        for step in range(max_new_tokens):
+            out = model(
+                attention_mask=attention_mask,
+                decoder_input_ids=ids[:, -1:],
+                encoder_outputs=encoder_outputs,
+                past_key_values=past,
+                use_cache=True,
+            )
+            past = out.past_key_values
+            scores = out.logits[:, -1, :].float()  # (B, vocab)
+            if step < min_new_tokens and eos:
+                scores[:, eos] = -math.inf
+            if forced_bos is not None and step == 0:
+                scores = _force(scores, forced_bos)
+            if forced_eos is not None and step == max_new_tokens - 1:
+                scores = _force(scores, forced_eos)
+            next_tokens = scores.argmax(dim=-1)
+            next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, pad_token_id))
+            ids = torch.cat([ids, next_tokens[:, None]], dim=-1)
             if eos:
                 unfinished &= ~torch.isin(next_tokens, eos_tensor)
                 if not bool(unfinished.any()):

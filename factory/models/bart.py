@@ -24,7 +24,12 @@ from factory.models.layers import (
     keep_last,
     split_heads,
 )
-from factory.models.losses import causal_lm_loss, question_answering_loss, sequence_classification_loss
+from factory.models.losses import (
+    causal_lm_loss,
+    question_answering_loss,
+    seq2seq_lm_loss,
+    sequence_classification_loss,
+)
 from factory.models.modeling import PreTrainedModel
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
@@ -616,3 +621,73 @@ class BartForCausalLM(BartPreTrainedModel):
         logits = self.lm_head(keep_last(out.last_hidden_state, logits_to_keep, labels))  # (B, T, vocab)
         loss = causal_lm_loss(logits, labels, shift=False) if labels is not None else None
         return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values)
+
+
+@register_model("seq2seq_lm")
+class BartForConditionalGeneration(BartPreTrainedModel):
+    """Encoder-decoder with a language-model head tied to the shared embeddings (summarisation, translation).
+
+    `labels` (B, T) are the target ids, -100 ignored; without `decoder_input_ids` the decoder reads them
+    shifted right from `decoder_start_token_id` (-100 -> pad), as HF does, so `logits[:, i]` predicts
+    `labels[:, i]`. To decode with the cache, run `model.model.encoder` once, then pass its output as
+    `encoder_outputs` with the new `decoder_input_ids` and the returned `past_key_values`.
+    """
+
+    # Unlike the other BART classes, this one owns `final_logits_bias`: load it rather than drop it.
+    checkpoint_table = CheckpointTable(
+        ignore=(r"(?:en|de)coder\.version$",),
+        layer=BartPreTrainedModel.checkpoint_table.layer,
+    )
+
+    def __init__(self, config: BartConfig) -> None:
+        super().__init__(config)
+        self.model = BartModel(config)
+        # A buffer, as in HF. Built for real even when the model is built on `meta` to be loaded: files of
+        # other BART classes lack it and leave it at zero, as HF does.
+        device = "cpu" if torch.get_default_device().type == "meta" else None
+        self.register_buffer("final_logits_bias", torch.zeros(1, config.vocab_size, device=device))
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
+
+    def tied_groups(self) -> list[tuple[str, ...]]:
+        return [group + ("lm_head.weight",) for group in self._embedding_groups("model.")]
+
+    def get_encoder(self) -> BartEncoder:
+        """The encoder, which generation runs once per batch (HF's name)."""
+        return self.model.encoder
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: Any = None,
+        past_key_values: tuple | None = None,
+        labels: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+    ) -> ModelOutput:
+        if labels is not None:
+            use_cache = False  # as HF: training computes every position at once
+            if decoder_input_ids is None:
+                decoder_input_ids = shift_tokens_right(
+                    labels, self.config.pad_token_id, self.config.decoder_start_token_id
+                )
+        out = self.model(
+            input_ids,
+            attention_mask,
+            decoder_input_ids,
+            decoder_attention_mask,
+            encoder_outputs,
+            past_key_values,
+            use_cache,
+        )
+        logits = self.lm_head(out.last_hidden_state)  # (B, T, vocab)
+        logits = logits + self.final_logits_bias.to(logits)
+        loss = seq2seq_lm_loss(logits, labels) if labels is not None else None
+        return ModelOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=out.past_key_values,
+            encoder_last_hidden_state=out.encoder_last_hidden_state,
+        )

@@ -119,3 +119,12 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def multiple_choice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of (B, num_choices) logits against the (B,) index of the right choice."""
     return F.cross_entropy(logits.float(), labels.view(-1))
+
+
+def seq2seq_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of (B, T, vocab) decoder logits against (B, T) target ids; -100 labels are ignored.
+
+    Unshifted, as HF's `BartForConditionalGeneration`: the decoder inputs are the labels shifted right, so
+    `logits[:, i]` already predicts `labels[:, i]`.
+    """
+    return causal_lm_loss(logits, labels, shift=False)
