@@ -25,6 +25,7 @@ import json
 import logging
 import random
 import string
+from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -303,12 +304,17 @@ def generate(out: Path = HERE) -> list[Path]:
     return written
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def command_line(generate: Callable[[Path], object], doc: str, argv: list[str] | None = None) -> None:
+    """The command line every dataset generator shares: `--out <folder>` (default: the package)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE, help="folder to write into (default: the package)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     generate(args.out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    command_line(generate, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,17 @@ categories, in random order, so examples have 3 to 5 choices. Templated from wor
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
 from pathlib import Path
 
+from factory.data.datasets.generate import command_line
+
+HERE = Path(__file__).parent  # where the shipped files live (the package folder)
+
 logger = logging.getLogger(__name__)
 
-HERE = Path(__file__).parent
 SEED = 4321
 SIZES = (3000, 500)  # (train, validation) examples
 
@@ -71,11 +73,7 @@ def generate(out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=HERE, help="folder to write into (default: the package)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    generate(args.out)
+    command_line(generate, __doc__, argv)
 
 
 if __name__ == "__main__":

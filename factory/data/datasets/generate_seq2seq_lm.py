@@ -12,15 +12,17 @@ low. Made with a seeded `random.Random` from the lists below: no download, no th
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
 from pathlib import Path
 
+from factory.data.datasets.generate import command_line
+
+HERE = Path(__file__).parent  # where the shipped files live (the package folder)
+
 logger = logging.getLogger(__name__)
 
-HERE = Path(__file__).parent
 SEED = 2468
 SIZES = (3000, 300)  # pairs: (train, validation)
 
@@ -70,12 +72,9 @@ def generate(out: Path) -> None:
         logger.info("wrote %d pairs to %s", n, folder / f"{name}.jsonl")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=HERE)
-    generate(parser.parse_args().out)
+def main(argv: list[str] | None = None) -> None:
+    command_line(generate, __doc__, argv)
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
     main()

@@ -12,14 +12,16 @@ them. Made with a seeded `random.Random` from the lists below: no download, no t
 
 from __future__ import annotations
 
-import argparse
 import logging
 import random
 from pathlib import Path
 
+from factory.data.datasets.generate import command_line
+
+HERE = Path(__file__).parent  # where the shipped files live (the package folder)
+
 logger = logging.getLogger(__name__)
 
-HERE = Path(__file__).parent
 SEED = 4321
 SIZES = (700, 150)  # sentences: (train, validation)
 
@@ -172,12 +174,9 @@ def generate(out: Path) -> None:
     logger.info("wrote %s", folder)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=HERE)
-    generate(parser.parse_args().out)
+def main(argv: list[str] | None = None) -> None:
+    command_line(generate, __doc__, argv)
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
     main()
