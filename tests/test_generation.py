@@ -221,6 +221,11 @@ def test_forced_eos_is_the_last_token_when_the_config_asks(gpt2):
         (dict(do_sample=True, top_k=-2), "top_k=-2"),
         (dict(max_new_tokens=0), "max_new_tokens=0"),
         (dict(max_new_tokens=60), "max_position_embeddings=64"),
+        (dict(num_beams=0), "num_beams=0"),
+        (dict(num_beams=2, length_penalty=float("inf")), "length_penalty=inf"),
+        (dict(num_beams=2, early_stopping="sometimes"), "early_stopping='sometimes'"),
+        (dict(no_repeat_ngram_size=-1), "no_repeat_ngram_size=-1"),
+        (dict(min_new_tokens=-2), "min_new_tokens=-2"),
     ],
 )
 def test_bad_arguments_are_named(gpt2, kwargs, message):
@@ -252,3 +257,86 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert kept(0.4) == [True, False, False, False]
     assert kept(1e-6) == [True, False, False, False]  # always at least one token
     assert kept(1.0) == [True, True, True, True]
+
+
+# ---- beam search and n-gram blocking ---------------------------------------------------------------------
+BEAM_CASES = {
+    "plain": dict(num_beams=3, eos_token_id=[]),
+    "eos": dict(num_beams=4, eos_token_id="early"),
+    "early_stopping": dict(num_beams=4, eos_token_id="early", early_stopping=True),
+    "never_long": dict(num_beams=4, eos_token_id="early", early_stopping="never", length_penalty=2.0),
+    "two_eos_short_ngrams": dict(
+        num_beams=5, eos_token_id=["early", "late"], length_penalty=-0.5, no_repeat_ngram_size=2
+    ),
+    "min_new_unigrams": dict(num_beams=3, eos_token_id="early", min_new_tokens=5, no_repeat_ngram_size=1),
+    "greedy_ngrams": dict(num_beams=1, no_repeat_ngram_size=2, eos_token_id=[]),
+}
+
+
+def _with_eos(ours, settings):
+    """`settings` with "early"/"late" replaced by tokens this model emits early in rows 0 and 1, so that
+    beams end at different steps (the case under test) rather than all at max_new_tokens."""
+    free = generate(ours, BATCH, BATCH_MASK, max_new_tokens=12, eos_token_id=[], pad_token_id=1)
+    token = {"early": int(free[0, BATCH.size(1) + 2]), "late": int(free[1, BATCH.size(1) + 3])}
+    eos = settings["eos_token_id"]
+    eos = token.get(eos, eos) if isinstance(eos, str) else [token[e] for e in eos]
+    return {**settings, "eos_token_id": eos}
+
+
+@pytest.mark.parametrize("case", list(BEAM_CASES))
+def test_beam_search_is_transformers_token_for_token(pair, case):
+    hf, ours = pair
+    settings = _with_eos(ours, BEAM_CASES[case])
+    hf_settings = {**settings, "eos_token_id": settings["eos_token_id"] or None}
+    expected = _hf_generate(hf, BATCH, BATCH_MASK, max_new_tokens=12, do_sample=False, **hf_settings)
+    got = generate(ours, BATCH, BATCH_MASK, max_new_tokens=12, pad_token_id=1, **settings)
+    assert got.tolist() == expected.tolist()
+
+
+@pytest.mark.slow
+def test_beam_sampling_matches_transformers_under_the_same_seed(pair):
+    hf, ours = pair
+    settings = _with_eos(ours, dict(num_beams=3, eos_token_id="early", temperature=0.8, top_k=10, top_p=0.9))
+    torch.manual_seed(4)
+    expected = _hf_generate(hf, BATCH, BATCH_MASK, max_new_tokens=12, do_sample=True, **settings)
+    got = generate(
+        ours, BATCH, BATCH_MASK, max_new_tokens=12, do_sample=True, seed=4, pad_token_id=1, **settings
+    )
+    assert got.tolist() == expected.tolist()
+
+
+def test_beams_find_a_sequence_at_least_as_likely_as_greedy(gpt2):
+    # Beam search with length_penalty=0 and early_stopping="never" is exhaustive enough to never lose to
+    # greedy: the best beam's total log-probability is at least greedy's.
+    def log_prob(ids):
+        with torch.no_grad():
+            logits = gpt2(ids).logits[:, PROMPT.size(1) - 1 : -1].log_softmax(-1)
+        return logits.gather(-1, ids[:, PROMPT.size(1) :, None]).sum().item()
+
+    greedy = generate(gpt2, PROMPT, max_new_tokens=8, eos_token_id=[])
+    beam = generate(
+        gpt2,
+        PROMPT,
+        max_new_tokens=8,
+        eos_token_id=[],
+        num_beams=6,
+        length_penalty=0.0,
+        early_stopping="never",
+    )
+    assert log_prob(beam) >= log_prob(greedy) - 1e-4
+    assert beam.shape == greedy.shape
+
+
+def test_ngram_blocking_is_transformers_processor():
+    from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
+
+    from factory.inference.generation import ban_repeated_ngrams
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 5, (6, 15))  # a small vocabulary, so n-grams repeat
+    scores = torch.randn(6, 7)
+    for size in (1, 2, 3, 16):
+        expected = NoRepeatNGramLogitsProcessor(size)(ids, scores.clone())
+        got = ban_repeated_ngrams(ids, scores.clone(), size)
+        assert torch.equal(torch.isinf(got), torch.isinf(expected)), size
+        assert torch.isinf(got).any() or size == 16, "the case must ban something"

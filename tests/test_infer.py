@@ -21,7 +21,7 @@ import factory.models.bart  # noqa: F401  (explicit until every architecture is 
 import factory.models.gpt2  # noqa: F401
 from factory.build import build_model
 from factory.heads import heads
-from factory.heads.causal_lm import sampling_mode
+from factory.inference.decoding import sampling_mode
 from factory.inference.predictor import (
     COMMON_OPTIONS,
     INFER_OPTIONS,
@@ -172,6 +172,21 @@ def test_generated_text_matches_transformers_pipeline_of_the_same_folder(model_d
     assert predictors["gpt2", "causal_lm"].generate([prompt], max_new_tokens=12) == [
         tok.decode(out[0], skip_special_tokens=True)
     ]
+    beams = dict(num_beams=4, no_repeat_ngram_size=2, length_penalty=0.7, early_stopping="never")
+    out = hf.generate(**ids, max_new_tokens=12, do_sample=False, **beams)
+    assert predictors["gpt2", "causal_lm"].generate([prompt], max_new_tokens=12, **beams) == [
+        tok.decode(out[0], skip_special_tokens=True)
+    ]
+    buf = io.StringIO()
+    args = [
+        f"model={folder}",
+        f"prompt={prompt}",
+        "max_new_tokens=12",
+        "num_beams=4",
+        "no_repeat_ngram_size=2",
+    ]
+    run(parse_args([*args, "length_penalty=0.7", "early_stopping=never"]), buf)
+    assert json.loads(buf.getvalue())["generated_text"] == tok.decode(out[0], skip_special_tokens=True)
 
 
 @pytest.mark.parametrize("arch, eos", [("gpt2", "<|endoftext|>"), ("bart", "</s>"), ("bert", "[SEP]")])

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -137,6 +138,111 @@ def test_greedy_generation_is_transformers_token_for_token(both, settings):
         assert (got == 1).any() and got.size(1) == 13
 
 
+BEAMS = {
+    "beams": dict(num_beams=3),
+    "eos_early_stopping_ngrams": dict(
+        num_beams=4, eos_token_id="early", early_stopping=True, no_repeat_ngram_size=3, length_penalty=2.0
+    ),
+    "never_min_new": dict(num_beams=4, eos_token_id="early", early_stopping="never", min_new_tokens=4),
+    "forced_and_two_eos": dict(
+        num_beams=2,
+        eos_token_id=["early", 7],
+        forced_bos_token_id=0,
+        forced_eos_token_id=5,
+        length_penalty=0.5,
+    ),
+}
+
+
+def _early_eos(ours, src, mask, settings):
+    """`settings` with "early" as the token row 0 emits third, so that beams end at different steps."""
+    from factory.inference.generation import generate_seq2seq
+
+    early = int(generate_seq2seq(ours, src, mask, max_new_tokens=12, eos_token_id=[])[0, 3])
+    eos = settings.get("eos_token_id")
+    if eos is not None:
+        eos = early if eos == "early" else [early if e == "early" else e for e in eos]
+        settings = {**settings, "eos_token_id": eos}
+    return settings
+
+
+@pytest.mark.parametrize("case", list(BEAMS))
+def test_beam_search_is_transformers_token_for_token(both, case):
+    from factory.inference.generation import generate_seq2seq
+
+    ours, theirs = both
+    batch = make_batch(ours.config, "seq2seq_lm", batch=4, length=9)
+    src, mask = batch["input_ids"], batch["attention_mask"]
+    settings = _early_eos(ours, src, mask, BEAMS[case])
+    common = dict(max_new_tokens=12, pad_token_id=1, decoder_start_token_id=2)
+    expected = theirs.generate(
+        src, attention_mask=mask, do_sample=False, **{"eos_token_id": 2, **common, **settings}
+    )
+    got = generate_seq2seq(ours, src, mask, **common, **settings)
+    assert got.tolist() == expected.tolist()
+
+
+def test_beam_sampling_matches_transformers_under_the_same_seed(both):
+    from factory.inference.generation import generate_seq2seq
+
+    ours, theirs = both
+    batch = make_batch(ours.config, "seq2seq_lm", batch=4, length=9)
+    src, mask = batch["input_ids"], batch["attention_mask"]
+    settings = _early_eos(ours, src, mask, dict(num_beams=3, eos_token_id="early", temperature=0.8, top_k=10))
+    torch.manual_seed(4)
+    expected = theirs.generate(
+        src,
+        attention_mask=mask,
+        do_sample=True,
+        max_new_tokens=12,
+        pad_token_id=1,
+        decoder_start_token_id=2,
+        **settings,
+    )
+    got = generate_seq2seq(ours, src, mask, do_sample=True, seed=4, max_new_tokens=12, **settings)
+    assert got.tolist() == expected.tolist()
+
+
+def test_summarize_with_beams_is_transformers_text(tmp_path):
+    from factory.build import build_model
+    from factory.inference.predictor import load_predictor, parse_args, run
+    from factory.tokenizers.training import special_token_ids, train_tokenizer
+
+    texts = ["the farmer repaired the red tractor", "a cat sat on the warm mat near the door"] * 20
+    tok = train_tokenizer("bart", texts, vocab_size=300)
+    arch = dict(model_type="bart", num_hidden_layers=2, hidden_size=32, num_attention_heads=2)
+    _, model = build_model(arch, "seq2seq_lm", seed=0, vocab_size=len(tok), **special_token_ids(tok))
+    off_init(model, seed=6).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    sources = ["the old farmer quietly repaired the tractor", "a cat sat"]
+    knobs = dict(num_beams=3, no_repeat_ngram_size=2, length_penalty=1.5, early_stopping=True)
+    got = load_predictor(tmp_path).summarize(sources, max_new_tokens=8, **knobs)
+    theirs = transformers.BartForConditionalGeneration.from_pretrained(tmp_path).eval()
+    expected = []
+    for text in sources:  # one at a time: the predictor batches, HF's answer must not depend on it
+        enc = tok(text, return_tensors="pt")
+        out = theirs.generate(**enc, max_new_tokens=8, pad_token_id=tok.pad_token_id, **knobs)
+        expected.append(tok.decode(out[0, 1:], skip_special_tokens=True).strip())
+    assert got == expected
+    # The same through infer.py's options, which name a bad value before loading anything.
+    out = io.StringIO()
+    options = parse_args(
+        [
+            f"model={tmp_path}",
+            f"text={sources[0]}",
+            "max_target_tokens=8",
+            "num_beams=3",
+            "no_repeat_ngram_size=2",
+            "length_penalty=1.5",
+            "early_stopping=true",
+        ]
+    )
+    run(options, out)
+    assert json.loads(out.getvalue()) == {"generated_text": expected[0]}
+    with pytest.raises(ValueError, match=r"early_stopping='sometimes' is not valid"):
+        run({**options, "early_stopping": "sometimes", "model": str(tmp_path / "absent")}, io.StringIO())
+
+
 # ---- the head -------------------------------------------------------------------------------------------
 def test_pairs_are_read_from_csv_with_named_columns(tmp_path):
     head = get_head("seq2seq_lm")
@@ -217,6 +323,8 @@ def test_train_then_infer_on_the_command_line(tmp_path):
             f"model={run_dir}",
             "text=Yesterday, the old farmer quietly repaired the red tractor.",
             "max_target_tokens=4",
+            "num_beams=3",
+            "no_repeat_ngram_size=2",
         ],
         capture_output=True,
         text=True,

@@ -4,12 +4,8 @@ Data: plain text (documents separated by blank lines) or JSONL with a text colum
 `{"text"}`; documents are joined with an end-of-text token and packed into blocks of `max_length`. Labels
 are the input ids with -100 on padding, not shifted: a model class with `labels_shifted_inside = False`
 (BART's, as in HF) gets them shifted here. Metrics: token-weighted validation loss and its perplexity.
-Inference: `{"prompt"}` gives `{"generated_text"}` (greedy or sampled, KV cache).
-
-Generation rule (Python API and command line alike): `do_sample=False` is greedy and `do_sample=True`
-samples; left unset (None), generation samples when any of temperature > 0, top_k or top_p is given, and
-is greedy otherwise, so `temperature=0` always means greedy and a bare prompt gives the same tokens as
-transformers' greedy `generate`.
+Inference: `{"prompt"}` gives `{"generated_text"}` (greedy, sampled or beam search, KV cache; the
+options and their rule are `factory.inference.decoding`'s).
 """
 
 from __future__ import annotations
@@ -22,7 +18,7 @@ import torch.nn.functional as F
 
 from factory.data import files
 from factory.heads.head import DataSplits, Encoded, Head, Option, register_head
-from factory.inference import generation
+from factory.inference import decoding, generation
 from factory.models.losses import IGNORE_INDEX
 from factory.tokenizers.tokenizer import NO_MAX_LENGTH
 
@@ -39,11 +35,7 @@ class CausalLanguageModeling(Head):
     inputs = ("prompt",)
     options: ClassVar[dict[str, Option]] = {
         "max_new_tokens": Option(int, 20, "causal_lm: tokens to generate at most"),
-        "do_sample": Option(bool, None, "causal_lm: true samples, false is greedy; unset: see temperature"),
-        "temperature": Option(float, None, "causal_lm: > 0 samples (unless do_sample=false), 0 is greedy"),
-        "top_k": Option(int, None, "causal_lm: sample among the k most likely tokens"),
-        "top_p": Option(float, None, "causal_lm: sample from the smallest set holding this probability"),
-        "seed": Option(int, None, "causal_lm: seed for sampling; unset draws a fresh one"),
+        **decoding.OPTIONS,
     }
     methods = ("generate",)
 
@@ -109,19 +101,15 @@ class CausalLanguageModeling(Head):
 
     # ---- inference --------------------------------------------------------------------------------
     def check_options(self, opts: Mapping[str, Any]) -> None:
-        sampling_mode(opts["do_sample"], opts["temperature"], opts["top_k"], opts["top_p"])
+        decoding.from_options(opts)
 
     def predict(self, predictor: Any, records: Sequence[Mapping[str, Any]], opts: Mapping[str, Any]) -> list:
         texts = generate(
             predictor,
             [r["prompt"] for r in records],
             max_new_tokens=opts["max_new_tokens"],
-            temperature=opts["temperature"],
-            top_k=opts["top_k"],
-            top_p=opts["top_p"],
-            do_sample=opts["do_sample"],
-            seed=opts["seed"],
             batch_size=opts["batch_size"],
+            **decoding.from_options(opts),
         )
         return [{"generated_text": t} for t in texts]
 
@@ -129,26 +117,6 @@ class CausalLanguageModeling(Head):
 def document_separator(tokenizer: Any) -> int | None:
     """The token that ends a document in training, and so a generation: eos, or [SEP] for BERT."""
     return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-
-
-def sampling_mode(
-    do_sample: bool | None, temperature: float | None, top_k: int | None, top_p: float | None
-) -> tuple[bool, float]:
-    """`(do_sample, temperature)` after the module's generation rule, validated.
-
-    Raises:
-        ValueError: a negative or non-finite temperature, do_sample=True with temperature 0, or a bad
-            top_k / top_p (named with its value).
-    """
-    generation.check_sampling_args(False, 1.0 if temperature is None else temperature, top_k, top_p)
-    if do_sample is None:
-        do_sample = (temperature is not None and temperature > 0) or (
-            temperature is None and (top_k is not None or top_p is not None)
-        )
-    if temperature is None or not do_sample:
-        temperature = 1.0  # greedy ignores it, as in transformers
-    generation.check_sampling_args(do_sample, temperature, top_k, top_p)
-    return do_sample, temperature
 
 
 def prompt_ids(predictor: Any, prompt: str) -> list[int]:
@@ -182,9 +150,24 @@ def generate(
     do_sample: bool | None = None,
     seed: int | None = None,
     batch_size: int = 16,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
+    early_stopping: bool | str = False,
 ) -> list[str]:
-    """Each prompt followed by its continuation (KV cache; greedy or sampled, see the module rule)."""
-    do_sample, temperature = sampling_mode(do_sample, temperature, top_k, top_p)
+    """Each prompt followed by its continuation (KV cache; greedy, sampled or beam search, see
+    `factory.inference.decoding` for the rule)."""
+    search = decoding.search_kwargs(
+        do_sample,
+        temperature,
+        top_k,
+        top_p,
+        seed,
+        num_beams,
+        length_penalty,
+        no_repeat_ngram_size,
+        early_stopping,
+    )
     # Stop at the token that ends a document in training.
     tok = predictor.tokenizer
     eos = next(
@@ -199,13 +182,9 @@ def generate(
             batch["input_ids"],
             batch["attention_mask"],
             max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
             eos_token_id=[] if eos is None else eos,
             pad_token_id=predictor.pad_id(),
-            seed=seed,
+            **search,
         )
         width = batch["input_ids"].size(1)
         for i, new_ids in zip(group, out[:, width:].tolist()):

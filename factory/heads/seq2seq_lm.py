@@ -6,7 +6,8 @@ the labels are the target ids (ending in eos), padded with -100, and the model d
 from them (shifted right, as HF's `BartForConditionalGeneration`). Metrics: validation loss and the
 ROUGE-1/2/L F-measures (Google's `rouge_score`, with stemming) of greedy generations of the validation
 sources, at most as long as the batch's longest reference. Inference: `{"text"}` gives
-`{"generated_text"}` (greedy, encoder once, decoder cache).
+`{"generated_text"}` (encoder once, decoder cache; greedy, sampled or beam search, with the options and
+rule of `factory.inference.decoding`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from factory.data import files
 from factory.heads.head import DataSplits, Encoded, Head, Option, register_head
-from factory.inference import generation
+from factory.inference import decoding, generation
 from factory.models.losses import IGNORE_INDEX
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
@@ -41,6 +42,7 @@ class Seq2SeqLanguageModeling(Head):
     options: ClassVar[dict[str, Option]] = {
         "max_target_tokens": Option(int, 64, "seq2seq_lm: tokens to generate at most"),
         "min_target_tokens": Option(int, 0, "seq2seq_lm: tokens to generate at least before eos"),
+        **decoding.OPTIONS,
     }
     methods = ("summarize",)
 
@@ -124,6 +126,7 @@ class Seq2SeqLanguageModeling(Head):
             raise ValueError(f"max_target_tokens={opts['max_target_tokens']!r} is not valid: expected >= 1.")
         if opts["min_target_tokens"] < 0:
             raise ValueError(f"min_target_tokens={opts['min_target_tokens']!r} is not valid: expected >= 0.")
+        decoding.from_options(opts)
 
     def predict(self, predictor: Any, records: Sequence[Mapping[str, Any]], opts: Mapping[str, Any]) -> list:
         texts = summarize(
@@ -133,6 +136,7 @@ class Seq2SeqLanguageModeling(Head):
             min_new_tokens=opts["min_target_tokens"],
             max_length=opts["max_length"],
             batch_size=opts["batch_size"],
+            **decoding.from_options(opts),
         )
         return [{"generated_text": t} for t in texts]
 
@@ -159,8 +163,14 @@ def summarize(
     min_new_tokens: int = 0,
     max_length: int | None = None,
     batch_size: int = 16,
+    **search: Any,
 ) -> list[str]:
-    """The generated target of each source text (greedy, encoder once, decoder cache)."""
+    """The generated target of each source text (encoder once, decoder cache).
+
+    `search` are `factory.inference.decoding.search_kwargs`' arguments (do_sample, temperature, top_k,
+    top_p, seed, num_beams, length_penalty, no_repeat_ngram_size, early_stopping); none is greedy.
+    """
+    search = decoding.search_kwargs(**search)
     tok = predictor.tokenizer
     results: list[str] = []
     for start in range(0, len(texts), batch_size):
@@ -174,6 +184,7 @@ def summarize(
             max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens,
             pad_token_id=predictor.pad_id(),
+            **search,
         )
         results += [tok.decode(row, skip_special_tokens=True).strip() for row in ids[:, 1:].tolist()]
     return results

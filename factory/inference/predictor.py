@@ -67,7 +67,8 @@ def _options() -> dict[str, Option]:
             out.setdefault(key, Option(str, None, _input_help(key)))
     for head in heads().values():
         for key, option in head.options.items():
-            if key in out:
+            # Heads may share one definition (the generating heads' decoding options), not redefine one.
+            if key in out and out[key] is not option:
                 raise ValueError(f"infer.py option {key!r} of head {head.name!r} is already defined.")
             out[key] = option
     return out
