@@ -30,7 +30,7 @@ from factory.registry import (
     register_model,
     registered_models,
 )
-from factory.tokenizers.tokenizer import AutoTokenizer
+from factory.tokenizers.tokenizer import AutoTokenizer, tokenizer_class
 
 
 def _architecture_classes() -> dict[str, type]:
@@ -42,15 +42,21 @@ def _architecture_classes() -> dict[str, type]:
     }
 
 
+def _tokenizer_names() -> list[str]:
+    families = {registry.config_class(t).tokenizer_recipe.tokenizer_class for t in registry.model_types()}
+    return sorted({*families, *(f"{f}Fast" for f in families)})
+
+
 def __getattr__(name: str) -> type:
-    cls = _architecture_classes().get(name)
+    # transformers' tokenizer class names (BertTokenizer, GPT2TokenizerFast, ...) of every architecture.
+    cls = _architecture_classes().get(name) or tokenizer_class(name)
     if cls is None:
         raise AttributeError(f"module 'factory' has no attribute {name!r}")
     return cls
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_architecture_classes()})
+    return sorted({*globals(), *_architecture_classes(), *_tokenizer_names()})
 
 
 __all__ = [

@@ -273,6 +273,18 @@ class PretrainedConfig:
         return out
 
     @classmethod
+    def check_override_keys(cls, overrides: Mapping[str, Any]) -> None:
+        """Raise `ConfigError` naming the first keyword argument that is not a key of this config."""
+        known = sorted(cls.valid_keys())
+        for key in overrides:
+            if key not in known:
+                raise ConfigError(
+                    f"Unknown {cls.__name__} keyword argument {key!r}.{did_you_mean(key, known)} "
+                    f"Valid keys: {known}.",
+                    key=key,
+                )
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any], *, strict: bool = False, **overrides: Any) -> PretrainedConfig:
         """Build a config from a `config.json` dict plus keyword overrides.
 
@@ -286,14 +298,8 @@ class PretrainedConfig:
                 f"model_type={model_type!r} cannot be read by {cls.__name__}, "
                 f"which reads model_type={cls.model_type!r}."
             )
+        cls.check_override_keys(overrides)
         known = set(cls.valid_keys())
-        for key in overrides:
-            if key not in known:
-                raise ConfigError(
-                    f"Unknown {cls.__name__} key {key!r}.{did_you_mean(key, sorted(known))} "
-                    f"Valid keys: {sorted(known)}.",
-                    key=key,
-                )
         if strict:
             for key in values:
                 if key not in known:
@@ -329,12 +335,46 @@ class PretrainedConfig:
     def _labels(self) -> dict[int, str]:
         return self.id2label if self.id2label is not None else {0: "LABEL_0", 1: "LABEL_1"}
 
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+    def to_diff_dict(self) -> dict[str, Any]:
+        """`to_dict()` without the task fields (`architectures`, labels, `problem_type`) left at their
+        defaults, as transformers 5's `to_diff_dict`: the model's own fields always stay."""
+        shared = {"architectures", "id2label", "label2id", "problem_type"}
+        try:
+            default = type(self)().to_dict()
+        except (TypeError, ConfigError):  # a user's config class whose fields need values: keep all
+            default = {}
+        return {
+            k: v
+            for k, v in self.to_dict().items()
+            if k == "model_type" or k not in shared or k not in default or v != default[k]
+        }
+
+    def to_json_string(self, use_diff: bool = False) -> str:
+        """The config as `config.json` holds it (sorted keys); `use_diff` drops shared defaults."""
+        values = self.to_diff_dict() if use_diff else self.to_dict()
+        return json.dumps(values, indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path: str | os.PathLike, use_diff: bool = False) -> None:
+        """Write `to_json_string(use_diff)` to `path` (atomically)."""
+        from factory.checkpoints.atomic import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_json_string(use_diff))
+
+    def __repr__(self) -> str:
+        # transformers prints `BertConfig { ...JSON... }`, and the tutorials show that output.
+        return f"{type(self).__name__} {self.to_json_string(use_diff=True)}"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # @dataclass on a subclass would write its own field-by-field repr over the one above; it keeps
+        # a `__repr__` the class already defines.
+        if "__repr__" not in vars(cls):
+            cls.__repr__ = PretrainedConfig.__repr__
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> PretrainedConfig:
         path = Path(path)
+        cls.check_override_keys(overrides)  # a typo in an argument is the caller's, not the file's
         values = read_json(path, ConfigError)
         if not isinstance(values, dict):
             raise ConfigError(f"{path} holds a JSON {type(values).__name__}, not an object of config keys.")

@@ -127,3 +127,41 @@ def test_bad_values_in_config_json_name_the_file(tmp_path, text, message):
         path.write_text(text)
     with pytest.raises(ConfigError, match=re.escape(str(path)) + ".*" + message):
         BertConfig.from_json_file(path)
+
+
+# ---- printing and JSON, as transformers ------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["BertConfig", "GPT2Config", "BartConfig"])
+def test_a_config_prints_as_transformers_json(name, tmp_path):
+    import factory
+
+    transformers = pytest.importorskip("transformers")
+    ours = getattr(factory, name)()
+    ours.num_hidden_layers = 3
+    ours.id2label = {0: "neg", 1: "pos", 2: "mixed"}
+    ours.label2id = {"neg": 0, "pos": 1, "mixed": 2}
+    text = repr(ours)
+    assert text.startswith(name + " {\n") and text == str(ours)
+    printed = json.loads(text[len(name) + 1 :])
+    theirs = json.loads(
+        repr(getattr(transformers, name)(**{k: v for k, v in printed.items() if k != "model_type"})).split(
+            " ", 1
+        )[1]
+    )
+    common = set(printed) & set(theirs)
+    assert {"model_type", "id2label", "vocab_size", "pad_token_id"} <= common
+    assert {k: printed[k] for k in common} == {k: theirs[k] for k in common}
+    assert "architectures" not in printed and "problem_type" not in printed  # defaults, left out as HF does
+    # to_json_file writes what config.json holds; transformers reads it to the same values.
+    ours.to_json_file(tmp_path / "config.json")
+    loaded = transformers.AutoConfig.from_pretrained(tmp_path)
+    assert type(loaded).__name__ == name and loaded.num_hidden_layers == 3 and loaded.id2label[2] == "mixed"
+    assert json.loads(ours.to_json_string()) == ours.to_dict()
+    assert set(json.loads(ours.to_json_string(use_diff=True))) < set(ours.to_dict())
+
+
+def test_an_unknown_keyword_argument_is_named_as_an_argument_not_blamed_on_the_file(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(BERT_BASE_UNCASED))
+    with pytest.raises(ConfigError) as info:
+        AutoConfig.from_pretrained(tmp_path, hidden_dropout_prob=0.2, output_attentionz=True)
+    assert "Unknown BertConfig keyword argument 'output_attentionz'" in str(info.value)
+    assert "config.json" not in str(info.value)

@@ -464,3 +464,47 @@ def test_special_tokens_map_dicts_and_precedence(bert_path, tmp_path):
     assert ours.special_tokens_map == theirs.special_tokens_map
     kwargs = {"padding": "max_length", "truncation": True, "return_offsets_mapping": True}
     assert_same(ours(SENTENCES, **kwargs), theirs(SENTENCES, **kwargs))
+
+
+# -- transformers' class names --------------------------------------------------------------------------
+def _architectures() -> list[str]:
+    import factory.models  # noqa: F401  (registers the architectures)
+    from factory import registry
+
+    return registry.model_types()
+
+
+@pytest.mark.parametrize("arch", _architectures())
+def test_each_architecture_has_its_transformers_tokenizer_names(arch, tmp_path):
+    import factory
+    from factory import registry
+    from factory.tokenizers.training import train_tokenizer
+
+    family = registry.config_class(arch).tokenizer_recipe.tokenizer_class
+    texts = ["the farmer repaired the red tractor", "a cat sat on the warm mat near the door"] * 20
+    train_tokenizer(arch, texts, vocab_size=300).save_pretrained(tmp_path)
+    sample = ["the farmer sat near the red door", "a tractor"]
+    expected = AutoTokenizer.from_pretrained(tmp_path)(sample)["input_ids"]
+    for name in (family, f"{family}Fast"):
+        cls = getattr(factory, name)
+        assert name in dir(factory)
+        tok = cls.from_pretrained(tmp_path)
+        assert isinstance(tok, Tokenizer) and type(tok) is cls and type(tok).__name__ == family
+        assert tok(sample)["input_ids"] == expected
+        theirs = getattr(transformers, name).from_pretrained(tmp_path)
+        assert theirs(sample)["input_ids"] == expected
+    assert getattr(factory, f"{family}Fast") is getattr(factory, family)  # as in transformers 5
+
+
+def test_a_named_class_warns_on_another_family_and_unknown_names_are_attribute_errors(gpt2_path, caplog):
+    import factory
+
+    with caplog.at_level(logging.WARNING):
+        tok = factory.BertTokenizer.from_pretrained(gpt2_path)
+    assert "holds a GPT2Tokenizer" in caplog.text and "loaded with BertTokenizer" in caplog.text
+    assert (
+        tok("hello world")["input_ids"]
+        == AutoTokenizer.from_pretrained(gpt2_path)("hello world")["input_ids"]
+    )
+    with pytest.raises(AttributeError, match="no attribute 'XLNetTokenizer'"):
+        factory.XLNetTokenizer  # noqa: B018

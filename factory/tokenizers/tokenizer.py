@@ -341,6 +341,9 @@ class Tokenizer:
         model_input_names: the inputs a call returns by default (token_type_ids only for BERT-style).
     """
 
+    # The class family a named subclass reads (`BertTokenizer` -> "Bert"); None for the generic class.
+    family: str | None = None
+
     bos_token = _SpecialToken()
     eos_token = _SpecialToken()
     unk_token = _SpecialToken()
@@ -483,6 +486,16 @@ class Tokenizer:
             if tokenizer_class is not None:
                 config["tokenizer_class"] = tokenizer_class
         config.update({k: v for k, v in kwargs.items() if k in _LOAD_KWARGS})
+        saved_family = str(config.get("tokenizer_class") or "").removesuffix("Fast")
+        if cls.family is not None and saved_family and saved_family != cls.family:
+            # transformers warns and loads the folder anyway; tokenizer.json decides the pipeline.
+            logger.warning(
+                "%s holds a %s (tokenizer_config.json), loaded with %s; AutoTokenizer picks the class "
+                "from the folder.",
+                os.fspath(path),
+                saved_family,
+                cls.__name__,
+            )
 
         backend = tokenizers.Tokenizer.from_file(files[TOKENIZER_FILE])
         return cls(backend, config, name_or_path=os.fspath(path))
@@ -948,6 +961,39 @@ def _clean_up_tokenization(text: str) -> str:
     ):
         text = text.replace(before, after)
     return text
+
+
+_NAMED_CLASSES: dict[str, type[Tokenizer]] = {}
+
+
+def tokenizer_class(name: str) -> type[Tokenizer] | None:
+    """The tokenizer class transformers names `name` (`BertTokenizer`, `GPT2TokenizerFast`, ...), when a
+    registered architecture's tokenizer recipe names that family; None otherwise.
+
+    As in transformers 5, the `...Fast` name is the same class. Each loads any tokenizer.json folder
+    exactly as `AutoTokenizer` does (same ids), warning when the folder names another family.
+    """
+    import factory.models  # noqa: F401  (registers the architectures)
+    from factory import registry
+
+    family = name.removesuffix("Fast")
+    families = {
+        registry.config_class(t).tokenizer_recipe.tokenizer_class.removesuffix("Fast")
+        for t in registry.model_types()
+    }
+    if family not in families or not name.endswith(("Tokenizer", "TokenizerFast")):
+        return None
+    if family not in _NAMED_CLASSES:
+        _NAMED_CLASSES[family] = type(
+            family,
+            (Tokenizer,),
+            {
+                "family": family,
+                "__module__": __name__,
+                "__doc__": f"transformers' `{family}`: {Tokenizer.__doc__}",
+            },
+        )
+    return _NAMED_CLASSES[family]
 
 
 class AutoTokenizer:
