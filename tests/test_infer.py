@@ -536,3 +536,45 @@ def test_hub_id_from_the_cache(tmp_path, model_dirs):
     assert set(json.loads(proc.stdout)) >= {"label", "score"}
     proc = _infer("model=org/clf", "text=a great movie", env=env)  # no 'main' branch in this cache
     assert proc.returncode == 1 and "org/clf at revision 'main' is not in the hub cache" in proc.stderr
+
+
+# ---- batches sorted by length ---------------------------------------------------------------------------
+MIXED = [
+    "a",
+    "the king lived in a castle near the sea and ruled it well for years",
+    "a great movie",
+    "bad",
+] * 3
+
+
+def test_batches_go_longest_first_and_results_come_back_in_input_order(predictors):
+    p = predictors["bert", "seqcls"]
+    enc = p.tokenizer(MIXED)
+    batches = list(p.batches_by_length(enc, 5))
+    widths = [batch["input_ids"].size(1) for _, batch in batches]
+    assert widths == sorted(widths, reverse=True) and sorted(
+        i for index, _ in batches for i in index
+    ) == list(range(len(MIXED)))
+    padded = sum(b["input_ids"].numel() for _, b in batches)
+    unsorted = sum(
+        p.collate({"input_ids": enc["input_ids"][i : i + 5]})["input_ids"].numel() for i in range(0, 12, 5)
+    )
+    assert padded < unsorted
+    with pytest.raises(InferenceError, match="batch_size=0 is not valid"):
+        list(p.batches_by_length(enc, 0))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_batched_predictions_equal_one_at_a_time(predictors, arch):
+    alone = [predictors[arch, "seqcls"].classify([t])[0] for t in MIXED]
+    batched = predictors[arch, "seqcls"].classify(MIXED, batch_size=5)
+    assert [r["label"] for r in batched] == [r["label"] for r in alone]
+    assert [r["score"] for r in batched] == pytest.approx([r["score"] for r in alone], abs=1e-5)
+    vectors = predictors[arch, "base"].embed(MIXED, batch_size=5)
+    alone_vectors = [predictors[arch, "base"].embed([t])[0] for t in MIXED]
+    torch.testing.assert_close(torch.tensor(vectors), torch.tensor(alone_vectors), atol=1e-5, rtol=1e-5)
+    contexts = [CONTEXT, "a", CONTEXT + " " + CONTEXT]
+    answers = predictors[arch, "qa"].answer([QUESTION] * 3, contexts, batch_size=2)
+    one_by_one = [predictors[arch, "qa"].answer([QUESTION], [c])[0] for c in contexts]
+    assert [(a["start"], a["end"]) for a in answers] == [(a["start"], a["end"]) for a in one_by_one]
+    assert [a["score"] for a in answers] == pytest.approx([a["score"] for a in one_by_one], abs=1e-4)

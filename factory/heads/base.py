@@ -30,12 +30,9 @@ def embed(
     predictor: Any, texts: Sequence[str], max_length: int | None = None, batch_size: int = 16
 ) -> list[list[float]]:
     """Mean of the last hidden states over each text's tokens (a sentence embedding)."""
-    vectors: list[list[float]] = []
-    for start in range(0, len(texts), batch_size):
-        enc = predictor.tokenizer(
-            list(texts[start : start + batch_size]), truncation=True, max_length=predictor.limit(max_length)
-        )
-        batch = predictor.collate(enc)
+    vectors: list[list[float]] = [[]] * len(texts)
+    enc = predictor.tokenizer(list(texts), truncation=True, max_length=predictor.limit(max_length))
+    for index, batch in predictor.batches_by_length(enc, batch_size):
         with torch.inference_mode():
             out = predictor.model(**batch)
         # Encoder-decoders (BART) embed with their encoder, whose positions are the input tokens.
@@ -45,5 +42,6 @@ def embed(
             else out.last_hidden_state
         )
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-        vectors += ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().tolist()
+        for i, vector in zip(index, ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().tolist()):
+            vectors[i] = vector
     return vectors

@@ -176,14 +176,17 @@ def answer(
         stride = min(QA_STRIDE, limit // 2)
     windows = encode_qa(predictor.tokenizer, list(questions), list(contexts), max_length=limit, stride=stride)
     n = len(windows["input_ids"])
-    starts: list[list[float]] = []
-    ends: list[list[float]] = []
-    for begin in range(0, n, batch_size):
-        rows = {k: windows[k][begin : begin + batch_size] for k in MODEL_INPUTS if k in windows}
+    starts: list[list[float]] = [[]] * n
+    ends: list[list[float]] = [[]] * n
+    rows = {k: windows[k] for k in MODEL_INPUTS if k in windows}
+    for index, batch in predictor.batches_by_length(rows, batch_size):
         with torch.inference_mode():
-            out = predictor.model(**predictor.collate(rows))
-        starts += out.start_logits.float().tolist()
-        ends += out.end_logits.float().tolist()
+            out = predictor.model(**batch)
+        width = [len(windows["input_ids"][i]) for i in index]
+        for i, w, s, e in zip(
+            index, width, out.start_logits.float().tolist(), out.end_logits.float().tolist()
+        ):
+            starts[i], ends[i] = s[:w], e[:w]  # without the batch's padding
     spans = best_spans(starts, ends, windows, list(contexts), max_answer_length=max_answer_length)
     return [
         {

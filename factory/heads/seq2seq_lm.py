@@ -172,11 +172,9 @@ def summarize(
     """
     search = decoding.search_kwargs(**search)
     tok = predictor.tokenizer
-    results: list[str] = []
-    for start in range(0, len(texts), batch_size):
-        chunk = list(texts[start : start + batch_size])
-        enc = tok(chunk, truncation=True, max_length=predictor.limit(max_length))
-        batch = predictor.collate({"input_ids": enc["input_ids"]})
+    results: list[str] = [""] * len(texts)
+    enc = tok(list(texts), truncation=True, max_length=predictor.limit(max_length))
+    for index, batch in predictor.batches_by_length({"input_ids": enc["input_ids"]}, batch_size):
         ids = generation.generate_seq2seq(
             predictor.model,
             batch["input_ids"],
@@ -186,7 +184,8 @@ def summarize(
             pad_token_id=predictor.pad_id(),
             **search,
         )
-        results += [tok.decode(row, skip_special_tokens=True).strip() for row in ids[:, 1:].tolist()]
+        for i, row in zip(index, ids[:, 1:].tolist()):
+            results[i] = tok.decode(row, skip_special_tokens=True).strip()
     return results
 
 

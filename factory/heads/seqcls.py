@@ -109,19 +109,15 @@ def classify(
 ) -> list[dict[str, Any]]:
     """`[{"label", "score"}]`: the most probable label (from id2label) and its softmax probability."""
     id2label = predictor.model.config.id2label or {}
-    results = []
+    results: list[dict[str, Any]] = [{}] * len(texts)
     pairs = list(text_pairs) if text_pairs is not None else None
-    for start in range(0, len(texts), batch_size):
-        chunk = list(texts[start : start + batch_size])
-        chunk_pairs = pairs[start : start + batch_size] if pairs is not None else None
-        enc = predictor.tokenizer(chunk, chunk_pairs, truncation=True, max_length=predictor.limit(max_length))
+    enc = predictor.tokenizer(list(texts), pairs, truncation=True, max_length=predictor.limit(max_length))
+    for index, batch in predictor.batches_by_length(enc, batch_size):
         with torch.inference_mode():
-            logits = predictor.model(**predictor.collate(enc)).logits.float()  # (B, num_labels)
-        score, index = logits.softmax(-1).max(-1)
-        results += [
-            {"label": id2label.get(i, f"LABEL_{i}"), "score": s}
-            for i, s in zip(index.tolist(), score.tolist())
-        ]
+            logits = predictor.model(**batch).logits.float()  # (B, num_labels)
+        score, label = logits.softmax(-1).max(-1)
+        for i, k, s in zip(index, label.tolist(), score.tolist()):
+            results[i] = {"label": id2label.get(k, f"LABEL_{k}"), "score": s}
     return results
 
 

@@ -277,29 +277,26 @@ def tag_entities(
     the mean of its words' and its `word` is the text it spans. Groups tagged O are dropped.
     """
     id2label = predictor.model.config.id2label or {}
-    results = []
-    for start in range(0, len(texts), batch_size):
-        chunk = list(texts[start : start + batch_size])
-        spans = [[(m.start(), m.end()) for m in WORD.finditer(text)] for text in chunk]
-        nonempty = [i for i, s in enumerate(spans) if s]
-        words = [[chunk[i][a:b] for a, b in spans[i]] for i in nonempty]
-        tagged: dict[int, list[tuple[str, float]]] = {}
-        if words:
-            enc = predictor.tokenizer(
-                words, is_split_into_words=True, truncation=True, max_length=predictor.limit(max_length)
-            )
+    spans = [[(m.start(), m.end()) for m in WORD.finditer(text)] for text in texts]
+    nonempty = [i for i, s in enumerate(spans) if s]
+    words = [[texts[i][a:b] for a, b in spans[i]] for i in nonempty]
+    tagged: dict[int, list[tuple[str, float]]] = {}
+    if words:
+        enc = predictor.tokenizer(
+            words, is_split_into_words=True, truncation=True, max_length=predictor.limit(max_length)
+        )
+        for index, batch in predictor.batches_by_length(enc, batch_size):
             with torch.inference_mode():
-                logits = predictor.model(**predictor.collate(enc)).logits.float()  # (B, T, num_labels)
-            score, index = logits.softmax(-1).max(-1)
-            for row, i in enumerate(nonempty):
+                logits = predictor.model(**batch).logits.float()  # (B, T, num_labels)
+            score, label = logits.softmax(-1).max(-1)
+            for b, row in enumerate(index):
                 firsts = align_labels(enc.word_ids(row), range(len(words[row])))
-                tagged[i] = [
-                    (id2label.get(int(index[row, t]), f"LABEL_{int(index[row, t])}"), float(score[row, t]))
+                tagged[nonempty[row]] = [
+                    (id2label.get(int(label[b, t]), f"LABEL_{int(label[b, t])}"), float(score[b, t]))
                     for t, w in enumerate(firsts)
                     if w != IGNORE_INDEX
                 ]
-        for i, text in enumerate(chunk):
-            results.append(_group(text, spans[i], tagged.get(i, [])))
+    results = [_group(text, spans[i], tagged.get(i, [])) for i, text in enumerate(texts)]
     return results
 
 

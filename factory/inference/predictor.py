@@ -75,6 +75,8 @@ def _options() -> dict[str, Option]:
 
 
 INFER_OPTIONS: dict[str, Option] = _options()
+# How many batches of an input file are read, sorted by length and predicted at once.
+SORT_WINDOW_BATCHES = 64
 INFER_DEFAULTS: dict[str, Any] = {k: o.default for k, o in INFER_OPTIONS.items()}
 
 
@@ -265,6 +267,25 @@ class Predictor:
             ]
             out[key] = torch.tensor(padded, dtype=torch.long, device=self.device)
         return out
+
+    def batches_by_length(
+        self, rows: Mapping[str, Sequence[Sequence[int]]], batch_size: int
+    ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+        """`(indices, batch)` over `rows` (input_ids, and token_type_ids / attention_mask if present),
+        longest rows first, `batch_size` at a time.
+
+        Each batch is padded to its own longest row, so rows of similar length share a batch and little
+        of the compute goes to padding; the longest batch comes first, so a batch too large for memory
+        fails at once. Callers put each result back at its index: output order is input order.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InferenceError(f"batch_size={batch_size!r} is not valid: expected a positive integer.")
+        ids = rows["input_ids"]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # stable: ties keep input order
+        keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in rows]
+        for begin in range(0, len(order), batch_size):
+            index = order[begin : begin + batch_size]
+            yield index, self.collate({k: [rows[k][i] for i in index] for k in keys})
 
     def check_record(self, record: Any) -> None:
         """Raise InferenceError unless `record` holds the string inputs this model's head reads."""
@@ -544,7 +565,9 @@ def _write_predictions(
 ) -> int:
     """Write one JSON line per `(where, record)`; `where` names the record in errors."""
     count = 0
-    for batch in _batched(records, opts["batch_size"]):
+    # Records are predicted in windows of many batches, which the heads sort by length into batches:
+    # long and short lines of a file then pad to their neighbours' lengths, not to each other's.
+    for batch in _batched(records, opts["batch_size"] * SORT_WINDOW_BATCHES):
         results = predictor.predict_batch([record for _, record in batch], **opts)
         for (where, _), result in zip(batch, results):
             if not _is_finite(result):
