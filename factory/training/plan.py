@@ -30,6 +30,7 @@ from factory.models.modeling import check_fits_in_memory, estimate_num_parameter
 from factory.training import distributed
 from factory.training.optim import check_optim
 from factory.training.overrides import UserSet, user_set
+from factory.training.performance import TRAINER_KEYS, split_trainer
 from factory.training.pretrained import PretrainedInit, checkpoint_config, merge_overrides
 
 logger = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ def resolve(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Plan:
     _check_data(data, config, user, pretrained is not None)
     optim = check_optim(cfg.optim)
     trainer = plain_data(cfg.trainer, "trainer")
-    valid = sorted(set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"})
+    valid = sorted((set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}) | set(TRAINER_KEYS))
     for key in trainer:
         if key not in valid or key in ("logger", "callbacks", "default_root_dir"):
             raise ConfigError(
@@ -149,6 +150,7 @@ def resolve(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Plan:
                 f"positive number, or -1 for no limit on {key.split('_')[1]}.",
                 key=key,
             )
+    split_trainer(trainer)  # our own keys' types
     trainer = distributed.check_trainer(trainer)  # precision, devices, strategy: before any data
     return Plan(
         head.name,

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from factory.checkpoints.atomic import atomic_write_text
 from factory.config import ConfigError, plain_data
-from factory.training import distributed
+from factory.training import distributed, performance
 from factory.training.failures import (
     FiniteGuard,
     NonFiniteError,
@@ -402,7 +402,9 @@ def _train_in(cfg: DictConfig, plan: Plan, out: Path, resume: Any, ckpt_path: Pa
     preemption = Preemption()
     # Every rank checks it trains what rank 0 does (config, hyperparameters, lr, vocabulary).
     same = distributed.RankCheck(cfg, out, extra={"vocab": distributed.digest(tokenizer.get_vocab())})
-    arguments = distributed.trainer_arguments(plan.trainer, module.model)
+    trainer_values, ours = performance.split_trainer(plan.trainer)
+    performance.apply(module.model, ours)
+    arguments = distributed.trainer_arguments(trainer_values, module.model)
     plugins = arguments.pop("plugins", None) or []
     if not bar:
         arguments["enable_progress_bar"] = False
@@ -473,6 +475,17 @@ def _train_in(cfg: DictConfig, plan: Plan, out: Path, resume: Any, ckpt_path: Pa
         "global_step": trainer.global_step,
         "epochs": trainer.current_epoch,
         "wall_time_s": time.perf_counter() - started,
+        **performance.utilization(
+            n_params,
+            module.model.config,
+            tokens=module.train_tokens,
+            steps=trainer.global_step,
+            seconds=module.train_time,
+            length=plan.data["max_length"],
+            device=module.device,
+            precision=str(trainer_values.get("precision", "32-true")),
+            devices=trainer.world_size,
+        ),
     }
     atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
     try:
