@@ -129,3 +129,11 @@ def test_compiled_model_keeps_its_names_and_outputs():
         got = model(**batch).logits
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert list(model.state_dict()) == names
+
+
+def test_fused_adamw_is_an_optim_switch_checked_by_name():
+    from factory.training.optim import check_optim
+
+    assert check_optim({})["fused"] is None and check_optim({"fused": True})["fused"] is True
+    with pytest.raises(ConfigError, match=r"optim.fused='yes' is not valid: expected true, false or null"):
+        check_optim({"fused": "yes"})

@@ -23,6 +23,7 @@ OPTIM_DEFAULTS: dict[str, Any] = {
     "scheduler": "linear",
     "warmup_steps": 0,
     "warmup_ratio": 0.0,
+    "fused": None,
 }
 
 
@@ -65,6 +66,8 @@ def check_optim(optim: Mapping[str, Any], path: str = "optim") -> dict[str, Any]
         fail("warmup_steps", "an integer >= 0")
     if not number("warmup_ratio") or not 0.0 <= values["warmup_ratio"] < 1.0:
         fail("warmup_ratio", "a fraction in [0, 1)")
+    if values["fused"] is not None and not isinstance(values["fused"], bool):
+        fail("fused", "true, false or null (null: fused on CUDA, torch's default elsewhere)")
     # AdamW's first step moves a weight by up to lr / (1 - beta1), computed in the weights' float32.
     step = values["lr"] / (1.0 - betas[0])
     if not math.isfinite(step) or step > FLOAT32_MAX or not math.isfinite(values["lr"]):
