@@ -605,3 +605,62 @@ def test_batches_feed_the_models(shipped, tokenizers, family, head):
         batch.pop("window_index", None)
         out = model(**batch)
         assert torch.isfinite(out.loss)
+
+
+# ---- a validation split carved out of the training file ----------------------------------------------
+def test_validation_fraction_carves_a_seeded_split_out_of_the_training_file():
+    train_file = default_data_files("seqcls")[0]
+    whole = load_examples("seqcls", {"train_file": train_file, "validation_file": train_file}).train
+    settings = {"train_file": train_file, "validation_fraction": 0.1}
+    splits = load_examples("seqcls", settings)
+    assert len(splits.validation) == round(0.1 * len(whole)) and len(splits.train) + len(
+        splits.validation
+    ) == len(whole)
+    key = lambda e: json.dumps(e, sort_keys=True)  # noqa: E731
+    assert sorted(map(key, splits.train + splits.validation)) == sorted(map(key, whole))
+    again = load_examples("seqcls", settings)
+    assert again.validation == splits.validation  # the same split every time
+    other = load_examples("seqcls", {**settings, "validation_seed": 1})
+    assert other.validation != splits.validation
+    assert "validation_fraction=0.1" in splits.validation_file
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"validation_fraction": 0.1}, r"carves the validation split out of data.train_file"),
+        ({"train_file": "T", "validation_file": "T", "validation_fraction": 0.1}, "no data.validation_file"),
+        (
+            {"train_file": "T", "validation_fraction": 1.5},
+            r"validation_fraction=1.5 is not valid: .*\(0, 1\)",
+        ),
+        ({"train_file": "T", "validation_fraction": 0.1, "validation_seed": "x"}, "validation_seed='x'"),
+        (
+            {"train_file": "T"},
+            r"data.validation_file is not: name both files or data.validation_fraction=0.1",
+        ),
+    ],
+)
+def test_validation_fraction_errors_name_the_keys(settings, message):
+    train_file = default_data_files("seqcls")[0]
+    settings = {k: (train_file if v == "T" else v) for k, v in settings.items()}
+    with pytest.raises(DataError, match=message):
+        load_examples("seqcls", settings)
+
+
+def test_a_file_of_one_example_cannot_be_split(tmp_path):
+    path = tmp_path / "one.csv"
+    path.write_text("text,label\na fine film,positive\n")
+    with pytest.raises(DataError, match=r"one.csv: 1 example\(s\) cannot be split"):
+        load_examples("seqcls", {"train_file": str(path), "validation_fraction": 0.5})
+
+
+def test_train_py_runs_on_a_training_file_alone(tmp_path):
+    from factory.training.run import train
+    from tests.test_train import tiny_cfg
+
+    train_file = default_data_files("seqcls")[0]
+    cfg = tiny_cfg("bert", "seqcls", f"data.train_file={train_file}", "data.validation_fraction=0.2")
+    train(cfg, run_dir=tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["global_step"] == 3 and "val/accuracy" in results["final_metrics"]

@@ -18,6 +18,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from factory.heads.head import DATASETS_DIR, DataSplits, Head, get_head
 
 logger = logging.getLogger(__name__)
@@ -27,7 +29,13 @@ _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json",
 
 # The `data` keys every head reads, with their defaults; each head adds its own (`Head.data_keys`). Other
 # keys (batch size, max_length, ...) belong to the pipeline and are ignored here.
-COMMON_KEYS: dict[str, Any] = {"train_file": None, "validation_file": None, "format": None}
+COMMON_KEYS: dict[str, Any] = {
+    "train_file": None,
+    "validation_file": None,
+    "format": None,
+    "validation_fraction": None,
+    "validation_seed": 0,
+}
 
 __all__ = ["DATASETS_DIR", "DataError", "DataSplits", "default_data_files", "load_examples"]
 
@@ -89,26 +97,75 @@ def load_examples(head: str | Head, data_cfg: Mapping[str, Any] | None = None) -
         raise DataError(f"head={head.name!r} has no data loader; valid heads: {trainable_heads()}.")
     settings = settings_of(head, data_cfg)
     train_file, validation_file = settings["train_file"], settings["validation_file"]
+    fraction = _validation_fraction(settings)
+    if fraction is not None:
+        if train_file is None or validation_file is not None:
+            raise DataError(
+                f"data.validation_fraction={fraction} carves the validation split out of data.train_file: "
+                "give data.train_file and no data.validation_file (or drop data.validation_fraction)."
+            )
+        splits = head.read(train_file, train_file, settings)
+        splits.train, splits.validation = carve(
+            splits.train, fraction, settings["validation_seed"], train_file
+        )
+        validation_file = f"{train_file} (validation_fraction={fraction})"
+        splits.train_file, splits.validation_file = train_file, validation_file
+        _log_loaded(head, splits)
+        return splits
     if train_file is None and validation_file is None:
         train_file, validation_file = default_data_files(head)
     elif train_file is None or validation_file is None:
         missing = "data.train_file" if train_file is None else "data.validation_file"
         given = "data.validation_file" if train_file is None else "data.train_file"
+        hint = " or data.validation_fraction=0.1 to carve one out of it" if train_file is not None else ""
         raise DataError(
-            f"{given} is set but {missing} is not: name both files, or neither to use the shipped "
+            f"{given} is set but {missing} is not: name both files{hint}, or neither to use the shipped "
             f"{head.name} dataset."
         )
     splits = head.read(train_file, validation_file, settings)
     splits.train_file, splits.validation_file = train_file, validation_file
+    _log_loaded(head, splits)
+    return splits
+
+
+def _log_loaded(head: Head, splits: DataSplits) -> None:
     logger.info(
         "Loaded %s data: %d train examples from %s, %d validation examples from %s",
         head.name,
         len(splits.train),
-        train_file,
+        splits.train_file,
         len(splits.validation),
-        validation_file,
+        splits.validation_file,
     )
-    return splits
+
+
+def _validation_fraction(settings: Mapping[str, Any]) -> float | None:
+    fraction = settings["validation_fraction"]
+    if fraction is None:
+        return None
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
+        raise DataError(f"data.validation_fraction={fraction!r} is not valid: expected a fraction in (0, 1).")
+    seed = settings["validation_seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise DataError(f"data.validation_seed={seed!r} is not valid: expected an integer.")
+    return float(fraction)
+
+
+def carve(examples: list[Any], fraction: float, seed: int, path: str) -> tuple[list[Any], list[Any]]:
+    """`(train, validation)`: `fraction` of `examples` (at least one, leaving at least one) drawn with
+    `seed` for validation, the rest for training, each in file order.
+
+    The seed is the data's, not the run's (`init.seed`): runs and sweep trials over other seeds
+    validate on the same examples.
+    """
+    n = len(examples)
+    if n < 2:
+        raise DataError(f"{path}: {n} example(s) cannot be split into a training and a validation part.")
+    k = min(n - 1, max(1, round(n * fraction)))
+    chosen = set(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].tolist())
+    train = [e for i, e in enumerate(examples) if i not in chosen]
+    validation = [e for i, e in enumerate(examples) if i in chosen]
+    return train, validation
 
 
 def texts_for_tokenizer(head: str | Head, splits: DataSplits) -> Iterator[str]:
