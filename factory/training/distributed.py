@@ -208,8 +208,11 @@ def block_classes(model: nn.Module | None = None) -> tuple[type[nn.Module], ...]
 
 def trainer_arguments(values: Mapping[str, Any], model: nn.Module | None = None) -> dict[str, Any]:
     """`pl.Trainer` keyword arguments from checked `trainer` values: a `strategy` node becomes the strategy
-    object, with `blocks` in a wrap policy replaced by the block classes of `model`."""
-    out = dict(values)
+    object, with `blocks` in a wrap policy replaced by the block classes of `model`. Our own trainer keys
+    (`activation_checkpointing`, `compile`: `factory.training.performance`) are not Trainer arguments."""
+    from factory.training.performance import TRAINER_KEYS
+
+    out = {k: v for k, v in values.items() if k not in TRAINER_KEYS}
     node = out.get("strategy")
     if isinstance(node, Mapping):
         kwargs = {k: v for k, v in node.items() if k != "_target_"}

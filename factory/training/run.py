@@ -402,9 +402,8 @@ def _train_in(cfg: DictConfig, plan: Plan, out: Path, resume: Any, ckpt_path: Pa
     preemption = Preemption()
     # Every rank checks it trains what rank 0 does (config, hyperparameters, lr, vocabulary).
     same = distributed.RankCheck(cfg, out, extra={"vocab": distributed.digest(tokenizer.get_vocab())})
-    trainer_values, ours = performance.split_trainer(plan.trainer)
-    performance.apply(module.model, ours)
-    arguments = distributed.trainer_arguments(trainer_values, module.model)
+    performance.apply(module.model, performance.split_trainer(plan.trainer)[1])
+    arguments = distributed.trainer_arguments(plan.trainer, module.model)
     plugins = arguments.pop("plugins", None) or []
     if not bar:
         arguments["enable_progress_bar"] = False
@@ -483,7 +482,7 @@ def _train_in(cfg: DictConfig, plan: Plan, out: Path, resume: Any, ckpt_path: Pa
             seconds=module.train_time,
             length=plan.data["max_length"],
             device=module.device,
-            precision=str(trainer_values.get("precision", "32-true")),
+            precision=str(plan.trainer.get("precision", "32-true")),
             devices=trainer.world_size,
         ),
     }
