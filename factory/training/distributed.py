@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -208,11 +209,10 @@ def block_classes(model: nn.Module | None = None) -> tuple[type[nn.Module], ...]
 
 def trainer_arguments(values: Mapping[str, Any], model: nn.Module | None = None) -> dict[str, Any]:
     """`pl.Trainer` keyword arguments from checked `trainer` values: a `strategy` node becomes the strategy
-    object, with `blocks` in a wrap policy replaced by the block classes of `model`. Our own trainer keys
-    (`activation_checkpointing`, `compile`: `factory.training.performance`) are not Trainer arguments."""
-    from factory.training.performance import TRAINER_KEYS
-
-    out = {k: v for k, v in values.items() if k not in TRAINER_KEYS}
+    object, with `blocks` in a wrap policy replaced by the block classes of `model`. Keys that are not
+    Trainer arguments (ours, such as `compile`: `factory.training.performance`) stay out."""
+    accepted = inspect.signature(pl.Trainer.__init__).parameters
+    out = {k: v for k, v in values.items() if k in accepted}
     node = out.get("strategy")
     if isinstance(node, Mapping):
         kwargs = {k: v for k, v in node.items() if k != "_target_"}
