@@ -43,8 +43,9 @@ def test_matrix_lists_every_arch_and_head():
         "seqcls": "BertForSequenceClassification",
         "token_cls": "BertForTokenClassification",
     }
+    # Every architecture classifies and answers; a causal LM only where HF has one (not DistilBERT).
     for heads in matrix.values():
-        assert set(heads) >= {"base", "seqcls", "qa", "causal_lm"}
+        assert set(heads) >= {"base", "seqcls", "qa"}
 
 
 @pytest.mark.parametrize(
