@@ -197,7 +197,7 @@ def test_an_unregistered_architecture_is_gone(toy_registered):
     registry.unregister("toy")
     with pytest.raises(RegistryError, match="Unknown model_type 'toy'"):
         AutoConfig.for_model("toy")
-    with pytest.raises(ValueError, match=r"model_type='toy'.*valid: \['bart', 'bert', 'gpt2'"):
+    with pytest.raises(ValueError, match=r"model_type='toy'.*valid: \['bart', 'bert', .*'gpt2'"):
         train_tokenizer("toy", ["a b"], 40)
 
 
