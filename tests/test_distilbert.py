@@ -232,12 +232,15 @@ def student_config(n_layers: int) -> DistilBertConfig:
     )
 
 
-def test_a_bert_checkpoint_makes_an_equal_distilbert(tmp_path):
+@pytest.mark.parametrize("config", [None, student_config(4)], ids=["bert_config_json", "given"])
+def test_a_bert_checkpoint_makes_an_equal_distilbert(tmp_path, config):
     bert = bert_folder(tmp_path)
     ours, info = registry.model_class("distilbert", "masked_lm").from_pretrained(
-        tmp_path, config=student_config(4), output_loading_info=True
+        tmp_path, config=config, output_loading_info=True
     )
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    # BERT's config.json reads as the student's: its common names and renamed keys, nothing of its own.
+    assert ours.config.to_dict() == student_config(4).replace(architectures=None).to_dict()
     batch = inputs("masked_lm", pad=0)
     batch.pop("token_type_ids")
     with torch.no_grad():
@@ -373,3 +376,70 @@ def test_init_pretrained_from_a_transformers_folder(tmp_path_factory, tmp_path):
     trained = factory.AutoModelForSequenceClassification.from_pretrained(tmp_path / "model").state_dict()
     key = "transformer.layer.{}.attention.q_lin.weight"
     assert_close(trained["distilbert." + key.format(0)], start[key.format(1)], atol=1e-6, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def bert_with_tokenizer(tmp_path_factory) -> Path:
+    """A 4-layer BERT pretraining checkpoint (MLM head, pooler, token types) with its tokenizer."""
+    from factory.data.files import load_examples, texts_for_tokenizer
+
+    path = tmp_path_factory.mktemp("bert")
+    tok = train_tokenizer("bert", texts_for_tokenizer("causal_lm", load_examples("causal_lm", {})), 300)
+    config = transformers.BertConfig(vocab_size=len(tok), hidden_size=32, num_attention_heads=2, num_hidden_layers=4,
+                                     intermediate_size=37, max_position_embeddings=130)  # fmt: skip
+    torch.manual_seed(0)
+    off_init(transformers.BertForMaskedLM(config), seed=9).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def student_overrides(folder: Path) -> list[str]:
+    return ["head=masked_lm", *[o for o in TINY_RUN if not o.startswith("arch.")], *MAX_LENGTH["masked_lm"],
+            "init=pretrained", f"init.name_or_path={folder}", "arch=distilbert", "arch.num_hidden_layers=2",
+            "init.layers=even"]  # fmt: skip
+
+
+def test_init_pretrained_of_a_bert_folder_plans_a_distilbert(bert_with_tokenizer, monkeypatch):
+    monkeypatch.setattr("factory.data.files.load_examples", lambda *a, **k: pytest.fail("data was read"))
+    overrides = student_overrides(bert_with_tokenizer)
+    plan = resolve(compose_cfg(*overrides), overrides)
+    assert plan.config.model_type == "distilbert" and plan.config.architectures is None
+    assert (plan.config.n_layers, plan.config.dim, plan.config.n_heads, plan.config.hidden_dim) == (
+        2,
+        32,
+        2,
+        37,
+    )
+    with pytest.raises(
+        ConfigError, match=r"arch=gpt2 disagrees .* \(or one built from it: \['distilbert'\]\)"
+    ):
+        overrides = ["init=pretrained", f"init.name_or_path={bert_with_tokenizer}", "arch=gpt2"]
+        resolve(compose_cfg(*overrides), overrides)
+
+
+@pytest.mark.slow
+def test_train_a_distilbert_from_every_other_layer_of_a_bert(bert_with_tokenizer, tmp_path):
+    overrides = [*student_overrides(bert_with_tokenizer), "optim.lr=1e-12"]
+    train(compose_cfg(*overrides), run_dir=tmp_path, overrides=overrides)
+    report = json.loads((tmp_path / "load_report.json").read_text())
+    assert report["model_class"] == "DistilBertForMaskedLM"
+    # Every weight of the student comes from the teacher, its MLM head included.
+    assert (
+        report["kept_layers"] == {"distilbert.transformer.layer": [0, 3]}
+        and report["newly_initialised"] == []
+    )
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["model_type"] == "distilbert" and config["n_layers"] == 2 and config["dim"] == 32
+    teacher = load_file(bert_with_tokenizer / "model.safetensors")
+    student = load_file(tmp_path / "model" / "model.safetensors")
+    for ours, bert in [("distilbert.transformer.layer.1.attention.q_lin.weight", "bert.encoder.layer.3.attention.self.query.weight"),
+                       ("vocab_transform.weight", "cls.predictions.transform.dense.weight")]:  # fmt: skip
+        assert_close(student[ours], teacher[bert], atol=1e-6, rtol=0)
+    theirs = transformers.DistilBertForMaskedLM.from_pretrained(
+        tmp_path / "model", attn_implementation=ATTN
+    ).eval()
+    ours = registry.model_class("distilbert", "masked_lm").from_pretrained(tmp_path / "model")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "model")
+    batch = dict(tok(["a great [MASK] today", "the pacing was slow"], padding=True, return_tensors="pt"))
+    with torch.no_grad():
+        compare(ours(**batch), theirs(**batch), batch["attention_mask"])

@@ -47,6 +47,15 @@ class DistilBertConfig(PretrainedConfig):
         "intermediate_size": ("hidden_dim",),
     }
     depth_fields: ClassVar[tuple[str, ...]] = ("n_layers",)
+    # A BERT config.json gives the student's config (the common names need no entry); its token types,
+    # pooler and layer_norm_eps have no field here (DistilBERT's eps is BERT's 1e-12).
+    reads_model_types: ClassVar[dict[str, dict[str, str]]] = {
+        "bert": {
+            "hidden_act": "activation",
+            "hidden_dropout_prob": "dropout",
+            "attention_probs_dropout_prob": "attention_dropout",
+        }
+    }
     # distilbert-base-uncased's layout: BERT's lowercasing WordPiece and template; its tokenizer class
     # returns no token type ids, since the model has none.
     tokenizer_recipe: ClassVar[TokenizerRecipe] = TokenizerRecipe(
