@@ -197,6 +197,22 @@ def test_kv_cache_matches_full_forward_and_transformers(tmp_path):
     assert_close(torch.cat(steps, dim=1), torch.cat(hf_steps, dim=1), atol=1e-5, rtol=1e-5)
 
 
+def test_greedy_generation_equals_transformers_generate(tmp_path):
+    from factory.inference.generation import generate
+
+    torch.manual_seed(0)
+    hf = off_init(transformers.RobertaForCausalLM(hf_config("causal_lm", **CONFIGS["odd"])), seed=9)
+    hf.save_pretrained(tmp_path)
+    ours = registry.model_class("roberta", "causal_lm").from_pretrained(tmp_path)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])  # batches are left-padded to generate
+    ids = torch.randint(4, 99, (2, 6), generator=torch.Generator().manual_seed(1)).masked_fill(mask == 0, 1)
+    got = generate(ours, ids, mask, max_new_tokens=8, eos_token_id=[])
+    want = hf.generate(
+        ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=1, eos_token_id=None
+    )
+    assert torch.equal(got, want)
+
+
 def test_sequence_longer_than_the_position_table_is_an_error():
     config = RobertaConfig.from_dict({}, **{**CONFIGS["odd"], "vocab_size": 99})  # 40 rows: 38 tokens
     model = registry.model_class("roberta", "base")(config).eval()
