@@ -152,7 +152,7 @@ def test_what_we_save_loads_in_transformers(tmp_path, head, name):
     run_both(ours, hf.eval(), head, CONFIGS[name])
 
 
-def test_sinusoidal_positions_are_hfs_and_fixed():
+def test_sinusoidal_positions_are_hfs_and_fixed(tmp_path):
     from transformers.models.distilbert.modeling_distilbert import create_sinusoidal_embeddings
 
     config = DistilBertConfig.from_dict({}, **{**CONFIGS["sinusoidal"], "vocab_size": 99})
@@ -160,6 +160,9 @@ def test_sinusoidal_positions_are_hfs_and_fixed():
     table = model.embeddings.position_embeddings.weight
     assert_close(table, create_sinusoidal_embeddings(30, 32, torch.empty(30, 32)), atol=1e-6, rtol=0)
     assert not table.requires_grad
+    model.save_pretrained(tmp_path)  # and stay fixed when loaded
+    loaded = registry.model_class("distilbert", "base").from_pretrained(tmp_path)
+    assert not loaded.embeddings.position_embeddings.weight.requires_grad
     learned = registry.model_class("distilbert", "base")(config.replace(sinusoidal_pos_embds=False))
     assert learned.embeddings.position_embeddings.weight.requires_grad
 
