@@ -188,7 +188,13 @@ def hf_config(model_type: str):
             encoder_ffn_dim=3072,
             decoder_ffn_dim=3072,
         )
-    raise ValueError(f"No bench config for model_type {model_type!r}; valid: bert, gpt2, bart.")
+    if model_type == "roberta":  # roberta-base: 514 positions, one token type, eps 1e-5
+        return transformers.RobertaConfig(max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5)
+    if model_type == "distilbert":
+        return transformers.DistilBertConfig()  # distilbert-base-uncased
+    raise ValueError(
+        f"No bench config for model_type {model_type!r}; valid: bert, gpt2, bart, roberta, distilbert."
+    )
 
 
 def save_random_hf_model(model_type: str, folder: Path, seed: int = 0) -> Path:

@@ -131,6 +131,10 @@ class PretrainedConfig:
     aliases: ClassVar[dict[str, tuple[str, ...]]] = {}
     # Fields a checkpoint may carry whose only valid value is the one we implement: value -> reason.
     unsupported: ClassVar[dict[str, tuple[Any, str]]] = {}
+    # Other architectures whose config.json this one can be built from (DistilBERT from BERT, as its
+    # authors built it): model_type -> renames of that config's keys to this class's fields. Common names
+    # need no entry; keys that are neither are the other architecture's and are dropped.
+    reads_model_types: ClassVar[dict[str, dict[str, str]]] = {}
 
     architectures: list[str] | None = None
     id2label: dict[int, str] | None = None
@@ -293,10 +297,12 @@ class PretrainedConfig:
         """
         values = dict(values)
         model_type = values.pop("model_type", cls.model_type)
-        if model_type != cls.model_type:
+        if model_type in cls.reads_model_types:
+            values = cls._translate(model_type, values)
+        elif model_type != cls.model_type:
             raise ConfigError(
                 f"model_type={model_type!r} cannot be read by {cls.__name__}, "
-                f"which reads model_type={cls.model_type!r}."
+                f"which reads model_type={[cls.model_type, *cls.reads_model_types]!r}."
             )
         cls.check_override_keys(overrides)
         known = set(cls.valid_keys())
@@ -322,6 +328,18 @@ class PretrainedConfig:
         if num_labels is not None:
             config.num_labels = num_labels
         return config
+
+    @classmethod
+    def _translate(cls, model_type: str, values: dict[str, Any]) -> dict[str, Any]:
+        """Another architecture's config values under this class's names (see `reads_model_types`)."""
+        renames = cls.reads_model_types[model_type]
+        known = set(cls.valid_keys()) - {"architectures"}  # its classes are not ours
+        out = {}
+        for key, value in values.items():
+            key = renames.get(key, key)
+            if key in known:
+                out[key] = value
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.extra)

@@ -82,7 +82,7 @@ def test_arch_files_are_base_size_with_common_names(arch):
     cfg = compose_cfg(f"arch={arch}", "~experiment")
     config = build_config(cfg.arch)
     assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (
-        {"bert": 12, "gpt2": 12, "bart": 6}[arch],
+        {"bert": 12, "gpt2": 12, "bart": 6, "roberta": 12, "distilbert": 6}[arch],
         768,
         12,
     )
@@ -245,10 +245,10 @@ def test_dry_run_reports_config_parameters_and_memory_without_data(arch, no_data
     assert "parameters:" in text and "estimated training memory" in text and '"model_type": "' + arch in text
     assert not any(tmp_path.iterdir())
     summary = describe(compose_cfg(f"arch={arch}", "~experiment"))
-    # Base sizes: BERT-base seqcls ~109M, GPT-2 small ~124M, BART-base ~140M parameters.
-    assert summary["num_parameters"] == pytest.approx(
-        {"bert": 109.5e6, "gpt2": 124.4e6, "bart": 140.0e6}[arch], rel=0.02
-    )
+    # Base sizes: BERT-base seqcls ~109M, GPT-2 small ~124M, BART-base ~140M, RoBERTa-base ~125M,
+    # DistilBERT-base ~67M parameters.
+    expected = {"bert": 109.5e6, "gpt2": 124.4e6, "bart": 140.0e6, "roberta": 124.6e6, "distilbert": 67.0e6}
+    assert summary["num_parameters"] == pytest.approx(expected[arch], rel=0.02)
     memory = summary["memory"]
     assert memory["total"] == sum(v for k, v in memory.items() if k != "total")
     assert memory["optimizer_states"] == 2 * memory["weights"]

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 
-from factory import AutoConfig, BertConfig, ConfigError
+from factory import AutoConfig, BertConfig, ConfigError, GPT2Config, PretrainedConfig
 
 BERT_BASE_UNCASED = {
     "architectures": ["BertForMaskedLM"],
@@ -165,3 +167,23 @@ def test_an_unknown_keyword_argument_is_named_as_an_argument_not_blamed_on_the_f
         AutoConfig.from_pretrained(tmp_path, hidden_dropout_prob=0.2, output_attentionz=True)
     assert "Unknown BertConfig keyword argument 'output_attentionz'" in str(info.value)
     assert "config.json" not in str(info.value)
+
+
+def test_a_config_reads_another_architectures_config_json_through_its_table():
+    @dataclass
+    class Student(PretrainedConfig):  # not registered: the translation is the config class's alone
+        model_type: ClassVar[str] = "student"
+        aliases: ClassVar[dict] = {"num_hidden_layers": ("n_layers",)}
+        reads_model_types: ClassVar[dict] = {"bert": {"hidden_act": "activation"}}
+        n_layers: int = 6
+        activation: str = "relu"
+
+    student = Student.from_dict({**BERT_BASE_UNCASED, "hidden_act": "gelu_new"}, num_hidden_layers=4)
+    assert (student.n_layers, student.activation, student.pad_token_id) == (4, "gelu_new", 0)
+    assert student.architectures is None  # BERT's class names are not the student's
+    written = student.to_dict()
+    assert written["model_type"] == "student" and "type_vocab_size" not in written and not student.extra
+    with pytest.raises(
+        ConfigError, match=r"'gpt2' cannot be read by Student, which reads .*\['student', 'bert'\]"
+    ):
+        Student.from_dict(GPT2Config().to_dict())

@@ -43,8 +43,9 @@ def test_matrix_lists_every_arch_and_head():
         "seqcls": "BertForSequenceClassification",
         "token_cls": "BertForTokenClassification",
     }
+    # Every architecture classifies and answers; a causal LM only where HF has one (not DistilBERT).
     for heads in matrix.values():
-        assert set(heads) >= {"base", "seqcls", "qa", "causal_lm"}
+        assert set(heads) >= {"base", "seqcls", "qa"}
 
 
 @pytest.mark.parametrize(
@@ -196,7 +197,7 @@ def test_an_unregistered_architecture_is_gone(toy_registered):
     registry.unregister("toy")
     with pytest.raises(RegistryError, match="Unknown model_type 'toy'"):
         AutoConfig.for_model("toy")
-    with pytest.raises(ValueError, match=r"model_type='toy'.*valid: \['bart', 'bert', 'gpt2'"):
+    with pytest.raises(ValueError, match=r"model_type='toy'.*valid: \['bart', 'bert', .*'gpt2'"):
         train_tokenizer("toy", ["a b"], 40)
 
 

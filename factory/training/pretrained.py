@@ -105,15 +105,27 @@ def merge_overrides(
 ) -> tuple[PretrainedConfig, dict[str, Any]]:
     """The config to build: the checkpoint's, with the user's overrides that keep it loadable.
 
+    An `arch_choice` other than the checkpoint's model_type is an error unless that architecture's
+    config reads the checkpoint's (`reads_model_types`): the checkpoint's config is then translated.
+
     `user_arch` holds only values the user set (command line or experiment file), not YAML defaults.
     Returns the config and the overrides applied.
     """
     where = init.name_or_path
     if arch_choice is not None and arch_choice != ckpt.model_type:
+        target = registry.config_class(arch_choice)
+        if ckpt.model_type in target.reads_model_types:  # a DistilBERT from a BERT checkpoint
+            logger.info("Building %s from the %s checkpoint %s", arch_choice, ckpt.model_type, where)
+            ckpt = target.from_dict(ckpt.to_dict())
+            return merge_overrides(ckpt, head, user_arch, init, arch_choice=arch_choice, path=path)
+        readers = sorted(
+            t for t in registry.model_types() if ckpt.model_type in registry.config_class(t).reads_model_types
+        )
+        others = f" (or one built from it: {readers})" if readers else ""
         raise ConfigError(
             f"arch={arch_choice} disagrees with the checkpoint {where}, whose config.json says "
             f"model_type={ckpt.model_type!r}: the checkpoint decides the architecture. Drop arch= or use "
-            f"arch={ckpt.model_type}.",
+            f"arch={ckpt.model_type}{others}.",
             key="model_type",
         )
     cls = registry.model_class(ckpt.model_type, head)
