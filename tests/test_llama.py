@@ -1,5 +1,5 @@
 # python -m pytest tests/test_llama.py -m "not slow"
-"""Llama against `transformers`: every head both ways on unusual configs (grouped
+"""Llama (and its Qwen2 variant) against `transformers`: every head both ways on unusual configs (grouped
 query attention, untied embeddings, odd widths, llama3 and linear RoPE scaling, biases, a head_dim of its
 own), v4 and v5 RoPE keys, the KV cache, generation, config errors, and runs of train.py."""
 
@@ -191,6 +191,32 @@ def test_what_we_save_loads_in_transformers(head, config_name, tmp_path):
     )
     assert not info["missing_keys"] and not info["mismatched_keys"] and not info["unexpected_keys"], info
     assert_same(head, ours, theirs.eval())
+
+
+def test_qwen2_is_llama_with_qkv_biases(tmp_path):
+    theirs = hf_model("causal_lm", tmp_path, model_type="qwen2", **CONFIGS["gqa-untied"], rope_theta=1e6)
+    ours = factory.AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert type(ours).__name__ == "Qwen2ForCausalLM" and ours.config.rope_parameters["rope_theta"] == 1e6
+    attn = ours.model.layers[0].self_attn
+    assert attn.q_proj.bias is not None and attn.v_proj.bias is not None and attn.o_proj.bias is None
+    assert_same("causal_lm", ours, theirs)
+    with pytest.raises(ConfigError, match=r"use_sliding_window=True is not valid.*not implemented"):
+        factory.AutoConfig.for_model("qwen2", use_sliding_window=True)
+
+
+def test_qwen2_tokenizer_for_init_random_reads_the_same_in_transformers(tmp_path):
+    from factory.data.files import default_data_files
+    from factory.tokenizers.training import train_tokenizer
+
+    texts = open(default_data_files("causal_lm")[0], encoding="utf-8").read().splitlines()
+    train_tokenizer("qwen2", texts, 600).save_pretrained(tmp_path)
+    ours, theirs = (
+        factory.AutoTokenizer.from_pretrained(tmp_path),
+        transformers.AutoTokenizer.from_pretrained(tmp_path),
+    )
+    assert type(theirs).__name__ == "Qwen2Tokenizer" and ours.pad_token == ours.eos_token == "<|endoftext|>"
+    for text in ("year 1990 and 123456", "naïve café 🤖", "Hello\n\nworld  !"):
+        assert ours(text)["input_ids"] == theirs(text)["input_ids"], text
 
 
 def test_a_causal_lm_checkpoint_loads_into_qa_and_back(tmp_path):

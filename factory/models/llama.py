@@ -1,9 +1,10 @@
-"""Llama (Llama 2 and 3, TinyLlama, SmolLM): config, blocks, heads and checkpoint tables, with Hugging
-Face's parameter names.
+"""Llama (Llama 2 and 3, TinyLlama, SmolLM) and Qwen2: config, blocks, heads and checkpoint tables, with
+Hugging Face's parameter names.
 
 A pre-norm decoder: RMSNorm, grouped-query attention with rotary position embeddings, and a SwiGLU MLP
-(`down_proj(silu(gate_proj(x)) * up_proj(x))`). Shapes in comments: B batch, T tokens, C width, nh query
-heads, nkv key/value heads, hd head size.
+(`down_proj(silu(gate_proj(x)) * up_proj(x))`). Qwen2 is the same network with biases on q, k and v and
+none on o, so it is a config subclass here, not a second model. Shapes in comments: B batch, T tokens,
+C width, nh query heads, nkv key/value heads, hd head size.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class LlamaConfig(PretrainedConfig):
         template=("<s>:0 $A:0", "<s>:0 $A:0 <s>:1 $B:1"),
     )
     # The config field that switches the bias of q, k, v and of o (None: always on), so that variants
-    # with fixed biases are data.
+    # with fixed biases are data (Qwen2).
     qkv_bias_field: ClassVar[str | None] = "attention_bias"
     o_bias_field: ClassVar[str | None] = "attention_bias"
 
@@ -197,6 +198,55 @@ class LlamaConfig(PretrainedConfig):
             if out.get(key) is None:
                 out.pop(key, None)
         return out
+
+
+@register_config
+@dataclass
+class Qwen2Config(LlamaConfig):
+    """Qwen2: Llama with biases on q, k and v (none on o or the MLP). Defaults of transformers'
+    `Qwen2Config` (Qwen2 7B). Sliding-window attention is off in every released Qwen2 and not
+    implemented; `layer_types` may only say "full_attention"."""
+
+    model_type: ClassVar[str] = "qwen2"
+    unsupported: ClassVar[dict] = {
+        "use_sliding_window": (False, "sliding-window attention is not implemented"),
+        "attention_bias": (False, "Qwen2 has biases on q, k, v and none on o: no attention_bias switch"),
+        "mlp_bias": (False, "Qwen2's MLP has no biases"),
+    }
+    # Qwen2's byte-level BPE with <|endoftext|> as eos, unk and pad, and no bos (as Qwen2's tokenizer).
+    tokenizer_recipe: ClassVar[TokenizerRecipe] = TokenizerRecipe(
+        kind="byte_level_bpe",
+        tokenizer_class="Qwen2Tokenizer",
+        special_tokens=("<|endoftext|>",),
+        tokenizer_config={
+            "add_prefix_space": False,
+            "bos_token": None,
+            "eos_token": "<|endoftext|>",
+            "unk_token": None,
+            "pad_token": "<|endoftext|>",
+            "model_input_names": ["input_ids", "attention_mask"],
+        },
+        post_processor="byte_level",
+    )
+    qkv_bias_field: ClassVar[str | None] = None  # always
+    o_bias_field: ClassVar[str | None] = "attention_bias"  # always False (unsupported above)
+
+    vocab_size: int = 151936
+    intermediate_size: int = 22016
+    # HF's default is 32 (= its 32 heads); None keeps "as many as the heads" when only those are set.
+    num_key_value_heads: int | None = None
+    max_position_embeddings: int = 32768
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    use_sliding_window: bool = False
+    sliding_window: int | None = 4096
+    max_window_layers: int = 28
+    layer_types: list[str] | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if self.layer_types is not None and set(self.layer_types) - {"full_attention"}:
+            self._fail("layer_types", self.layer_types, "only 'full_attention' (sliding windows are off)")
 
 
 def _bias(config: LlamaConfig, field: str | None) -> bool:
@@ -526,3 +576,17 @@ class LlamaForTokenClassification(LlamaPreTrainedModel):
         logits = self.score(self.dropout(out.last_hidden_state))  # (B, T, num_labels)
         loss = token_classification_loss(logits, labels) if labels is not None else None
         return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values)
+
+
+# Qwen2: the same modules under Qwen2's class names (HF's `architectures` and the arch x head matrix).
+def _qwen2(cls: type, head: str) -> type:
+    name = cls.__name__.replace("Llama", "Qwen2")
+    variant = type(name, (cls,), {"config_class": Qwen2Config, "__doc__": f"{cls.__name__} for Qwen2."})
+    return register_model(head)(variant)
+
+
+Qwen2Model = _qwen2(LlamaModel, "base")
+Qwen2ForCausalLM = _qwen2(LlamaForCausalLM, "causal_lm")
+Qwen2ForSequenceClassification = _qwen2(LlamaForSequenceClassification, "seqcls")
+Qwen2ForQuestionAnswering = _qwen2(LlamaForQuestionAnswering, "qa")
+Qwen2ForTokenClassification = _qwen2(LlamaForTokenClassification, "token_cls")
