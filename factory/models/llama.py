@@ -262,8 +262,11 @@ class LlamaRMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.rms_norm(x.float(), (x.size(-1),), eps=self.variance_epsilon)
-        return self.weight * h.to(x.dtype)
+        # Written out rather than F.rms_norm: on the CPU that is a composite of the same steps, and
+        # measured slower (bench/forward.py).
+        h = x.float()
+        scale = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)  # (B, T, 1)
+        return self.weight * (h * scale).to(x.dtype)
 
 
 def inverse_frequencies(config: LlamaConfig) -> torch.Tensor:
@@ -357,7 +360,10 @@ class LlamaMLP(nn.Module):
         self.act_fn = activation(config.hidden_act, inplace=True)  # on gate_proj's fresh output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.act_fn(self.gate_proj(x)), self.up_proj(x)  # (B, T, intermediate)
+        if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
+            return self.down_proj(gate * up)
+        return self.down_proj(gate.mul_(up))  # inference: no third tensor of the MLP's width
 
 
 class LlamaDecoderLayer(nn.Module):
