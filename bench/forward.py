@@ -1,12 +1,12 @@
 """Forward time of our models against transformers', same weights, fp32, inference mode.
 
-    python bench/forward.py            # bert, gpt2 (and bart when factory has it) at 8x128 and 1x16
+    python bench/forward.py            # bert, gpt2, bart, llama at 8x128 and 1x16
     python bench/forward.py --quick    # fewer runs
     python bench/forward.py --models gpt2 --shapes 8x128 --runs 20
     nice -n -10 python bench/forward.py --quiet-wait 30   # on a shared machine
 
 For each architecture a randomly initialised transformers base model of the standard size (bert-base,
-gpt2, bart-base) is saved with `save_pretrained` to a temporary folder; both sides load that folder
+gpt2, bart-base, llama at SmolLM-135M's size) is saved with `save_pretrained` to a temporary folder; both sides load that folder
 (`factory.AutoModel` and `transformers.AutoModel`). Inputs carry an all-ones attention mask, as a
 tokenizer gives. Times are medians of interleaved runs after warm-up; `ours/hf` is the median of the
 per-round ratios. `peak` is the fraction of this process's best fp32 matmul rate that the model's FLOPs
@@ -26,7 +26,12 @@ from pathlib import Path
 import _common as common
 import torch
 
-GOALS = {("bert", "8x128"): 0.95, ("gpt2", "8x128"): 0.85, ("bart", "8x128"): 1.0}
+GOALS = {
+    ("bert", "8x128"): 0.95,
+    ("gpt2", "8x128"): 0.85,
+    ("bart", "8x128"): 1.0,
+    ("llama", "8x128"): 1.0,
+}
 DEFAULT_GOAL = 1.0
 
 
@@ -98,7 +103,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", default="bert,gpt2,bart")
+    parser.add_argument("--models", default="bert,gpt2,bart,llama")
     parser.add_argument("--shapes", default="8x128,1x16")
     parser.add_argument("--runs", type=int, default=None, help="timed runs per side (default 15, quick 5)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs per side (default 3, quick 1)")

@@ -1,12 +1,13 @@
 """A full training step (forward, backward, AdamW) of our models against transformers', same weights.
 
-    python bench/train_step.py                    # bert seqcls and gpt2 causal_lm at 8x128, 5 rounds each
+    python bench/train_step.py                    # bert seqcls, gpt2 and llama causal_lm at 8x128, 5 rounds each
     python bench/train_step.py --quick            # 2 rounds
     python bench/train_step.py --models gpt2 --runs 8
     nice -n -10 python bench/train_step.py --quiet-wait 30   # on a shared machine
 
 For each case a randomly initialised transformers model of the standard size with that head
-(BertForSequenceClassification at bert-base size, GPT2LMHeadModel at gpt2 size) is saved with
+(BertForSequenceClassification at bert-base size, GPT2LMHeadModel at gpt2 size, LlamaForCausalLM at
+SmolLM-135M's size) is saved with
 `save_pretrained`; both sides load that folder and train in the same plain loop: `zero_grad`, forward
 with labels (the loss inside the model), `backward`, `AdamW.step` (torch's default foreach
 implementation), in training mode with the checkpoint's dropout. Inputs are 8 rows of 128 random tokens
@@ -30,8 +31,8 @@ from pathlib import Path
 import _common as common
 import torch
 
-GOALS = {"bert": 1.0, "gpt2": 1.15}  # ours/hf tokens per second, at least
-HEADS = {"bert": "seqcls", "gpt2": "causal_lm"}
+GOALS = {"bert": 1.0, "gpt2": 1.15, "llama": 1.0}  # ours/hf tokens per second, at least
+HEADS = {"bert": "seqcls", "gpt2": "causal_lm", "llama": "causal_lm"}
 
 
 def batch_for(model_type: str, vocab: int, b: int, t: int) -> dict[str, torch.Tensor]:
@@ -51,7 +52,7 @@ def save_hf(model_type: str, folder: Path) -> None:
         config.num_labels = 2
         model = transformers.BertForSequenceClassification(config)
     else:
-        model = transformers.GPT2LMHeadModel(config)
+        model = transformers.AutoModelForCausalLM.from_config(config)
     model.save_pretrained(folder)
 
 
@@ -84,7 +85,7 @@ def measure(model_type: str, runs: int, peak: float, quiet_wait: float) -> list[
     import factory
 
     b, t = 8, 128
-    auto = {"bert": "AutoModelForSequenceClassification", "gpt2": "AutoModelForCausalLM"}[model_type]
+    auto = "AutoModelForSequenceClassification" if HEADS[model_type] == "seqcls" else "AutoModelForCausalLM"
     with tempfile.TemporaryDirectory() as tmp:
         save_hf(model_type, Path(tmp))
         ours = getattr(factory, auto).from_pretrained(tmp).train()
@@ -116,7 +117,7 @@ def measure(model_type: str, runs: int, peak: float, quiet_wait: float) -> list[
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="bert,gpt2")
+    parser.add_argument("--models", default="bert,gpt2,llama")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="2 rounds")
     parser.add_argument("--threads", type=int, default=2)
