@@ -125,6 +125,7 @@ class LlamaConfig(PretrainedConfig):
         if params["rope_type"] == "llama3":
             params.setdefault("original_max_position_embeddings", self.max_position_embeddings)
         self.rope_parameters, self.rope_theta, self.rope_scaling = params, None, None
+        object.__setattr__(self, "_rope_key", name)  # errors name the key that was given
 
     def validate(self) -> None:
         self._check_positive(
@@ -157,30 +158,30 @@ class LlamaConfig(PretrainedConfig):
         self._check_rope()
 
     def _check_rope(self) -> None:
-        params = self.rope_parameters
+        params, key = self.rope_parameters, getattr(self, "_rope_key", "rope_parameters")
         kind = params["rope_type"]
         if kind not in ROPE_KEYS:
-            self._fail("rope_parameters", params, f"rope_type one of {sorted(ROPE_KEYS)}")
+            self._fail(key, params, f"rope_type one of {sorted(ROPE_KEYS)}")
         theta = params["rope_theta"]
         if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 1:
-            self._fail("rope_parameters", params, "rope_theta a number > 1")
+            self._fail(key, params, "rope_theta a number > 1")
         wanted = ROPE_KEYS[kind]
         missing = [k for k in wanted if k not in params]
         unknown = sorted(set(params) - {"rope_type", "rope_theta", *wanted})
         if missing or unknown:
             self._fail(
-                "rope_parameters",
+                key,
                 params,
                 f"for rope_type={kind!r} the keys {['rope_type', 'rope_theta', *wanted]}"
                 + (f" (missing {missing})" if missing else "")
                 + (f" (not read: {unknown})" if unknown else ""),
             )
-        for key in wanted:
-            value = params[key]
+        for name in wanted:
+            value = params[name]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                self._fail("rope_parameters", params, f"{key} a positive number")
+                self._fail(key, params, f"{name} a positive number")
         if kind == "llama3" and params["low_freq_factor"] >= params["high_freq_factor"]:
-            self._fail("rope_parameters", params, "low_freq_factor < high_freq_factor")
+            self._fail(key, params, "low_freq_factor < high_freq_factor")
 
     @property
     def resolved_head_dim(self) -> int:
