@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
 PRESETS = sorted(p.stem for p in (CONF / "trainer").glob("*.yaml"))
 CASES = [(t, h) for t, heads in registry.model_matrix().items() for h in sorted(heads) if h != "base"]
-BLOCKS = {"BertLayer", "GPT2Block", "BartEncoderLayer", "BartDecoderLayer"}
+BLOCKS = {"BertLayer", "GPT2Block", "BartEncoderLayer", "BartDecoderLayer", "LlamaDecoderLayer"}
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
 
 # A tiny run (two CPU ranks through gloo, see DDP).
