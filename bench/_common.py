@@ -192,8 +192,23 @@ def hf_config(model_type: str):
         return transformers.RobertaConfig(max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5)
     if model_type == "distilbert":
         return transformers.DistilBertConfig()  # distilbert-base-uncased
+    if model_type == "llama":
+        # SmolLM-135M (HuggingFaceTB/SmolLM-135M): grouped-query attention, tied embeddings.
+        return transformers.LlamaConfig(
+            vocab_size=49152,
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            max_position_embeddings=2048,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=True,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
     raise ValueError(
-        f"No bench config for model_type {model_type!r}; valid: bert, gpt2, bart, roberta, distilbert."
+        f"No bench config for model_type {model_type!r}; valid: bert, gpt2, bart, roberta, distilbert, llama."
     )
 
 

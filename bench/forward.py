@@ -1,12 +1,12 @@
 """Forward time of our models against transformers', same weights, fp32, inference mode.
 
-    python bench/forward.py            # bert, gpt2, bart, roberta, distilbert at 8x128 and 1x16
+    python bench/forward.py            # bert, gpt2, bart, roberta, distilbert, llama at 8x128 and 1x16
     python bench/forward.py --quick    # fewer runs
     python bench/forward.py --models gpt2 --shapes 8x128 --runs 20
     nice -n -10 python bench/forward.py --quiet-wait 30   # on a shared machine
 
 For each architecture a randomly initialised transformers base model of the standard size (bert-base,
-gpt2, bart-base, roberta-base, distilbert-base) is saved with `save_pretrained` to a temporary folder; both sides load that folder
+gpt2, bart-base, roberta-base, distilbert-base, llama at SmolLM-135M's size) is saved with `save_pretrained` to a temporary folder; both sides load that folder
 (`factory.AutoModel` and `transformers.AutoModel`). Inputs carry an all-ones attention mask, as a
 tokenizer gives. Times are medians of interleaved runs after warm-up; `ours/hf` is the median of the
 per-round ratios. `peak` is the fraction of this process's best fp32 matmul rate that the model's FLOPs
@@ -32,6 +32,7 @@ GOALS = {
     ("bart", "8x128"): 1.0,
     ("roberta", "8x128"): 1.0,
     ("distilbert", "8x128"): 1.0,
+    ("llama", "8x128"): 1.0,
 }
 DEFAULT_GOAL = 1.0
 
@@ -104,7 +105,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", default="bert,gpt2,bart,roberta,distilbert")
+    parser.add_argument("--models", default="bert,gpt2,bart,roberta,distilbert,llama")
     parser.add_argument("--shapes", default="8x128,1x16")
     parser.add_argument("--runs", type=int, default=None, help="timed runs per side (default 15, quick 5)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs per side (default 3, quick 1)")

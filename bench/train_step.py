@@ -1,13 +1,13 @@
 """A full training step (forward, backward, AdamW) of our models against transformers', same weights.
 
-    python bench/train_step.py                    # bert, roberta, distilbert seqcls; gpt2 causal_lm; 8x128
+    python bench/train_step.py                    # bert, roberta, distilbert seqcls; gpt2, llama causal_lm; 8x128
     python bench/train_step.py --quick            # 2 rounds
     python bench/train_step.py --models gpt2 --runs 8
     nice -n -10 python bench/train_step.py --quiet-wait 30   # on a shared machine
 
 For each case a randomly initialised transformers model of the standard size with that head
 (BertForSequenceClassification at bert-base size, GPT2LMHeadModel at gpt2 size, RoBERTa and
-DistilBERT seqcls at roberta-base and distilbert-base size) is saved with
+DistilBERT seqcls at roberta-base and distilbert-base size, LlamaForCausalLM at SmolLM-135M's size) is saved with
 `save_pretrained`; both sides load that folder and train in the same plain loop: `zero_grad`, forward
 with labels (the loss inside the model), `backward`, `AdamW.step` (torch's default foreach
 implementation), in training mode with the checkpoint's dropout. Inputs are 8 rows of 128 random tokens
@@ -31,8 +31,20 @@ from pathlib import Path
 import _common as common
 import torch
 
-GOALS = {"bert": 1.0, "gpt2": 1.15, "roberta": 1.0, "distilbert": 1.0}  # ours/hf tokens per second, at least
-HEADS = {"bert": "seqcls", "gpt2": "causal_lm", "roberta": "seqcls", "distilbert": "seqcls"}
+GOALS = {
+    "bert": 1.0,
+    "gpt2": 1.15,
+    "roberta": 1.0,
+    "distilbert": 1.0,
+    "llama": 1.0,
+}  # ours/hf tokens per second, at least
+HEADS = {
+    "bert": "seqcls",
+    "gpt2": "causal_lm",
+    "roberta": "seqcls",
+    "distilbert": "seqcls",
+    "llama": "causal_lm",
+}
 AUTO = {"seqcls": "AutoModelForSequenceClassification", "causal_lm": "AutoModelForCausalLM"}
 
 
@@ -115,7 +127,7 @@ def measure(model_type: str, runs: int, peak: float, quiet_wait: float) -> list[
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="bert,gpt2,roberta,distilbert")
+    parser.add_argument("--models", default="bert,gpt2,roberta,distilbert,llama")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="2 rounds")
     parser.add_argument("--threads", type=int, default=2)

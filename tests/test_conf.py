@@ -77,15 +77,23 @@ def test_head_picks_its_data_and_data_keys_override_it():
     assert compose_cfg("head=causal_lm", "data.max_length=64").data.max_length == 64
 
 
+# (layers, width, heads) of each family's base checkpoint; Llama's is SmolLM-135M, Qwen2's Qwen2-0.5B.
+BASE_SIZES = {
+    "bert": (12, 768, 12),
+    "gpt2": (12, 768, 12),
+    "bart": (6, 768, 12),
+    "roberta": (12, 768, 12),
+    "distilbert": (6, 768, 12),
+    "llama": (30, 576, 9),
+    "qwen2": (24, 896, 14),
+}
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_arch_files_are_base_size_with_common_names(arch):
     cfg = compose_cfg(f"arch={arch}", "~experiment")
     config = build_config(cfg.arch)
-    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (
-        {"bert": 12, "gpt2": 12, "bart": 6, "roberta": 12, "distilbert": 6}[arch],
-        768,
-        12,
-    )
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == BASE_SIZES[arch]
     # The experiment's deltas reach every architecture through the same common names.
     small = build_config(compose_cfg(f"arch={arch}").arch)
     assert (small.num_hidden_layers, small.hidden_size) == (2, 128)
@@ -246,8 +254,10 @@ def test_dry_run_reports_config_parameters_and_memory_without_data(arch, no_data
     assert not any(tmp_path.iterdir())
     summary = describe(compose_cfg(f"arch={arch}", "~experiment"))
     # Base sizes: BERT-base seqcls ~109M, GPT-2 small ~124M, BART-base ~140M, RoBERTa-base ~125M,
-    # DistilBERT-base ~67M parameters.
+    # DistilBERT-base ~67M parameters; Llama and Qwen2 with one key/value head per query head
+    # (SmolLM-135M's 3 and Qwen2-0.5B's 2 give 135M and 494M).
     expected = {"bert": 109.5e6, "gpt2": 124.4e6, "bart": 140.0e6, "roberta": 124.6e6, "distilbert": 67.0e6}
+    expected |= {"llama": 147.8e6, "qwen2": 527.1e6}
     assert summary["num_parameters"] == pytest.approx(expected[arch], rel=0.02)
     memory = summary["memory"]
     assert memory["total"] == sum(v for k, v in memory.items() if k != "total")

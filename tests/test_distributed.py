@@ -32,7 +32,14 @@ CONF = REPO / "conf"
 PRESETS = sorted(p.stem for p in (CONF / "trainer").glob("*.yaml"))
 CASES = [(t, h) for t, heads in registry.model_matrix().items() for h in sorted(heads) if h != "base"]
 # DistilBERT's block keeps HF's name, TransformerBlock; RoBERTa's layers are BERT's.
-BLOCKS = {"BertLayer", "GPT2Block", "BartEncoderLayer", "BartDecoderLayer", "TransformerBlock"}
+BLOCKS = {
+    "BertLayer",
+    "GPT2Block",
+    "BartEncoderLayer",
+    "BartDecoderLayer",
+    "TransformerBlock",
+    "LlamaDecoderLayer",
+}
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
 
 # A tiny run (two CPU ranks through gloo, see DDP).

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-KINDS = ("wordpiece", "byte_level_bpe")
+KINDS = ("wordpiece", "byte_level_bpe", "byte_fallback_bpe")
 POST_PROCESSORS = ("template", "byte_level", "roberta")
 # The smallest WordPiece vocabulary worth training: the specials and some characters.
 _SMALLEST_WORDPIECE = 32
@@ -23,7 +23,8 @@ class TokenizerRecipe:
     """How to train a fresh tokenizer laid out like an architecture's pretrained one.
 
     Attributes:
-        kind: "wordpiece" or "byte_level_bpe".
+        kind: "wordpiece", "byte_level_bpe" or "byte_fallback_bpe" (Llama's: BPE over characters on
+            metaspace pieces, the 256 byte tokens `<0x00>`..`<0xFF>` for what the vocabulary lacks).
         tokenizer_class: the transformers tokenizer class (`BertTokenizer`, ...), written into
             tokenizer_config.json; also the class assumed for a checkpoint folder that names none.
         special_tokens: the special tokens, given the first ids in this order.
@@ -67,10 +68,11 @@ class TokenizerRecipe:
                 f"TokenizerRecipe: template {self.template!r} names {missing}, which are not among "
                 f"special_tokens {list(self.special_tokens)}."
             )
-        if self.kind == "wordpiece" and self.tokenizer_config.get("unk_token") not in self.special_tokens:
+        needs_unk = {"wordpiece": "WordPiece", "byte_fallback_bpe": "Byte-fallback BPE"}
+        if self.kind in needs_unk and self.tokenizer_config.get("unk_token") not in self.special_tokens:
             raise ValueError(
-                "TokenizerRecipe: WordPiece needs tokenizer_config['unk_token'] among special_tokens "
-                f"{list(self.special_tokens)}."
+                f"TokenizerRecipe: {needs_unk[self.kind]} needs tokenizer_config['unk_token'] among "
+                f"special_tokens {list(self.special_tokens)}."
             )
         if self.post_processor == "roberta":
             for role in ("cls_token", "sep_token"):
@@ -85,7 +87,9 @@ class TokenizerRecipe:
         """The smallest `vocab_size` this recipe can train."""
         if self.kind == "wordpiece":
             return _SMALLEST_WORDPIECE
-        return _BYTES + len(self.special_tokens) + len(self.added_last)
+        # Byte fallback keeps the 256 byte tokens beside what it learns, and learns at least one piece.
+        learned = 1 if self.kind == "byte_fallback_bpe" else 0
+        return _BYTES + len(self.special_tokens) + len(self.added_last) + learned
 
 
 def template_tokens(template: tuple[str, str] | None) -> list[str]:

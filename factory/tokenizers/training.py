@@ -8,6 +8,11 @@ What differs between families is data: each architecture's config class carries 
   frequency.
 - "byte_level_bpe" (GPT-2, BART): byte-level BPE trained by `tokenizers`, the special tokens first;
   tokens the recipe adds last (BART's `<mask>`) take the last ids.
+- "byte_fallback_bpe" (Llama): the layout of Llama's tokenizer.json, converted from sentencepiece. No
+  normalizer; metaspace pre-tokenization (spaces become `▁`, one `▁` put in front of the text); the
+  special tokens, then the 256 byte tokens `<0x00>`..`<0xFF>`, then BPE pieces learned over characters.
+  A character the vocabulary lacks is spelled as the byte tokens of its UTF-8 encoding, so no text is
+  unknown; the decoder turns `▁` back into spaces and byte tokens back into characters.
 
 The post-processor is "template" (a `TemplateProcessing` such as BERT's `[CLS] $A [SEP] $B:1 [SEP]:1`),
 "byte_level" (none: a pair is the two texts back to back, as GPT-2's own tokenizer does) or "roberta"
@@ -20,6 +25,7 @@ The result is a `factory.tokenizers.tokenizer.Tokenizer`; its `save_pretrained` 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from collections import Counter
 from collections.abc import Iterable
@@ -93,10 +99,12 @@ def train_tokenizer(
             count += 1
             yield text
 
-    if recipe.kind == "wordpiece":
-        backend = _train_wordpiece(recipe, counted(), vocab_size, min_frequency)
-    else:
-        backend = _train_byte_level_bpe(recipe, counted(), vocab_size, min_frequency)
+    train = {
+        "wordpiece": _train_wordpiece,
+        "byte_level_bpe": _train_byte_level_bpe,
+        "byte_fallback_bpe": _train_byte_fallback_bpe,
+    }[recipe.kind]
+    backend = train(recipe, counted(), vocab_size, min_frequency)
     if count == 0:
         raise ValueError(f"No texts to train the {model_type} tokenizer on.")
     backend.post_processor = _post_processor(recipe, backend)
@@ -159,6 +167,61 @@ def _train_byte_level_bpe(
         show_progress=False,
     )
     backend.train_from_iterator(texts, trainer=trainer)
+    if recipe.added_last:
+        backend.add_special_tokens([AddedToken(**{**token, "special": True}) for token in recipe.added_last])
+    return backend
+
+
+METASPACE = "\u2581"  # ▁, sentencepiece's visible space
+BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
+
+
+def _train_byte_fallback_bpe(
+    recipe: TokenizerRecipe, texts: Iterable[str], vocab_size: int, min_frequency: int
+) -> RustTokenizer:
+    # Pieces are learned within words (`split=True`), as sentencepiece does; the finished tokenizer runs
+    # over the whole text (`split=False`), as transformers' LlamaTokenizer builds it: with no merge
+    # across a `▁`, both give the same pieces.
+    fixed = len(recipe.special_tokens) + len(BYTE_TOKENS) + len(recipe.added_last)
+    learned = vocab_size - fixed
+    learner = RustTokenizer(models.BPE())
+    learner.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement=METASPACE, prepend_scheme="first", split=True
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=learned,
+        min_frequency=min_frequency,
+        # The rarest characters beyond the budget are left to the byte tokens.
+        limit_alphabet=learned,
+        show_progress=False,
+    )
+    learner.train_from_iterator(texts, trainer=trainer)
+    trained = json.loads(learner.to_str())["model"]
+    vocab = {token: i for i, token in enumerate((*recipe.special_tokens, *BYTE_TOKENS))}
+    for token, _ in sorted(trained["vocab"].items(), key=lambda item: item[1]):
+        vocab.setdefault(token, len(vocab))
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
+    backend = RustTokenizer(
+        models.BPE(
+            vocab,
+            merges,
+            unk_token=recipe.tokenizer_config["unk_token"],
+            fuse_unk=True,
+            byte_fallback=True,
+        )
+    )
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement=METASPACE, prepend_scheme="first", split=False
+    )
+    backend.decoder = decoders.Sequence(
+        [
+            decoders.Replace(METASPACE, " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(content=" ", left=1, right=0),  # the `▁` put in front of the text
+        ]
+    )
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in recipe.special_tokens])
     if recipe.added_last:
         backend.add_special_tokens([AddedToken(**{**token, "special": True}) for token in recipe.added_last])
     return backend
