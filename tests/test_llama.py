@@ -360,6 +360,29 @@ def test_sampling_equals_transformers_under_a_seed_and_repeats(lm_pair):
     assert torch.equal(got, want) and torch.equal(got, run(7)) and not torch.equal(got, run(8))
 
 
+@pytest.mark.parametrize(
+    "beams",
+    [
+        dict(num_beams=3),
+        dict(num_beams=4, early_stopping=True, no_repeat_ngram_size=2, length_penalty=0.6),
+        dict(num_beams=2, early_stopping="never", length_penalty=1.5, min_new_tokens=4),
+    ],
+    ids=["plain", "early_ngrams", "never_min_new"],
+)
+def test_beam_search_equals_transformers_on_a_left_padded_batch(lm_pair, beams):
+    theirs, ours = lm_pair
+    # A token the first row emits early ends its beams, so hypotheses finish at different steps.
+    free = generate(ours, PROMPT, PROMPT_MASK, max_new_tokens=12, eos_token_id=[], pad_token_id=PAD)
+    eos = int(free[0, PROMPT.size(1) + 2])
+    with torch.no_grad():
+        want = theirs.generate(
+            input_ids=PROMPT, attention_mask=PROMPT_MASK, max_new_tokens=12, do_sample=False, pad_token_id=PAD,
+            eos_token_id=eos, **beams,
+        )  # fmt: skip
+    got = generate(ours, PROMPT, PROMPT_MASK, max_new_tokens=12, eos_token_id=eos, pad_token_id=PAD, **beams)
+    assert got.tolist() == want.tolist()
+
+
 # ---- train.py ----------------------------------------------------------------------------------------------
 def tiny_overrides(head: str, *more: str) -> list[str]:
     lengths = {"qa": ["data.max_length=128", "data.stride=32"]}.get(head, ["data.max_length=32"])
