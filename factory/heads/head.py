@@ -92,6 +92,14 @@ class Head:
         """The batch as `model` takes it (a label convention the model class differs in, say)."""
         return batch
 
+    def loss(self, out: Any, batch: Mapping[str, Any]) -> Any:
+        """The loss to train and validate on; by default the model's own, computed as HF computes it.
+
+        A head whose batches carry what the HF model class does not take (multiple_choice's mask of
+        padded choices) computes it here, with a loss of `factory.models.losses`.
+        """
+        return out.loss
+
     # ---- data -------------------------------------------------------------------------------------
     def read(self, train_file: str, validation_file: str, settings: Mapping[str, Any]) -> DataSplits:
         """Both splits' examples; errors name file and line."""
