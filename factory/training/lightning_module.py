@@ -20,7 +20,7 @@ from torch import nn
 
 from factory.build import build_model
 from factory.config import PretrainedConfig, plain_data
-from factory.heads.head import get_head
+from factory.heads.head import BatchPosition, get_head
 from factory.training.failures import HINT, NonFiniteError
 from factory.training.optim import check_optim, lr_factor, parameter_groups
 
@@ -79,9 +79,11 @@ class FactoryModule(pl.LightningModule):
         return loss
 
     def _run(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> tuple[dict[str, Any], Any]:
-        """`(batch as the model took it, output with the head's loss)`: the head's batch preparation,
-        the model, then the head's loss."""
-        batch = self.task.prepare_batch(self.model, dict(batch))
+        """`(batch as the model took it, output with the head's loss)`: the head's draws and batch
+        preparation, the model, then the head's loss."""
+        batch = dict(batch)
+        self.task.draw_batch(batch, BatchPosition(self.current_epoch, batch_idx, self.global_rank))
+        batch = self.task.prepare_batch(self.model, batch)
         out = self(**batch)
         out.loss = self.task.loss(out, batch)
         return batch, out
