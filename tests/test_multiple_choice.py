@@ -177,7 +177,7 @@ def test_accuracy_metric():
 
 def test_shipped_data_has_three_to_five_choices():
     splits = load_examples("multiple_choice", {})
-    assert len(splits.train) >= 2000 and len(splits.validation) >= 400
+    assert (len(splits.train), len(splits.validation)) == (1500, 300)
     assert {len(e["choices"]) for e in splits.train} == {3, 4, 5}
 
 
