@@ -129,6 +129,19 @@ def test_whole_word_masking_with_a_wordpiece_tokenizer():
         assert torch.equal(chosen[:, t], chosen[:, t - 1])  # a piece goes with the token before it
 
 
+def test_shipped_texts_are_what_the_generator_writes_in_whole_blocks(tmp_path):
+    from factory.data.datasets import generate_masked_lm
+
+    for path in generate_masked_lm.generate(tmp_path):
+        shipped = generate_masked_lm.HERE / path.relative_to(tmp_path)
+        assert shipped.read_bytes() == path.read_bytes(), f"{shipped.name}: regenerate it"
+    # Every document is 16 tokens for a tokenizer trained on them: 64-token blocks hold four whole ones.
+    splits = load_examples("masked_lm")
+    tok = train_tokenizer("bert", [e["text"] for e in splits.train], 4000, model_max_length=128)
+    lengths = {len(ids) for ids in tok([e["text"] for e in splits.train + splits.validation])["input_ids"]}
+    assert lengths == {16}
+
+
 def _data_module(tok, splits, seed: int = 7):
     dm = FactoryDataModule("masked_lm", {"mask_seed": seed}, tok, 8, 64, seed=0, splits=splits)
     dm.setup()
@@ -258,9 +271,9 @@ def test_a_resumed_run_draws_the_masks_of_an_uninterrupted_one(tmp_path, tmp_pat
     from factory.training.run import train
     from tests.test_resume import assert_same_run, compose_cfg, last, train_killed_after
 
-    # 3 batches an epoch (8, 8 and a few blocks of 32 tokens); killed mid-epoch 2 (step 5), 7 steps in all.
-    stories = Path(default_data_files("masked_lm")[0]).read_text(encoding="utf-8").split("\n\n")
-    for name, part in (("train", stories[:8]), ("validation", stories[8:10])):
+    # 40 documents of 16 tokens: 20 blocks of 32, 3 batches an epoch (8, 8, 4); killed mid-epoch 2 (step 5).
+    documents = Path(default_data_files("masked_lm")[0]).read_text(encoding="utf-8").split("\n\n")
+    for name, part in (("train", documents[:40]), ("validation", documents[40:48])):
         (tmp_path / f"{name}.txt").write_text("\n\n".join(part) + "\n", encoding="utf-8")
     items = [
         "head=masked_lm",

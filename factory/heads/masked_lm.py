@@ -1,9 +1,9 @@
 """Masked language modelling (BERT's pretraining objective): predict the tokens hidden in the input.
 
-Data: plain text (documents separated by blank lines) or JSONL with a text column, as causal_lm reads it
-(its shipped texts are the default here). Each document is encoded with the tokenizer's template
-(`[CLS] text [SEP]`), the documents are joined and packed into blocks of `max_length`, as HF's run_mlm
-groups texts.
+Data: plain text (documents separated by blank lines) or JSONL with a text column, as causal_lm reads it.
+The shipped texts are templated one-sentence documents (factory/data/datasets/generate_masked_lm.py).
+Each document is encoded with the tokenizer's template (`[CLS] text [SEP]`), the documents are joined
+and packed into blocks of `max_length`, as HF's run_mlm groups texts.
 
 Masking is dynamic, per batch (HF's DataCollatorForLanguageModeling): of the tokens that are neither
 special nor padding, `data.mlm_probability` (0.15) become targets; of those, 80% are replaced by the mask
@@ -117,7 +117,7 @@ class MaskedLanguageModeling(Head):
         "whole_word_masking": False,
         "mask_seed": 42,
     }
-    shipped = ("causal_lm/train.txt", "causal_lm/validation.txt")
+    shipped = ("masked_lm/train.txt", "masked_lm/validation.txt")
     empty_reason = "its text gives no block with a token to mask"
     inputs = ("text",)
     options: ClassVar[dict[str, Option]] = {
