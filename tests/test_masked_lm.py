@@ -18,7 +18,7 @@ from torch.testing import assert_close
 from factory.config import ConfigError
 from factory.data.files import load_examples
 from factory.data.module import FactoryDataModule
-from factory.heads.head import get_head
+from factory.heads.head import BatchPosition, get_head
 from factory.heads.masked_lm import Masking, mask_tokens
 from factory.inference.predictor import InferenceError, load_predictor
 from factory.models.bert import BertForMaskedLM
@@ -120,13 +120,26 @@ def test_whole_word_masking_with_a_wordpiece_tokenizer():
     ids = torch.tensor(tok([texts[-1]] * 64)["input_ids"])
     tokens = tok.convert_ids_to_tokens(ids[0].tolist())
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "masking": torch.full((64,), index)}
-    head.finish_batch(batch)
+    head.draw_batch(batch, BatchPosition(epoch=0, index=0))
     assert "masking" not in batch
     chosen = batch["labels"] != -100
     pieces = [t for t, token in enumerate(tokens) if token.startswith("##")]
     assert pieces and chosen[:, pieces].any()
     for t in pieces:
         assert torch.equal(chosen[:, t], chosen[:, t - 1])  # a piece goes with the token before it
+
+
+def test_shipped_texts_are_what_the_generator_writes_in_whole_blocks(tmp_path):
+    from factory.data.datasets import generate_masked_lm
+
+    for path in generate_masked_lm.generate(tmp_path):
+        shipped = generate_masked_lm.HERE / path.relative_to(tmp_path)
+        assert shipped.read_bytes() == path.read_bytes(), f"{shipped.name}: regenerate it"
+    # Every document is 16 tokens for a tokenizer trained on them: 64-token blocks hold four whole ones.
+    splits = load_examples("masked_lm")
+    tok = train_tokenizer("bert", [e["text"] for e in splits.train], 4000, model_max_length=128)
+    lengths = {len(ids) for ids in tok([e["text"] for e in splits.train + splits.validation])["input_ids"]}
+    assert lengths == {16}
 
 
 def _data_module(tok, splits, seed: int = 7):
@@ -142,25 +155,41 @@ def shipped():
     return tok, splits
 
 
-def test_masks_are_reproducible_from_the_seed_and_change_every_epoch(shipped):
+def _drawn(batch: dict, epoch: int, index: int, rank: int = 0) -> dict:
+    """`batch` masked as the Lightning module masks the `index`-th batch of `epoch`."""
+    batch = {k: v.clone() for k, v in batch.items()}
+    get_head("masked_lm").draw_batch(batch, BatchPosition(epoch, index, rank))
+    return batch
+
+
+def test_masks_are_keyed_by_seed_epoch_and_batch_index(shipped):
     tok, splits = shipped
     a, b, other = _data_module(tok, splits), _data_module(tok, splits), _data_module(tok, splits, seed=8)
-    first = [next(iter(dm.train_dataloader())) for dm in (a, b, other)]
+    first = [_drawn(next(iter(dm.train_dataloader())), 0, 0) for dm in (a, b, other)]
     assert torch.equal(first[0]["input_ids"], first[1]["input_ids"])  # same seed, same masks
     assert torch.equal(first[0]["labels"], first[1]["labels"])
     assert not torch.equal(first[0]["labels"], first[2]["labels"])  # another seed, other masks
     assert (first[0]["input_ids"] == MASK).any() and (first[0]["labels"] != -100).any()
-    # The same loader's next pass (the next epoch) masks afresh.
-    loader = a.train_dataloader()
-    epochs = [[batch["labels"] for batch in loader] for _ in range(2)]
-    assert not all(torch.equal(x, y) for x, y in zip(*epochs))
-    # The same rows in the same order, seen again in training, are masked afresh too.
-    rows = a.train.rows[:8]
-    again = [a.collate(rows)["labels"] for _ in range(2)]
-    assert not torch.equal(*again)
+    # The same rows drawn at another epoch, batch index or rank are masked afresh; at the same position,
+    # however often and in whatever order they are drawn (a resumed run), the same.
+    rows = a.collate(a.train.rows[:8])
+    assert "labels" not in rows  # the collate masks nothing: it knows no position
+    at = {where: _drawn(rows, *where)["labels"] for where in [(0, 3), (1, 3), (0, 4), (0, 3, 1)]}
+    assert len({tuple(labels.flatten().tolist()) for labels in at.values()}) == 4
+    assert torch.equal(_drawn(rows, 0, 3)["labels"], at[(0, 3)])
     # Validation masks are the same every epoch.
-    val = [[batch["labels"] for batch in a.val_dataloader()] for _ in range(2)]
-    assert all(torch.equal(x, y) for x, y in zip(*val))
+    val = a.collate(a.validation.rows[:8])
+    assert torch.equal(_drawn(val, 0, 2)["labels"], _drawn(val, 5, 2)["labels"])
+    assert not torch.equal(_drawn(val, 0, 2)["labels"], _drawn(val, 0, 3)["labels"])
+    # A whole epoch as training draws it: 15% of the maskable tokens, never a special one or padding.
+    chosen = maskable = 0
+    for index, batch in enumerate(a.train_dataloader()):
+        drawn = _drawn(batch, 1, index)
+        targets = drawn["labels"] != -100
+        can = (batch["attention_mask"] == 1) & ~torch.isin(batch["input_ids"], torch.tensor(SPECIAL))
+        assert not (targets & ~can).any()
+        chosen, maskable = chosen + int(targets.sum()), maskable + int(can.sum())
+    assert abs(chosen / maskable - 0.15) < 0.01
 
 
 def test_a_tokenizer_without_a_mask_token_is_an_error(shipped):
@@ -233,3 +262,32 @@ def test_train_then_infer_on_the_command_line(tmp_path):
     fills = json.loads(infer.stdout)
     assert len(fills) == 2 and set(fills[0]) == {"score", "token", "token_str", "sequence"}
     assert fills[0]["score"] >= fills[1]["score"]
+
+
+@pytest.mark.slow
+def test_a_resumed_run_draws_the_masks_of_an_uninterrupted_one(tmp_path, tmp_path_factory, monkeypatch):
+    from factory.data.files import default_data_files
+    from factory.training import resume
+    from factory.training.run import train
+    from tests.test_resume import assert_same_run, compose_cfg, last, train_killed_after
+
+    # 40 documents of 16 tokens: 20 blocks of 32, 3 batches an epoch (8, 8, 4); killed mid-epoch 2 (step 5).
+    documents = Path(default_data_files("masked_lm")[0]).read_text(encoding="utf-8").split("\n\n")
+    for name, part in (("train", documents[:40]), ("validation", documents[40:48])):
+        (tmp_path / f"{name}.txt").write_text("\n\n".join(part) + "\n", encoding="utf-8")
+    items = [
+        "head=masked_lm",
+        *TINY_RUN,
+        "data.max_length=32",
+        f"data.train_file={tmp_path / 'train.txt'}",
+        f"data.validation_file={tmp_path / 'validation.txt'}",
+        "trainer.max_steps=7",
+        "trainer.val_check_interval=1.0",
+        "callbacks.last_checkpoint.every_n_train_steps=1",
+    ]
+    reference = tmp_path_factory.mktemp("reference")
+    train(compose_cfg(items), run_dir=reference)
+    run = tmp_path / "run"
+    train_killed_after(compose_cfg(items), run, 5, monkeypatch)
+    train(resume.run_config(run))
+    assert_same_run(last(run), last(reference))

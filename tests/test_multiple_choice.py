@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from factory.data.files import DataError, load_examples, texts_for_tokenizer
 from factory.data.module import FactoryDataModule
 from factory.heads.head import get_head
 from factory.models.bert import BertForMultipleChoice
+from factory.models.losses import mask_choices, multiple_choice_loss
 from factory.tokenizers.training import train_tokenizer
 from tests.helpers import TINY_RUN, tiny_config
 
@@ -94,10 +96,11 @@ def test_variable_choice_counts_batch_as_b_c_t(tmp_path, tokenizer):
     batch = next(iter(dm.val_dataloader()))
     b, c, t = batch["input_ids"].shape
     assert (b, c) == (4, 5)
-    assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
+    assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "labels", "choice_mask"}
     assert batch["labels"].tolist() == [0, 4, 1, 3]
     present = batch["attention_mask"].any(-1)
     assert present.sum(-1).tolist() == [3, 5, 2, 4]
+    assert torch.equal(batch["choice_mask"], present)
     # Each (context, choice) pair is the tokenizer's text pair, unpadded, at [row, choice].
     for i, record in enumerate(records):
         for j, choice in enumerate(record["choices"]):
@@ -108,31 +111,49 @@ def test_variable_choice_counts_batch_as_b_c_t(tmp_path, tokenizer):
             assert batch["attention_mask"][i, j].tolist() == [1] * n + [0] * (t - n)
 
 
-def test_padded_choices_are_out_of_the_loss_and_the_prediction(tmp_path, tokenizer):
-    """A batch of mixed choice counts gives each example the loss and logits it has alone."""
+def _forward(model, batch: dict):
+    """The model's output on a collated batch (it takes no `choice_mask`), with the head's loss."""
+    out = model(**{k: v for k, v in batch.items() if k != "choice_mask"})
+    out.loss = HEAD.loss(out, batch)
+    return out
+
+
+def test_a_batch_of_2_and_4_choices_scores_each_example_as_alone(tmp_path, tokenizer):
+    """Mixed choice counts give each example the logits, prediction and loss it has alone."""
     torch.manual_seed(0)
     config = tiny_config("bert", vocab_size=len(tokenizer), max_position_embeddings=32)
     model = BertForMultipleChoice(config).eval()
-    records = [good(2, 1), good(5, 3), good(3, 2)]
-    dm = data_module(tmp_path, tokenizer, records, batch_size=3)
-    batch = HEAD.prepare_batch(model, next(iter(dm.val_dataloader())))
+    records = [good(2, 1), good(4, 3), {**good(2, 0), "context": "Which word is a colour, then?"}, good(4, 2)]
+    dm = data_module(tmp_path, tokenizer, records)
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["choice_mask"].tolist() == [[True, True, False, False], [True] * 4] * 2
     with torch.no_grad():
-        out = model(**batch)
-    assert out.logits[0, 2:].max() < -1e30 and out.logits[2, 3:].max() < -1e30
-    losses = []
-    for i in range(3):
-        single = HEAD.prepare_batch(
-            model, next(iter(data_module(tmp_path, tokenizer, [records[i]]).val_dataloader()))
-        )
+        out = _forward(model, batch)
+    kept = HEAD.validation_step(model, batch, out)
+    alone = []
+    for i, record in enumerate(records):
+        single = next(iter(data_module(tmp_path, tokenizer, [record]).val_dataloader()))
         with torch.no_grad():
-            one = model(**single)
-        n = len(records[i]["choices"])
+            one = _forward(model, single)
+        n = len(record["choices"])
+        assert single["input_ids"].shape[1] == n
         torch.testing.assert_close(out.logits[i, :n], one.logits[0], atol=1e-5, rtol=1e-5)
-        losses.append(one.loss)
-    torch.testing.assert_close(out.loss, torch.stack(losses).mean(), atol=1e-5, rtol=1e-5)
-    # The hook was one-shot: an unprepared forward leaves the padded logits alone.
-    with torch.no_grad():
-        assert model(**next(iter(dm.val_dataloader()))).logits[0, 2:].min() > -1e30
+        assert HEAD.validation_step(model, single, one)["preds"].tolist() == [int(kept["preds"][i])]
+        alone.append(one.loss)
+    torch.testing.assert_close(out.loss, torch.stack(alone).mean(), atol=1e-5, rtol=1e-5)
+    # Without the mask (HF's loss over every choice), the 2-choice examples' padding counts.
+    assert not torch.allclose(out.loss, multiple_choice_loss(out.logits, batch["labels"]), atol=1e-3)
+
+
+def test_padded_choices_have_no_probability_and_are_never_predicted():
+    logits = torch.tensor([[0.0, 1.0, 9.0, 9.0], [0.0, 1.0, 2.0, 3.0]], requires_grad=True)
+    labels, mask = torch.tensor([0, 3]), torch.tensor([[True, True, False, False], [True] * 4])
+    loss = multiple_choice_loss(logits, labels, mask)
+    want = (F.cross_entropy(logits[0, :2], labels[0]) + F.cross_entropy(logits[1], labels[1])) / 2
+    torch.testing.assert_close(loss, want)
+    loss.backward()
+    assert logits.grad[0, 2:].eq(0).all() and torch.isfinite(logits.grad).all()
+    assert mask_choices(logits, mask).argmax(-1).tolist() == [1, 3]
 
 
 def test_gradient_ignores_padded_choices(tmp_path, tokenizer):
@@ -140,7 +161,7 @@ def test_gradient_ignores_padded_choices(tmp_path, tokenizer):
     config = tiny_config("bert", vocab_size=len(tokenizer), max_position_embeddings=32)
     model = BertForMultipleChoice(config)
     batch = next(iter(data_module(tmp_path, tokenizer, [good(2, 1), good(5, 3)]).train_dataloader()))
-    loss = model(**HEAD.prepare_batch(model, batch)).loss
+    loss = _forward(model, batch).loss
     loss.backward()
     assert math.isfinite(float(loss.detach()))
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -156,7 +177,7 @@ def test_accuracy_metric():
 
 def test_shipped_data_has_three_to_five_choices():
     splits = load_examples("multiple_choice", {})
-    assert len(splits.train) >= 2000 and len(splits.validation) >= 400
+    assert (len(splits.train), len(splits.validation)) == (1500, 300)
     assert {len(e["choices"]) for e in splits.train} == {3, 4, 5}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import subprocess
@@ -232,3 +233,45 @@ def test_train_then_infer_entities(tmp_path):
         assert set(entity) == {"entity_group", "score", "word", "start", "end"}
         assert text[entity["start"] : entity["end"]] == entity["word"]
         assert entity["entity_group"] in {"PER", "LOC", "ORG"}
+
+
+@pytest.mark.slow
+def test_fine_tune_all_minilm_l6_v2_end_to_end(tmp_path, minilm_path):
+    """init=pretrained from the MiniLM folder (a sentence-transformers BertModel): the backbone loads, the
+    classifier starts afresh, and the run dir is complete (figures: bench/pretrained_vs_random.py)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        "head=token_cls",
+        "init=pretrained",
+        f"init.name_or_path={minilm_path}",
+        "optim.lr=1e-4",
+        "data.batch_size=8",
+        "data.max_length=32",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+        "trainer.limit_val_batches=2",
+        "+trainer.num_sanity_val_steps=0",
+        "callbacks.progress_bar.refresh_rate=0",
+        f"hydra.run.dir={run}",
+    ]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((run / "load_report.json").read_text())
+    assert report["model_class"] == "BertForTokenClassification" and report["weights"]
+    assert sorted(report["newly_initialised"]) == ["classifier.bias", "classifier.weight"]
+    results = json.loads((run / "results.json").read_text())
+    assert results["global_step"] == 3 and 0 <= results["final_metrics"]["val/f1"] <= 1
+    assert math.isfinite(results["final_metrics"]["val/loss"])
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]) == (384, 6, 30522)
+    for name in (
+        ".hydra/config.yaml",
+        "checkpoints/last.ckpt",
+        "model/model.safetensors",
+        "logs/metrics.csv",
+    ):
+        assert (run / name).is_file(), name
+    assert (run / "model" / "tokenizer.json").is_file() or (run / "model" / "vocab.txt").is_file()

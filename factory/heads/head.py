@@ -52,6 +52,21 @@ class DataSplits:
     validation_file: str = ""
 
 
+@dataclass(frozen=True)
+class BatchPosition:
+    """Where a batch stands in a run: what per-batch random draws are keyed by.
+
+    Attributes:
+        epoch: the training epoch (Lightning's `current_epoch`; it survives a resume).
+        index: the batch's index in its epoch, or in its validation pass.
+        rank: the process's global rank (0 in a single-process run): its batches hold other rows.
+    """
+
+    epoch: int
+    index: int
+    rank: int = 0
+
+
 @dataclass
 class Encoded:
     """A split as model rows, plus what the head needs to score it (QA's windows, say)."""
@@ -91,6 +106,22 @@ class Head:
     def prepare_batch(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
         """The batch as `model` takes it (a label convention the model class differs in, say)."""
         return batch
+
+    def draw_batch(self, batch: dict[str, Any], where: BatchPosition) -> None:
+        """Add what is drawn at random for each batch (masked_lm's masks), from where the batch stands.
+
+        Runs in the training process, before `prepare_batch`: the collate runs in loader workers, which
+        know neither the epoch nor the batch's index, and draws keyed by the order batches happen to be
+        collated in would not repeat in a resumed run.
+        """
+
+    def loss(self, out: Any, batch: Mapping[str, Any]) -> Any:
+        """The loss to train and validate on; by default the model's own, computed as HF computes it.
+
+        A head whose batches carry what the HF model class does not take (multiple_choice's mask of
+        padded choices) computes it here, with a loss of `factory.models.losses`.
+        """
+        return out.loss
 
     # ---- data -------------------------------------------------------------------------------------
     def read(self, train_file: str, validation_file: str, settings: Mapping[str, Any]) -> DataSplits:

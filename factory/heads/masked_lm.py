@@ -1,28 +1,23 @@
 """Masked language modelling (BERT's pretraining objective): predict the tokens hidden in the input.
 
-Data: plain text (documents separated by blank lines) or JSONL with a text column, as causal_lm reads it
-(its shipped texts are the default here). Each document is encoded with the tokenizer's template
-(`[CLS] text [SEP]`), the documents are joined and packed into blocks of `max_length`, as HF's run_mlm
-groups texts.
+Data: plain text (documents separated by blank lines) or JSONL with a text column, as causal_lm reads it.
+The shipped texts are templated one-sentence documents (factory/data/datasets/generate_masked_lm.py).
+Each document is encoded with the tokenizer's template (`[CLS] text [SEP]`), the documents are joined
+and packed into blocks of `max_length`, as HF's run_mlm groups texts.
 
-Masking is dynamic, per batch, in `finish_batch` (HF's DataCollatorForLanguageModeling): of the tokens
-that are neither special nor padding, `data.mlm_probability` (0.15) become targets; of those, 80% are
-replaced by the mask token, 10% by a random token and 10% left as they are; labels are -100 elsewhere.
-With `data.whole_word_masking` a word is chosen as a whole: a WordPiece token starting with "##" is
-chosen with the token that starts its word.
+Masking is dynamic, per batch (HF's DataCollatorForLanguageModeling): of the tokens that are neither
+special nor padding, `data.mlm_probability` (0.15) become targets; of those, 80% are replaced by the mask
+token, 10% by a random token and 10% left as they are; labels are -100 elsewhere. With
+`data.whole_word_masking` a word is chosen as a whole: a WordPiece token starting with "##" is chosen
+with the token that starts its word.
 
-Which tokens a batch masks is drawn from a generator seeded by `(data.mask_seed, a hash of the batch's
-input ids, how many times this process has masked that exact training batch)`. The collate runs in the
-DataLoader (in worker processes with `data.num_workers > 0`) and knows neither the epoch nor the batch
-index, but the batch's contents stand for both: the training loader reshuffles every epoch, so an epoch's
-batches differ from the last one's and so do their masks, while a resumed run rebuilds the same batches
-and so draws the same masks. The counter only changes the masks of a batch seen again with exactly the
-same rows in the same order (a dataset of one batch, say); such a repeat is masked afresh, and that is
-the one case where a resumed run (whose counters restart at 0), or a run with another number of workers,
-masks differently. Validation batches are the same every epoch and have no counter: their masks are
-fixed, so validation metrics compare across epochs.
-
-`data.mask_seed` follows the run's seed (`${init.seed}` in conf/head/masked_lm.yaml).
+A batch's masks are drawn in `draw_batch`, in the training process, from a generator seeded by
+`(data.mask_seed, epoch, batch index, rank)`: every epoch masks afresh, a rerun with the same seed masks
+the same, and so does a resumed run, whose epoch and batch index continue where they stopped (the collate
+runs in loader workers that know neither). The draws are made on the CPU, so a run masks the same on any
+device. Validation masks leave the epoch out: they are the same every epoch, so validation metrics
+compare across epochs. `data.mask_seed` follows the run's seed (`${init.seed}` in
+conf/head/masked_lm.yaml).
 
 Metrics: masked-token loss (`val/loss`, per masked token), its perplexity and masked-token accuracy.
 Inference: `{"text"}` holding the mask token gives HF's fill-mask pipeline output: for each mask the
@@ -34,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -44,11 +38,11 @@ import torch
 from factory import registry
 from factory.config import ConfigError
 from factory.data import files
-from factory.heads.head import DataSplits, Encoded, Head, Option, register_head
+from factory.heads.head import BatchPosition, DataSplits, Encoded, Head, Option, register_head
 from factory.models.losses import IGNORE_INDEX
 from factory.tokenizers.tokenizer import NO_MAX_LENGTH
 
-# The row key that tells `finish_batch` which split's masking applies (an index into the head's list).
+# The row key that tells `draw_batch` which split's masking applies (an index into the head's list).
 MASKING_KEY = "masking"
 CONTINUATION = "##"  # WordPiece's prefix of a token that continues a word
 
@@ -62,7 +56,7 @@ class Masking:
         mask_id: the mask token's id; vocab_size: random replacements are drawn below it.
         special_ids: ids never masked (besides padding, which the attention mask shows).
         seed: the run's mask seed.
-        varying: training (a batch seen again is masked afresh) or validation (fixed masks).
+        varying: training (masks drawn afresh every epoch) or validation (the same every epoch).
         continuation: (vocab,) bool, True for "##" pieces: whole-word masking; None: per token.
     """
 
@@ -104,11 +98,10 @@ def mask_tokens(
     return ids, labels
 
 
-def batch_seed(seed: int, input_ids: torch.Tensor, repeat: int) -> int:
-    """A generator seed from the run's seed, the batch's ids and how often this batch was seen before."""
-    digest = hashlib.blake2b(digest_size=8)
-    digest.update(f"{seed}:{repeat}:{tuple(input_ids.shape)}:".encode())
-    digest.update(input_ids.to(torch.int64).numpy().tobytes())
+def batch_seed(seed: int, where: BatchPosition, varying: bool = True) -> int:
+    """A generator seed from the run's mask seed and where the batch stands (its epoch only if `varying`)."""
+    epoch = where.epoch if varying else -1
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{where.index}:{where.rank}".encode(), digest_size=8)
     return int.from_bytes(digest.digest(), "little") & (2**63 - 1)
 
 
@@ -124,7 +117,7 @@ class MaskedLanguageModeling(Head):
         "whole_word_masking": False,
         "mask_seed": 42,
     }
-    shipped = ("causal_lm/train.txt", "causal_lm/validation.txt")
+    shipped = ("masked_lm/train.txt", "masked_lm/validation.txt")
     empty_reason = "its text gives no block with a token to mask"
     inputs = ("text",)
     options: ClassVar[dict[str, Option]] = {
@@ -133,8 +126,7 @@ class MaskedLanguageModeling(Head):
     methods = ("fill_mask",)
 
     def __init__(self) -> None:
-        self._maskings: list[Masking] = []
-        self._seen: Counter = Counter()  # (masking index, batch seed at repeat 0) -> times masked
+        self._maskings: list[Masking] = []  # by the index rows carry under MASKING_KEY
 
     # ---- data -------------------------------------------------------------------------------------
     def read(self, train_file: str, validation_file: str, settings: Mapping[str, Any]) -> DataSplits:
@@ -165,20 +157,15 @@ class MaskedLanguageModeling(Head):
                 row["token_type_ids"] = [0] * len(row["input_ids"])
         return Encoded(rows)
 
-    def finish_batch(self, batch: dict[str, Any]) -> None:
+    def draw_batch(self, batch: dict[str, Any], where: BatchPosition) -> None:
         index = batch.pop(MASKING_KEY, None)
         if index is None:
             return
-        key = int(index[0])
-        masking = self._maskings[key]
-        ids = batch["input_ids"]
-        repeat = 0
-        if masking.varying:
-            first = batch_seed(masking.seed, ids, 0)
-            repeat = self._seen[(key, first)]
-            self._seen[(key, first)] += 1
-        generator = torch.Generator().manual_seed(batch_seed(masking.seed, ids, repeat))
-        batch["input_ids"], batch["labels"] = mask_tokens(ids, batch["attention_mask"], masking, generator)
+        masking = self._maskings[int(index[0])]
+        generator = torch.Generator().manual_seed(batch_seed(masking.seed, where, masking.varying))
+        ids, attention = batch["input_ids"], batch["attention_mask"]
+        masked, labels = mask_tokens(ids.cpu(), attention.cpu(), masking, generator)
+        batch["input_ids"], batch["labels"] = masked.to(ids.device), labels.to(ids.device)
 
     # ---- validation -------------------------------------------------------------------------------
     def validation_step(self, model: Any, batch: Mapping[str, Any], out: Any) -> dict[str, Any]:

@@ -6,10 +6,12 @@ choices (at least two); a label that is not an index into its example's choices 
 and line. Each (context, choice) pair is encoded as a text pair truncated to `data.max_length`.
 
 Batches are `(B, C, T)`, as `BertForMultipleChoice` takes them, with C the most choices of any example
-in the batch: examples with fewer get padded choices whose attention mask is all zero. Those choices are
-masked out of the softmax by giving them the lowest finite logit before the model's loss (see
-`prepare_batch`), so the loss, the accuracy and the gradient equal those of the example scored on its own
-choices; shuffling stays free (no grouping by choice count).
+in the batch: examples with fewer get padded choices whose attention mask is all zero, and the batch's
+`choice_mask` (B, C) says which choices are real. The model class is transformers' and takes no such
+mask (its loss scores every choice), so the head computes the loss (`loss`, with
+`losses.multiple_choice_loss`) and the accuracy with the padded choices' logits at -inf: each example's
+loss, prediction and gradient are those it has scored on its own choices, and shuffling stays free (no
+grouping by choice count).
 
 The data module pads 1-D rows only, so a row carries its choices flattened (C_i choices of T_i tokens
 each, `token_type_ids` -1 on in-choice padding) with `num_choices` and `choice_length`, and
@@ -28,6 +30,7 @@ import torch
 
 from factory.data import files
 from factory.heads.head import DataSplits, Encoded, Head, register_head
+from factory.models.losses import mask_choices, multiple_choice_loss
 from factory.tokenizers.training import pad_token_id
 
 PAD_TYPE = -1  # token type of in-choice padding in a flattened row: the attention mask is where it is not
@@ -48,38 +51,11 @@ class MultipleChoice(Head):
     inputs = ("context",)  # and "choices", a list, which `predict` checks (check_record reads strings)
     methods = ("choose",)
 
-    def __init__(self) -> None:
-        self._hook: Any = None  # the pending one-shot logit mask of `prepare_batch`
-
     # ---- model ------------------------------------------------------------------------------------
-    def prepare_batch(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
-        """Mask padded choices (all-zero attention) out of the softmax before the model's loss.
-
-        The model class is transformers' and takes no choice mask, so a one-shot forward hook on its
-        `classifier` (HF's name in every `*ForMultipleChoice`) sets those choices' logits to the lowest
-        finite value: their softmax probability is 0 and so is their gradient.
-        """
-        if self._hook is not None:  # a batch prepared but never run (an error in between)
-            self._hook.remove()
-            self._hook = None
-        absent = ~batch["attention_mask"].bool().any(-1)  # (B, C)
-        if not bool(absent.any()):
-            return batch
-        classifier = getattr(model, "classifier", None)
-        if classifier is None:
-            raise TypeError(
-                f"{type(model).__name__} has no `classifier` module, which head={self.name} masks padded "
-                "choices at; give every example of a batch the same number of choices."
-            )
-
-        def mask(module: Any, inputs: Any, output: torch.Tensor) -> torch.Tensor:
-            self._hook.remove()
-            self._hook = None
-            flat = absent.reshape(-1, 1).to(output.device)  # (B * C, 1), as the classifier's output
-            return output.masked_fill(flat, torch.finfo(output.dtype).min)
-
-        self._hook = classifier.register_forward_hook(mask)
-        return batch
+    def loss(self, out: Any, batch: Mapping[str, Any]) -> torch.Tensor | None:
+        if "labels" not in batch:
+            return out.loss
+        return multiple_choice_loss(out.logits, batch["labels"], batch.get("choice_mask"))
 
     # ---- data -------------------------------------------------------------------------------------
     def read(self, train_file: str, validation_file: str, settings: Mapping[str, Any]) -> DataSplits:
@@ -130,11 +106,15 @@ class MultipleChoice(Head):
         batch["input_ids"] = ids
         batch["attention_mask"] = (types != PAD_TYPE).long()
         batch["token_type_ids"] = types.clamp(min=0)
+        batch["choice_mask"] = torch.arange(c)[None, :] < torch.tensor(counts)[:, None]  # (B, C)
 
     # ---- validation -------------------------------------------------------------------------------
     def validation_step(self, model: Any, batch: Mapping[str, Any], out: Any) -> dict[str, Any]:
         kept = super().validation_step(model, batch, out)
-        return {**kept, "preds": out.logits.argmax(-1).cpu(), "labels": batch["labels"].cpu()}
+        logits = out.logits
+        if "choice_mask" in batch:
+            logits = mask_choices(logits, batch["choice_mask"])
+        return {**kept, "preds": logits.argmax(-1).cpu(), "labels": batch["labels"].cpu()}
 
     def validation_metrics(self, outputs: list[dict[str, Any]], data: Any) -> dict[str, float]:
         preds = torch.cat([o["preds"] for o in outputs])
@@ -189,7 +169,7 @@ def choose(
             inputs[key][present] = value
         with torch.inference_mode():
             logits = predictor.model(**inputs).logits.float()  # (B, C)
-        probs = logits.masked_fill(~present, float("-inf")).softmax(-1)
+        probs = mask_choices(logits, present).softmax(-1)
         for (_, options), n, p in zip(chunk, counts, probs.tolist()):
             best = max(range(n), key=lambda j, p=p: p[j])
             results.append({"label": best, "choice": options[best], "scores": p[:n]})

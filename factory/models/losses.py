@@ -116,9 +116,24 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return causal_lm_loss(logits, labels, shift=False)
 
 
-def multiple_choice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of (B, num_choices) logits against the (B,) index of the right choice."""
-    return F.cross_entropy(logits.float(), labels.view(-1))
+def multiple_choice_loss(
+    logits: torch.Tensor, labels: torch.Tensor, choice_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy of (B, num_choices) logits against the (B,) index of the right choice.
+
+    `choice_mask` (B, num_choices), true where a choice is real, takes padded choices (a batch of
+    examples with fewer choices than its widest) out of the softmax: each example's loss and gradient are
+    those it has scored on its own choices. None, as HF, scores every choice.
+    """
+    logits = logits.float()
+    if choice_mask is not None:
+        logits = mask_choices(logits, choice_mask)
+    return F.cross_entropy(logits, labels.view(-1).to(logits.device))
+
+
+def mask_choices(logits: torch.Tensor, choice_mask: torch.Tensor) -> torch.Tensor:
+    """(B, num_choices) logits with -inf at padded choices: probability 0, gradient 0, never the argmax."""
+    return logits.masked_fill(~choice_mask.to(device=logits.device, dtype=torch.bool), float("-inf"))
 
 
 def seq2seq_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

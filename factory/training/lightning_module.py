@@ -20,7 +20,7 @@ from torch import nn
 
 from factory.build import build_model
 from factory.config import PretrainedConfig, plain_data
-from factory.heads.head import get_head
+from factory.heads.head import BatchPosition, get_head
 from factory.training.failures import HINT, NonFiniteError
 from factory.training.optim import check_optim, lr_factor, parameter_groups
 
@@ -70,12 +70,23 @@ class FactoryModule(pl.LightningModule):
         self._step_start = time.perf_counter()
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self(**self.task.prepare_batch(self.model, dict(batch)))
+        _, out = self._run(batch, batch_idx)
+        loss = out.loss
         size = batch["input_ids"].size(0)
-        self.log("train/loss", out.loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
         mask = batch.get("attention_mask")
         self.train_tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-        return out.loss
+        return loss
+
+    def _run(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> tuple[dict[str, Any], Any]:
+        """`(batch as the model took it, output with the head's loss)`: the head's draws and batch
+        preparation, the model, then the head's loss."""
+        batch = dict(batch)
+        self.task.draw_batch(batch, BatchPosition(self.current_epoch, batch_idx, self.global_rank))
+        batch = self.task.prepare_batch(self.model, batch)
+        out = self(**batch)
+        out.loss = self.task.loss(out, batch)
+        return batch, out
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._step_start is not None:
@@ -86,8 +97,8 @@ class FactoryModule(pl.LightningModule):
         self._outputs = []
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        batch = self.task.prepare_batch(self.model, dict(batch))
-        self._outputs.append(self.task.validation_step(self.model, batch, self(**batch)))
+        batch, out = self._run(batch, batch_idx)
+        self._outputs.append(self.task.validation_step(self.model, batch, out))
 
     def on_validation_epoch_end(self) -> None:
         outputs, self._outputs = self._outputs, []

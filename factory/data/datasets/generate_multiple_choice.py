@@ -23,28 +23,23 @@ HERE = Path(__file__).parent  # where the shipped files live (the package folder
 logger = logging.getLogger(__name__)
 
 SEED = 4321
-SIZES = (3000, 500)  # (train, validation) examples
+SIZES = (1500, 300)  # (train, validation) examples
 
+# Eight categories of six words and three short question templates: small enough that the default run
+# (2-layer BERT from scratch, about 280 steps) learns which word goes with which category; with ten
+# categories of up to ten words and six templates, twice the data and three times the run time gave
+# the same accuracy.
 CATEGORIES = {
-    "colour": ["red", "blue", "green", "yellow", "purple", "orange", "brown", "grey", "pink", "black"],
-    "animal": ["dog", "cat", "horse", "rabbit", "tiger", "mouse", "sheep", "eagle", "frog", "whale"],
-    "fruit": ["apple", "banana", "cherry", "grape", "lemon", "mango", "peach", "pear", "plum", "melon"],
-    "piece of furniture": ["table", "chair", "sofa", "bed", "desk", "shelf", "stool", "bench", "wardrobe"],
-    "vehicle": ["car", "bus", "train", "bicycle", "truck", "boat", "plane", "tram", "scooter", "van"],
-    "tool": ["hammer", "saw", "wrench", "drill", "shovel", "chisel", "rake", "pliers", "axe", "ladder"],
-    "musical instrument": ["piano", "violin", "guitar", "drum", "flute", "trumpet", "harp", "cello"],
-    "verb": ["run", "jump", "swim", "write", "sing", "read", "climb", "cook", "dance", "sleep"],
-    "weather word": ["rain", "snow", "wind", "fog", "storm", "hail", "sunshine", "thunder", "frost"],
-    "feeling": ["happy", "sad", "angry", "afraid", "calm", "proud", "bored", "jealous", "curious"],
+    "animal": ["dog", "cat", "horse", "rabbit", "tiger", "mouse"],
+    "colour": ["red", "blue", "green", "yellow", "purple", "orange"],
+    "feeling": ["happy", "sad", "angry", "afraid", "calm", "proud"],
+    "fruit": ["apple", "banana", "cherry", "grape", "lemon", "mango"],
+    "musical instrument": ["piano", "violin", "guitar", "drum", "flute", "trumpet"],
+    "piece of furniture": ["table", "chair", "sofa", "bed", "desk", "shelf"],
+    "tool": ["hammer", "saw", "wrench", "drill", "shovel", "chisel"],
+    "vehicle": ["car", "bus", "train", "bicycle", "truck", "boat"],
 }
-TEMPLATES = [
-    "Which of these is a {c}?",
-    "Pick the {c}.",
-    "One of the following is a {c}. Which one?",
-    "Name the word that is a {c}.",
-    "Choose the {c} from the list.",
-    "Which word names a {c}?",
-]
+TEMPLATES = ["Which of these is a {c}?", "Pick the {c}.", "Name the {c}."]
 
 
 def example(rng: random.Random) -> dict:
