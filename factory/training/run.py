@@ -47,6 +47,7 @@ from factory.training.resume import (
     last_checkpoint,
     remove_orphaned_temps,
 )
+from factory.training.study import trial_pruning
 
 logger = logging.getLogger(__name__)
 
@@ -400,6 +401,8 @@ def _train_in(cfg: DictConfig, plan: Plan, out: Path, resume: Any, ckpt_path: Pa
     checkpoint = next((c for c in checkpoints if c.monitor), checkpoints[0] if checkpoints else None)
     history = _History()
     preemption = Preemption()
+    # A trial of the Optuna sweeper: each validation reported to the study, and stopped when pruned.
+    pruning = trial_pruning(plan.monitor)
     # Every rank checks it trains what rank 0 does (config, hyperparameters, lr, vocabulary).
     same = distributed.RankCheck(cfg, out, extra={"vocab": distributed.digest(tokenizer.get_vocab())})
     arguments = distributed.trainer_arguments(plan.trainer, module.model)
@@ -410,7 +413,16 @@ def _train_in(cfg: DictConfig, plan: Plan, out: Path, resume: Any, ckpt_path: Pa
         **arguments,
         default_root_dir=str(out),
         logger=loggers or False,
-        callbacks=[*callbacks, history, same, ResumeState(), FiniteGuard(), ProcessGuard(), preemption],
+        callbacks=[
+            *callbacks,
+            history,
+            same,
+            ResumeState(),
+            FiniteGuard(),
+            ProcessGuard(),
+            preemption,
+            *([pruning] if pruning is not None else []),
+        ],
         enable_checkpointing=checkpoint is not None,
         # Checkpoints written next to their target and renamed into place: never half a last.ckpt.
         plugins=[*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()],
@@ -472,6 +484,7 @@ def _train_in(cfg: DictConfig, plan: Plan, out: Path, resume: Any, ckpt_path: Pa
         "tokens_per_second": module.train_tokens / module.train_time if module.train_time else None,
         "global_step": trainer.global_step,
         "epochs": trainer.current_epoch,
+        "pruned_step": pruning.pruned_step if pruning is not None else None,
         "wall_time_s": time.perf_counter() - started,
     }
     atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
