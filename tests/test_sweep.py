@@ -358,3 +358,61 @@ def test_study_plots_show_the_history_and_the_importances(tmp_path):
     empty.mkdir()
     write_study_plots(optuna.create_study(), empty)  # no trials: a history without points, no importances
     assert sorted(p.name for p in empty.iterdir()) == ["optimization_history.png"]
+
+
+def test_the_sweeper_tells_the_study_how_each_job_ended_and_stops_on_an_unexpected_error(tmp_path):
+    pytest.importorskip("optuna")
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from factory.training.study import OptunaSweeper
+    from factory.training.sweeps import TrialFailed, TrialPruned
+
+    outcomes = [0.5, TrialPruned("stopped", step=4), TrialFailed("heads=3"), 0.7, RuntimeError("a bug"), 0.9]
+    launched: list[list[str]] = []
+
+    class Launcher:  # runs nothing: each job ends as `outcomes` says
+        def launch(self, batch, initial_job_idx):
+            launched.extend(list(b) for b in batch)
+            out = []
+            for _ in batch:
+                outcome = outcomes[len(launched) - len(batch) + len(out)]
+                ret = JobReturn(
+                    status=JobStatus.FAILED if isinstance(outcome, Exception) else JobStatus.COMPLETED
+                )
+                ret._return_value, ret.overrides = outcome, []
+                out.append(ret)
+            return out
+
+    sweeper = OptunaSweeper(
+        n_trials=6, n_jobs=2, sampler={"seed": 0}, pruner="none", params={"optim.lr": "interval(0, 1)"}
+    )
+    sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    sweeper.launcher = Launcher()
+    sweeper.validate_batch_is_legal = lambda batch: None
+    with pytest.raises(RuntimeError, match="a bug"):
+        sweeper.sweep(["data.batch_size=8"])
+    study = sweeper.open_study()
+    # The error stops the sweep after its batch is told: the sixth trial ran beside the fifth.
+    assert [t.state.name for t in study.trials] == [
+        "COMPLETE",
+        "PRUNED",
+        "FAIL",
+        "COMPLETE",
+        "FAIL",
+        "COMPLETE",
+    ]
+    assert study.best_value == 0.9
+    for n, job in enumerate(launched):
+        assert job[1:] == ["data.batch_size=8", f"hydra.sweep.subdir={n}", f"++hydra.sweeper.trial={n}"]
+        assert float(job[0].split("=")[1]) == study.trials[n].params["optim.lr"]
+    assert (tmp_path / "optimization_history.png").is_file()
+
+    class Broken:  # a launcher that cannot start the jobs (no SLURM, ...)
+        def launch(self, batch, initial_job_idx):
+            raise OSError("sbatch: not found")
+
+    other = OptunaSweeper(study_name="other", n_jobs=2, pruner="none", params={"optim.lr": "interval(0, 1)"})
+    other.config, other.launcher, other.validate_batch_is_legal = sweeper.config, Broken(), lambda b: None
+    with pytest.raises(OSError, match="sbatch"):
+        other.sweep([])
+    assert [t.state.name for t in other.open_study().trials] == ["FAIL", "FAIL"]  # none left running

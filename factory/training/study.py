@@ -247,14 +247,25 @@ class OptunaSweeper(Sweeper):
                 )
                 for t in trials
             ]
-            if launched == 0:
-                self.validate_batch_is_legal(batch)
-            returns = self.launcher.launch(batch, initial_job_idx=launched)
-            launched += len(trials)
+            told: set[int] = set()
             try:
+                if launched == 0:
+                    self.validate_batch_is_legal(batch)
+                returns = self.launcher.launch(batch, initial_job_idx=launched)
+                launched += len(trials)
+                errors = []
                 for trial, ret in zip(trials, returns):
-                    self.tell(study, trial, ret)
-            finally:
+                    told.add(trial.number)
+                    try:
+                        self.tell(study, trial, ret)
+                    except Exception as e:  # noqa: BLE001  (the batch's other results are told first)
+                        errors.append(e)
+                if errors:
+                    raise errors[0]
+            finally:  # an error stops the sweep: no trial of this batch stays "running" in the study
+                for trial in trials:
+                    if trial.number not in told:
+                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 write_study_plots(study, sweep_dir)
         best = [t for t in study.trials if t.state.name == "COMPLETE"]
         if best:
