@@ -37,9 +37,8 @@ logger = logging.getLogger(__name__)
 
 TRIAL_FILE = "trial.json"
 # Sweepers that ignore a trial's return value and stop the whole sweep on an exception: a failed trial
-# returns nan there. Any other sweeper (Optuna: its trial is marked FAIL) gets `TrialFailed` raised.
-# Returning nan to the Optuna sweeper would crash it: with optuna 2.x, `study.tell(nan)` raises and the
-# plugin's fallback `tell(FAIL, values=[nan])` raises again.
+# returns nan there. Any other sweeper gets `TrialFailed` (or `TrialPruned`) raised, which says what
+# happened: ours (factory.training.study) tells the study FAIL (or PRUNED) and goes on.
 NAN_SWEEPERS = ("hydra._internal.core_plugins.basic_sweeper.BasicSweeper",)
 # A non-finite loss stops a run (factory.training.failures): in a sweep, that trial failed (too high an lr, ...).
 EXPECTED_FAILURES: tuple[type[BaseException], ...] = (ConfigError, DataError, NonFiniteError)
