@@ -47,18 +47,19 @@ def plot_curves(
 
 
 def plot_history(
-    trials: Sequence[Mapping[str, object]], direction: str, path: str | os.PathLike, title: str = ""
+    trials: Sequence[Mapping[str, object]], direction: str, path: str | os.PathLike, metric: str = "objective"
 ) -> None:
     """An Optuna study's optimisation history: each trial's value by trial number (finished trials as
     dots, pruned ones as crosses at their last reported value), and the best value so far as a line.
 
     `trials`: dicts with `number`, `state` (Optuna's state name) and `value` (None when there is none);
-    `direction`: maximize or minimize.
+    `direction`: maximize or minimize; `metric`: the objective's name.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     better = max if direction == "maximize" else min
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -79,9 +80,10 @@ def plot_history(
         failed = sum(t["state"] == "FAIL" for t in trials)
         ax.set(
             xlabel="trial",
-            ylabel="objective",
-            title=title or f"Optimisation history ({direction})" + (f"; {failed} failed" if failed else ""),
+            ylabel=metric,
+            title=f"Optimisation history ({direction})" + (f"; {failed} failed" if failed else ""),
         )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best")
         fig.tight_layout()

@@ -266,7 +266,9 @@ class OptunaSweeper(Sweeper):
                 for trial in trials:
                     if trial.number not in told:
                         study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                write_study_plots(study, sweep_dir)
+                write_study_plots(
+                    study, sweep_dir, OmegaConf.select(self.config, "head.monitor") or "objective"
+                )
         best = [t for t in study.trials if t.state.name == "COMPLETE"]
         if best:
             logger.info(
@@ -377,8 +379,9 @@ def trial_pruning(monitor: str) -> Pruning | None:
 
 
 # ---- plots ----------------------------------------------------------------------------------------------
-def write_study_plots(study: Any, sweep_dir: str | Path) -> None:
-    """`optimization_history.png` and `param_importances.png` in `sweep_dir`; a problem only logs."""
+def write_study_plots(study: Any, sweep_dir: str | Path, metric: str = "objective") -> None:
+    """`optimization_history.png` and `param_importances.png` in `sweep_dir`; a problem only logs.
+    `metric` names the objective (the head's monitored metric)."""
     try:
         from factory.training.plots import plot_history, plot_importances
 
@@ -392,7 +395,7 @@ def write_study_plots(study: Any, sweep_dir: str | Path) -> None:
             for t in trials
         ]
         direction = study.direction.name.lower()
-        plot_history(rows, direction, Path(sweep_dir) / "optimization_history.png")
+        plot_history(rows, direction, Path(sweep_dir) / "optimization_history.png", metric)
         importances = _importances(study)
         if importances:
             plot_importances(importances, Path(sweep_dir) / "param_importances.png")
