@@ -320,25 +320,33 @@ def test_bad_pruner_and_sweeper_settings_name_the_key_and_the_choices():
         OptunaSweeper(n_trials=0)
 
 
-def test_each_trial_is_sampled_with_its_own_seed(tmp_path):
-    pytest.importorskip("optuna")
+def sample(storage: str, asks: int, sweep_dir: Path) -> list[float]:
+    """The lr of `asks` new trials of a study in `storage`, asked as the sweeper does (seed 7)."""
     from factory.training.study import OptunaSweeper, search_space
 
     space, _ = search_space({"optim.lr": "tag(log, interval(1e-5, 1e-2))"}, [])
+    sweeper = OptunaSweeper(storage=storage, sampler={"seed": 7}, pruner="none")
+    sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}})
+    study = sweeper.open_study()
+    return [sweeper.ask(study, space).params["optim.lr"] for _ in range(asks)]
 
-    def sample(storage: Path, asks: int) -> list[float]:
-        sweeper = OptunaSweeper(storage=str(storage), sampler={"seed": 7}, pruner="none")
-        sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
-        study = sweeper.open_study()
-        return [sweeper.ask(study, space).params["optim.lr"] for _ in range(asks)]
 
-    once = sample(tmp_path / "a.journal", 3)
-    assert once == sample(tmp_path / "b.journal", 3)  # seeded
+def test_each_trial_is_sampled_with_its_own_seed(tmp_path):
+    pytest.importorskip("optuna")
+    once = sample(str(tmp_path / "a.journal"), 3, tmp_path)
+    assert once == sample(str(tmp_path / "b.journal"), 3, tmp_path)  # seeded
     assert len(set(once)) == 3
-    assert sample(tmp_path / "a.journal", 1)[0] not in once  # trial 3 of a resumed study: its own seed
-    sweeper = OptunaSweeper(storage=f"sqlite:///{tmp_path / 'c.db'}", sampler={"seed": 7}, pruner="none")
-    sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
-    assert [sweeper.ask(sweeper.open_study(), space).params["optim.lr"] for _ in range(3)] == once  # RDB
+    assert sample(str(tmp_path / "a.journal"), 1, tmp_path)[0] not in once  # trial 3 of a resumed study
+
+
+@pytest.mark.slow  # SQLite: Optuna creates its schema (alembic) first
+def test_a_study_in_an_rdb_is_sampled_as_in_a_journal(tmp_path):
+    pytest.importorskip("optuna")
+    rdb = sample(f"sqlite:///{tmp_path / 'study.db'}", 3, tmp_path)
+    assert rdb == sample(str(tmp_path / "a.journal"), 3, tmp_path)
+    assert (
+        sample(f"sqlite:///{tmp_path / 'study.db'}", 1, tmp_path)[0] not in rdb
+    )  # loaded, not created again
 
 
 def test_study_plots_show_the_history_and_the_importances(tmp_path):
