@@ -402,10 +402,10 @@ def _train_in(cfg: DictConfig, plan: Plan, out: Path, resume: Any, ckpt_path: Pa
     store = out.parent if in_multirun() else out
     defaults = functools.partial(tracking.logger_defaults, out=out, store=store)
     loggers = instantiate_all(cfg.get("logger"), pl.loggers.Logger, "logger", defaults, save_dir=str(out))
-    if rank_zero:
-        tracking.log_config(loggers, cfg)
     if ckpt_path is not None and rank_zero:
         keep_metrics_history(loggers, checkpoint_step(ckpt_path))
+    if rank_zero:  # after the line above: opening the CSV logger deletes the metrics it keeps
+        tracking.log_config(loggers, cfg)
     callbacks = instantiate_all(cfg.get("callbacks"), pl.Callback, "callbacks")
     callbacks, bar = without_terminal_bars(callbacks)
     checkpoints = [c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint)]
