@@ -5,6 +5,7 @@ trials pruned and wall time, and the ratio of steps. Goal: the same best accurac
 400 validation rows) with at least 40% fewer steps.
 
     python bench/sweep_pruning.py [--trials 10] [--epochs 2] [--val-every 0.25] [--seed 0] [--out DIR]
+        [--pruners none,median,hyperband]
         [--model "arch.num_hidden_layers=1 arch.hidden_size=64 ..."]
 
 The search is over the learning rate, weight decay and warmup; the model is fixed (`--model`; by
@@ -37,6 +38,7 @@ def sweep(out: Path, pruner: str, args: argparse.Namespace) -> dict:
         f"hydra.sweeper.pruner={pruner}",
         f"hydra.sweeper.pruners.median.n_startup_trials={args.median_startup}",
         f"hydra.sweeper.pruners.median.n_warmup_steps={args.warmup_steps}",
+        f"hydra.sweeper.pruners.hyperband.min_resource={args.warmup_steps}",
         # Fixed on the command line, so they leave the search space: every trial's step costs the same.
         *args.model.split(),
         f"trainer.max_epochs={args.epochs}",
@@ -81,20 +83,25 @@ def main() -> None:
     parser.add_argument("--tpe-startup", type=int, default=5, help="TPE's random trials before it models")
     parser.add_argument("--median-startup", type=int, default=3, help="finished trials before pruning")
     parser.add_argument("--warmup-steps", type=int, default=16, help="no pruning before this step of a trial")
+    parser.add_argument(
+        "--pruners", default="none,median", help="the sweeps to run; the first is the baseline"
+    )
     parser.add_argument("--out", type=Path, default=None, help="keep the sweep dirs here")
     args = parser.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="sweep_pruning_"))
-    rows = [sweep(root / pruner, pruner, args) for pruner in ("none", "median")]
+    rows = [sweep(root / pruner, pruner, args) for pruner in args.pruners.split(",")]
     print(f"{'pruner':8} {'best val/accuracy':>18} {'training steps':>15} {'pruned':>7} {'wall (s)':>9}")
     for r in rows:
         print(
             f"{r['pruner']:8} {r['best']:18.4f} {r['steps']:15d} {r['pruned']:>4}/{r['trials']:<2} {r['wall_s']:9.0f}"
         )
-    none, median = rows
-    print(
-        f"median/none: steps {median['steps'] / none['steps']:.2f} ({1 - median['steps'] / none['steps']:.0%} fewer), "
-        f"best accuracy {median['best'] - none['best']:+.4f}; sweep dirs in {root}"
-    )
+    base = rows[0]
+    for r in rows[1:]:
+        print(
+            f"{r['pruner']}/{base['pruner']}: steps {r['steps'] / base['steps']:.2f} "
+            f"({1 - r['steps'] / base['steps']:.0%} fewer), best accuracy {r['best'] - base['best']:+.4f}"
+        )
+    print(f"sweep dirs in {root}")
 
 
 if __name__ == "__main__":
