@@ -1,7 +1,7 @@
 # python -m pytest tests/test_distributed.py
 """More than one process on CPU (gloo): trainer presets against every arch x head, the SLURM launcher preset,
 train.py under DDP (a single run, a grid sweep and an Optuna sweep: one run dir per run, rank 0 alone
-writing, every rank of a trial with the same values), and data parallelism giving the weights of one
+writing, every rank of a trial with the same values; a pruned trial stops every rank at one step), and data parallelism giving the weights of one
 process with the whole batch."""
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def run_train(cwd: Path, *overrides: str, multirun: bool = False) -> subprocess.
     return proc
 
 
-def assert_ranks(run: Path, lr: float) -> list[dict]:
+def assert_ranks(run: Path, lr: float, steps: int = 3) -> list[dict]:
     """Both ranks of the run trained the same config, hyperparameters, vocabulary and learning rate."""
     reports = json.loads((run / "ranks.json").read_text())
     assert [r["rank"] for r in reports] == [0, 1] and {r["backend"] for r in reports} == {"gloo"}
@@ -185,7 +185,7 @@ def assert_ranks(run: Path, lr: float) -> list[dict]:
     # Rank 0 alone exported: rank 1 replayed this run dir and stopped before the exports.
     log = (run / "train_rank1.log").read_text()
     assert f"Rank 1 replays {run}" in log and "wrote" not in log
-    assert json.loads((run / "results.json").read_text())["global_step"] == 3
+    assert json.loads((run / "results.json").read_text())["global_step"] == steps
     assert (run / "model" / "model.safetensors").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     return reports
 
@@ -221,7 +221,7 @@ def test_ddp_grid_sweep_each_trial_one_dir_same_values(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_optuna_sweep_ranks_of_a_trial_use_its_values(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("optuna")
     sweep = tmp_path / "sweep"
     run_train(
         tmp_path,
@@ -230,12 +230,14 @@ def test_ddp_optuna_sweep_ranks_of_a_trial_use_its_values(tmp_path):
         "hydra.sweeper.n_jobs=1",
         "hydra.sweeper.sampler.seed=0",
         "hydra.sweeper.direction=maximize",
+        "hydra.sweeper.pruner=none",
         "optim.lr=interval(1e-4,1e-2)",
         f"hydra.sweep.dir={sweep}",
         multirun=True,
     )
     summary = ["summary.csv", "summary.md", "summary.png"]
-    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "optimization_results.yaml", *summary]
+    plots = ["optimization_history.png", "param_importances.png"]
+    assert sorted(p.name for p in sweep.iterdir()) == sorted(["0", "1", *plots, "optuna.journal", *summary])
     assert_two_trials(sweep)
     chosen = []
     for trial in ("0", "1"):
@@ -244,6 +246,36 @@ def test_ddp_optuna_sweep_ranks_of_a_trial_use_its_values(tmp_path):
         assert_ranks(sweep / trial, lr)
         chosen.append(lr)
     assert chosen[0] != chosen[1]  # the sampler's values, one per trial, shared by the trial's ranks
+
+
+@pytest.mark.slow
+def test_ddp_pruned_trial_stops_every_rank_at_the_same_step(tmp_path):
+    pytest.importorskip("optuna")
+    sweep = tmp_path / "sweep"
+    run_train(
+        tmp_path,
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.seed=1",
+        "hydra.sweeper.direction=minimize",
+        "hydra.sweeper.pruner=median",
+        "hydra.sweeper.pruners.median.n_startup_trials=1",
+        "head.monitor=val/loss",
+        "head.mode=min",
+        "optim.lr=choice(3.0,1e-5)",  # seed 1: trial 0 learns slowly, trial 1 jumps far at every step
+        "optim.warmup_ratio=0",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=2",
+        f"hydra.sweep.dir={sweep}",
+        multirun=True,
+    )
+    records = {n: json.loads((sweep / n / "trial.json").read_text()) for n in ("0", "1")}
+    assert records["0"]["status"] == "ok" and records["1"]["status"] == "pruned", records
+    step = records["1"]["pruned_step"]
+    assert step < 6 and json.loads((sweep / "1" / "results.json").read_text())["global_step"] == step
+    assert f"Trial 1 pruned at step {step} (rank 0)" in (sweep / "1" / "train.log").read_text()
+    assert f"Trial 1 pruned at step {step} (rank 1)" in (sweep / "1" / "train_rank1.log").read_text()
+    assert_ranks(sweep / "1", 3.0, steps=step)
 
 
 # ---- data parallelism is one big batch ----------------------------------------------------------------

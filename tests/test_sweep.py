@@ -1,7 +1,8 @@
 # python -m pytest tests/test_sweep.py
 """Sweeps through the real train.py on tiny dims: a grid with a combination that cannot work (a failed
-trial with its reason, not a crashed sweep), the summary files, and an Optuna study in SQLite (seeded,
-resumable); plus the summary writer and the trial-dir numbering on their own."""
+trial with its reason, not a crashed sweep), the summary files, and our Optuna sweeper (a seeded study in
+a journal file in the sweep dir, resumed; pruning; two worker processes sharing a study); plus the
+summary writer, the search space, the pruners and the study plots on their own."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from factory import ConfigError
-from factory.training.sweeps import next_trial_dir, run_trial, write_summary
+from factory.training.sweeps import run_trial, write_summary
 from tests.helpers import TINY_RUN
 
 REPO = Path(__file__).resolve().parent.parent
@@ -78,15 +79,29 @@ def test_grid_sweep_fails_only_the_trial_that_cannot_work_and_writes_a_summary(t
     assert (sweep / "summary.png").stat().st_size > 0
 
 
+def study_of(sweep: Path, name: str = "train"):
+    optuna = pytest.importorskip("optuna")
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(sweep / "optuna.journal")))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+# Six steps and a validation every two: three reports per trial for the pruner.
+REPORTS = ["trainer.max_steps=6", "trainer.val_check_interval=2"]
+STEPS = [o for o in TINY if not o.startswith(("trainer.max_steps=", "trainer.val_check_interval="))] + REPORTS
+
+
 @pytest.mark.slow
 def test_optuna_sweep_is_seeded_stored_in_the_sweep_dir_and_resumes(tmp_path):
     optuna = pytest.importorskip("optuna")
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     keys = ("optim.lr", "optim.weight_decay", "arch.num_attention_heads")
     args = [
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=3",
         "hydra.sweeper.sampler.seed=1",
+        "hydra.sweeper.pruner=none",
         "arch.num_attention_heads=choice(2,3)",  # searched too: some trials cannot work
         *TINY,
     ]
@@ -94,8 +109,8 @@ def test_optuna_sweep_is_seeded_stored_in_the_sweep_dir_and_resumes(tmp_path):
     for sweep in (first, again):
         proc = train_py(tmp_path, *args, f"hydra.sweep.dir={sweep}")
         assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (first / "optuna.db").is_file()
-    study = optuna.load_study(study_name="train", storage=f"sqlite:///{first}/optuna.db")
+    assert (first / "optuna.journal").is_file()
+    study = study_of(first)
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE  # the seqcls head's mode
     states = [t.state.name for t in study.trials]
     records = trial_records(first)
@@ -103,14 +118,103 @@ def test_optuna_sweep_is_seeded_stored_in_the_sweep_dir_and_resumes(tmp_path):
     assert set(states) == {"COMPLETE", "FAIL"}, states  # with this seed: both kinds of trial
     assert all("num_attention_heads" in r["reason"] for r in records.values() if r["status"] == "failed")
     assert [sampled(first, n, keys) for n in range(3)] == [sampled(again, n, keys) for n in range(3)]
+    for t in study.trials:  # the trial's values are what its run trained with
+        assert float(sampled(first, t.number, keys)["optim.lr"]) == t.params["optim.lr"]
 
     proc = train_py(tmp_path, *args, f"hydra.sweep.dir={first}")  # the same command: resume
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(optuna.load_study(study_name="train", storage=f"sqlite:///{first}/optuna.db").trials) == 6
+    assert [t.number for t in study_of(first).trials] == list(range(6))
     assert sorted(trial_records(first)) == list(range(6))  # new dirs, the first three untouched
     old_lrs = {sampled(first, n, keys)["optim.lr"] for n in range(3)}
     assert not old_lrs & {sampled(first, n, keys)["optim.lr"] for n in range(3, 6)}  # no replay
     assert len(list(csv.DictReader((first / "summary.csv").open()))) == 6
+    for plot in ("summary.png", "optimization_history.png", "param_importances.png"):
+        assert (first / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
+
+
+@pytest.mark.slow
+def test_a_pruned_trial_stops_at_that_validation_and_is_recorded_as_pruned(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = train_py(
+        tmp_path,
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.sampler.seed=1",
+        "hydra.sweeper.pruner=median",
+        "hydra.sweeper.pruners.median.n_startup_trials=1",
+        # The validation loss: a continuous value. Seed 1 samples 1e-5 for trials 0 and 2 (slow, loss near
+        # ln 2) and 3.0 for trial 1, whose steps jump so far that its loss is worse at its first report.
+        "head.monitor=val/loss",
+        "head.mode=min",
+        "optim.lr=choice(3.0,1e-5)",
+        "optim.weight_decay=0",
+        "optim.warmup_ratio=0",
+        *STEPS,
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Error executing job" not in proc.stderr
+    study = study_of(sweep)
+    states = {t.number: t.state.name for t in study.trials}
+    assert sorted(states.values()) == ["COMPLETE", "COMPLETE", "PRUNED"], states  # with this seed
+    records = trial_records(sweep)
+    table = {int(r["trial"]): r for r in csv.DictReader((sweep / "summary.csv").open())}
+    for t in study.trials:
+        results = json.loads((sweep / str(t.number) / "results.json").read_text())
+        assert sorted(t.intermediate_values) == [2, 4, 6][: len(t.intermediate_values)]
+        if t.state.name == "PRUNED":
+            step = max(t.intermediate_values)  # the step of the report the pruner stopped
+            assert step < 6 and results["global_step"] == step and results["pruned_step"] == step
+            assert records[t.number]["status"] == "pruned" and records[t.number]["pruned_step"] == step
+            assert table[t.number]["status"] == "pruned" and table[t.number]["pruned_step"] == str(step)
+            assert (sweep / str(t.number) / "model" / "config.json").is_file()  # the run ended normally
+        else:
+            assert results["global_step"] == 6 and results["pruned_step"] is None
+            assert records[t.number]["status"] == "ok" and table[t.number]["status"] == "ok"
+            assert study.trials[t.number].value == pytest.approx(results["best_value"])
+    pruned = next(t for t in study.trials if t.state.name == "PRUNED")
+    row = next(r for r in md_rows(sweep / "summary.md") if r[-2].startswith("pruned"))
+    assert row[1] == str(pruned.number) and row[-2] == f"pruned at step {max(pruned.intermediate_values)}"
+
+
+@pytest.mark.slow
+def test_parallel_workers_share_one_study_without_running_a_trial_twice(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = [
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.seed=3",
+        "hydra.sweeper.pruner=none",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, str(REPO / "train.py"), "-m", *args]
+    workers = [
+        subprocess.Popen(
+            cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    for w in workers:
+        _, err = w.communicate(timeout=600)
+        assert w.returncode == 0, err[-3000:]
+    study = study_of(sweep)
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+    assert {t.state.name for t in study.trials} == {"COMPLETE"}
+    assert sorted(trial_records(sweep)) == [0, 1, 2, 3]  # each trial ran once, in its own dir
+    keys = (
+        "optim.lr",
+        "optim.weight_decay",
+        "optim.warmup_ratio",
+        "arch.num_hidden_layers",
+        "arch.hidden_size",
+    )
+    values = [tuple(sorted(sampled(sweep, n, keys).items())) for n in range(4)]
+    assert len(set(values)) == 4  # no two trials with the same values
+    for t in study.trials:
+        assert float(sampled(sweep, t.number, keys)["optim.lr"]) == t.params["optim.lr"]
+    assert len(list(csv.DictReader((sweep / "summary.csv").open()))) == 4
 
 
 # ---- the pieces -----------------------------------------------------------------------------------------
@@ -135,21 +239,13 @@ def test_summary_ranks_by_the_heads_mode_and_keeps_unfinished_trials(tmp_path):
     assert (tmp_path / "summary.png").stat().st_size > 0
 
 
-def test_trial_dirs_keep_counting_across_processes(tmp_path):
-    (tmp_path / "0").mkdir()
-    (tmp_path / "7").mkdir()  # left by an earlier run or another worker
-    assert next_trial_dir(str(tmp_path), 0) == "8"
-    assert next_trial_dir(str(tmp_path), 1) == "9"
-    assert next_trial_dir(str(tmp_path), 0) == "8"  # one job, one dir
-
-
 @pytest.mark.parametrize("sweeper", ["basic", "optuna"])
 def test_a_failed_trial_is_recorded_then_nan_or_raised_per_sweeper(tmp_path, monkeypatch, sweeper):
     import factory.training.sweeps as sweep
 
     targets = {
         "basic": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
-        "optuna": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+        "optuna": "hydra_plugins.factory_sweeper.optuna.OptunaSweeper",
     }
     hydra_cfg = OmegaConf.create(
         {
@@ -177,3 +273,155 @@ def test_a_single_run_raises_as_before():
 
     with pytest.raises(ConfigError, match="num_attention_heads"):
         run_trial(OmegaConf.create({}), bad)
+
+
+# ---- the Optuna sweeper's pieces ------------------------------------------------------------------------
+def test_the_search_space_reads_hydras_sweep_syntax_and_the_command_line_wins():
+    pytest.importorskip("optuna")
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from factory.training.study import search_space
+
+    params = {"optim.lr": "tag(log, interval(1e-5, 1e-2))", "arch.hidden_size": "choice(64, 128)"}
+    space, fixed = search_space(
+        params,
+        [
+            "arch.hidden_size=32",
+            "+trainer.x=range(1,4)",
+            "arch=bert,gpt2",
+            "optim.weight_decay=interval(0,1)",
+        ],
+    )
+    assert space == {
+        "optim.lr": FloatDistribution(1e-5, 1e-2, log=True),
+        "+trainer.x": IntDistribution(1, 3),  # range() excludes its stop
+        "arch": CategoricalDistribution(["bert", "gpt2"]),
+        "optim.weight_decay": FloatDistribution(0.0, 1.0),  # Hydra's interval() is of floats
+    }
+    assert fixed == ["arch.hidden_size=32"]  # a plain value leaves the search space
+
+
+def test_bad_pruner_and_sweeper_settings_name_the_key_and_the_choices():
+    pytest.importorskip("optuna")
+    from factory.training.study import OptunaSweeper, make_pruner
+
+    with pytest.raises(
+        ConfigError, match=r"hydra.sweeper.pruner='medain'.*'median', 'hyperband', 'none'.*median"
+    ):
+        make_pruner("medain")
+    with pytest.raises(ConfigError, match=r"hydra.sweeper.pruners.median: .*n_startup_trial"):
+        make_pruner("median", {"median": {"n_startup_trial": 2}})
+    assert (
+        type(make_pruner("hyperband", {"hyperband": {"reduction_factor": 2}})).__name__ == "HyperbandPruner"
+    )
+    with pytest.raises(ConfigError, match="hydra.sweeper.direction='maximise'"):
+        OptunaSweeper(direction="maximise")
+    with pytest.raises(ConfigError, match="hydra.sweeper.n_trials=0"):
+        OptunaSweeper(n_trials=0)
+
+
+def sample(storage: str, asks: int, sweep_dir: Path) -> list[float]:
+    """The lr of `asks` new trials of a study in `storage`, asked as the sweeper does (seed 7)."""
+    from factory.training.study import OptunaSweeper, search_space
+
+    space, _ = search_space({"optim.lr": "tag(log, interval(1e-5, 1e-2))"}, [])
+    sweeper = OptunaSweeper(storage=storage, sampler={"seed": 7}, pruner="none")
+    sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}})
+    study = sweeper.open_study()
+    return [sweeper.ask(study, space).params["optim.lr"] for _ in range(asks)]
+
+
+def test_each_trial_is_sampled_with_its_own_seed(tmp_path):
+    pytest.importorskip("optuna")
+    once = sample(str(tmp_path / "a.journal"), 3, tmp_path)
+    assert once == sample(str(tmp_path / "b.journal"), 3, tmp_path)  # seeded
+    assert len(set(once)) == 3
+    assert sample(str(tmp_path / "a.journal"), 1, tmp_path)[0] not in once  # trial 3 of a resumed study
+
+
+@pytest.mark.slow  # SQLite: Optuna creates its schema (alembic) first
+def test_a_study_in_an_rdb_is_sampled_as_in_a_journal(tmp_path):
+    pytest.importorskip("optuna")
+    rdb = sample(f"sqlite:///{tmp_path / 'study.db'}", 3, tmp_path)
+    assert rdb == sample(str(tmp_path / "a.journal"), 3, tmp_path)
+    assert (
+        sample(f"sqlite:///{tmp_path / 'study.db'}", 1, tmp_path)[0] not in rdb
+    )  # loaded, not created again
+
+
+def test_study_plots_show_the_history_and_the_importances(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    from factory.training.study import write_study_plots
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for i in range(6):
+        trial = study.ask()
+        x, y = trial.suggest_float("x", 0, 1), trial.suggest_int("y", 0, 3)
+        trial.report(x, step=1)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED) if i == 4 else study.tell(trial, x + 0.01 * y)
+    write_study_plots(study, tmp_path)
+    for name in ("optimization_history.png", "param_importances.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG", name
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    write_study_plots(optuna.create_study(), empty)  # no trials: a history without points, no importances
+    assert sorted(p.name for p in empty.iterdir()) == ["optimization_history.png"]
+
+
+def test_the_sweeper_tells_the_study_how_each_job_ended_and_stops_on_an_unexpected_error(tmp_path):
+    pytest.importorskip("optuna")
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from factory.training.study import OptunaSweeper
+    from factory.training.sweeps import TrialFailed, TrialPruned
+
+    outcomes = [0.5, TrialPruned("stopped", step=4), TrialFailed("heads=3"), 0.7, RuntimeError("a bug"), 0.9]
+    launched: list[list[str]] = []
+
+    class Launcher:  # runs nothing: each job ends as `outcomes` says
+        def launch(self, batch, initial_job_idx):
+            launched.extend(list(b) for b in batch)
+            out = []
+            for _ in batch:
+                outcome = outcomes[len(launched) - len(batch) + len(out)]
+                ret = JobReturn(
+                    status=JobStatus.FAILED if isinstance(outcome, Exception) else JobStatus.COMPLETED
+                )
+                ret._return_value, ret.overrides = outcome, []
+                out.append(ret)
+            return out
+
+    sweeper = OptunaSweeper(
+        n_trials=6, n_jobs=2, sampler={"seed": 0}, pruner="none", params={"optim.lr": "interval(0, 1)"}
+    )
+    sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    sweeper.launcher = Launcher()
+    sweeper.validate_batch_is_legal = lambda batch: None
+    with pytest.raises(RuntimeError, match="a bug"):
+        sweeper.sweep(["data.batch_size=8"])
+    study = sweeper.open_study()
+    # The error stops the sweep after its batch is told: the sixth trial ran beside the fifth.
+    assert [t.state.name for t in study.trials] == [
+        "COMPLETE",
+        "PRUNED",
+        "FAIL",
+        "COMPLETE",
+        "FAIL",
+        "COMPLETE",
+    ]
+    assert study.best_value == 0.9
+    for n, job in enumerate(launched):
+        assert job[1:] == ["data.batch_size=8", f"hydra.sweep.subdir={n}", f"++hydra.sweeper.trial={n}"]
+        assert float(job[0].split("=")[1]) == study.trials[n].params["optim.lr"]
+    assert (tmp_path / "optimization_history.png").is_file()
+
+    class Broken:  # a launcher that cannot start the jobs (no SLURM, ...)
+        def launch(self, batch, initial_job_idx):
+            raise OSError("sbatch: not found")
+
+    other = OptunaSweeper(study_name="other", n_jobs=2, pruner="none", params={"optim.lr": "interval(0, 1)"})
+    other.config, other.launcher, other.validate_batch_is_legal = sweeper.config, Broken(), lambda b: None
+    with pytest.raises(OSError, match="sbatch"):
+        other.sweep([])
+    assert [t.state.name for t in other.open_study().trials] == ["FAIL", "FAIL"]  # none left running

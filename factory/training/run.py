@@ -8,6 +8,7 @@ gets `model/`, `results.json` and a plot of the curves. Nothing is written outsi
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import json
 import logging
@@ -15,7 +16,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from omegaconf import DictConfig
 
 from factory.checkpoints.atomic import atomic_write_text
 from factory.config import ConfigError, plain_data
-from factory.training import distributed, performance
+from factory.training import distributed, performance, tracking
 from factory.training.failures import (
     FiniteGuard,
     NonFiniteError,
@@ -47,6 +48,8 @@ from factory.training.resume import (
     last_checkpoint,
     remove_orphaned_temps,
 )
+from factory.training.study import trial_pruning
+from factory.training.sweeps import in_multirun
 
 logger = logging.getLogger(__name__)
 
@@ -135,8 +138,12 @@ def quiet_known_noise() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def instantiate_all(nodes: Any, base: type, group: str, **kwargs: Any) -> list[Any]:
+def instantiate_all(
+    nodes: Any, base: type, group: str, prepare: Callable[[type, dict], dict] | None = None, **kwargs: Any
+) -> list[Any]:
     """Third-party objects (loggers, callbacks) from `_target_` nodes; `enabled: false` skips one.
+    `prepare(cls, node)` may fill in a node's defaults once its class is known (`kwargs` are passed to
+    classes that take them).
 
     A config is data a run dir carries around (`resume=` composes `.hydra/config.yaml`): only a subclass
     of `base` is constructed, and no argument may name a `_target_` of its own, so a planted node cannot
@@ -168,6 +175,8 @@ def instantiate_all(nodes: Any, base: type, group: str, **kwargs: Any) -> list[A
         nested = [k for k, v in node.items() if k != "_target_" and "_target_" in repr(v)]
         if nested:
             raise ConfigError(f"{group}.{name}.{nested[0]}: an argument cannot name a _target_ of its own.")
+        if prepare is not None:
+            node = prepare(cls, node)
         params = inspect.signature(cls).parameters
         out.append(instantiate(node, _recursive_=False, **{k: v for k, v in kwargs.items() if k in params}))
     return out
@@ -389,9 +398,14 @@ def _train_in(cfg: DictConfig, plan: Plan, out: Path, resume: Any, ckpt_path: Pa
         splits=splits,
     )
     datamodule.setup("fit")  # encode now: bad data fails before the Trainer starts
-    loggers = instantiate_all(cfg.get("logger"), pl.loggers.Logger, "logger", save_dir=str(out))
+    # MLflow's store: in a sweep the sweep dir's, so that one experiment holds every trial.
+    store = out.parent if in_multirun() else out
+    defaults = functools.partial(tracking.logger_defaults, out=out, store=store)
+    loggers = instantiate_all(cfg.get("logger"), pl.loggers.Logger, "logger", defaults, save_dir=str(out))
     if ckpt_path is not None and rank_zero:
         keep_metrics_history(loggers, checkpoint_step(ckpt_path))
+    if rank_zero:  # after the line above: opening the CSV logger deletes the metrics it keeps
+        tracking.log_config(loggers, cfg)
     callbacks = instantiate_all(cfg.get("callbacks"), pl.Callback, "callbacks")
     callbacks, bar = without_terminal_bars(callbacks)
     checkpoints = [c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint)]
@@ -400,6 +414,8 @@ def _train_in(cfg: DictConfig, plan: Plan, out: Path, resume: Any, ckpt_path: Pa
     checkpoint = next((c for c in checkpoints if c.monitor), checkpoints[0] if checkpoints else None)
     history = _History()
     preemption = Preemption()
+    # A trial of the Optuna sweeper: each validation reported to the study, and stopped when pruned.
+    pruning = trial_pruning(plan.monitor)
     # Every rank checks it trains what rank 0 does (config, hyperparameters, lr, vocabulary).
     same = distributed.RankCheck(cfg, out, extra={"vocab": distributed.digest(tokenizer.get_vocab())})
     performance.apply(module.model, performance.split_trainer(plan.trainer)[1])
@@ -411,7 +427,16 @@ def _train_in(cfg: DictConfig, plan: Plan, out: Path, resume: Any, ckpt_path: Pa
         **arguments,
         default_root_dir=str(out),
         logger=loggers or False,
-        callbacks=[*callbacks, history, same, ResumeState(), FiniteGuard(), ProcessGuard(), preemption],
+        callbacks=[
+            *callbacks,
+            history,
+            same,
+            ResumeState(),
+            FiniteGuard(),
+            ProcessGuard(),
+            preemption,
+            *([pruning] if pruning is not None else []),
+        ],
         enable_checkpointing=checkpoint is not None,
         # Checkpoints written next to their target and renamed into place: never half a last.ckpt.
         plugins=[*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()],
@@ -448,6 +473,7 @@ def _train_in(cfg: DictConfig, plan: Plan, out: Path, resume: Any, ckpt_path: Pa
         )
     best.model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
+    tracking.publish(loggers, cfg, out)  # model/, the resolved config and provenance.json to the trackers
 
     final = history.validation[-1][1] if history.validation else {}
     scored = [(step, m) for step, m in history.validation if not math.isnan(m.get(monitor, math.nan))]
@@ -473,6 +499,7 @@ def _train_in(cfg: DictConfig, plan: Plan, out: Path, resume: Any, ckpt_path: Pa
         "tokens_per_second": module.train_tokens / module.train_time if module.train_time else None,
         "global_step": trainer.global_step,
         "epochs": trainer.current_epoch,
+        "pruned_step": pruning.pruned_step if pruning is not None else None,
         "wall_time_s": time.perf_counter() - started,
         **performance.utilization(
             n_params,

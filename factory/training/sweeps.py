@@ -1,16 +1,15 @@
-"""Sweeps (`python train.py -m ...`): failed trials recorded instead of a crashed sweep, and a summary.
+"""Sweeps (`python train.py -m ...`): failed and pruned trials recorded instead of a crashed sweep, and a
+summary.
 
 - `run_trial(cfg, train)` runs one trial. Under `-m`, a combination that cannot work (`ConfigError`, e.g.
   heads not dividing the width; `DataError`) or a non-finite objective ends that trial as failed, with
-  the reason in `<trial dir>/trial.json`, and the sweep goes on. Outside `-m` it only calls `train`.
+  the reason in `<trial dir>/trial.json`, and the sweep goes on. A trial the Optuna sweeper pruned
+  (`factory.training.study`) is recorded as pruned, with the step. Outside `-m` it only calls `train`.
 - `write_summary(sweep_dir)` reads every trial dir (`.hydra/overrides.yaml`, `results.json`,
   `trial.json`) and writes `summary.csv`, `summary.md` (best first per the head's mode) and
   `summary.png` (the objective against each swept value) into the sweep dir. `run_trial` rewrites it
   after every trial, so a killed sweep keeps a partial one; `SweepSummary` (a Hydra callback) writes
-  the final one, and before the sweep creates the sweep dir (Optuna's SQLite file lives there) and
-  reseeds the sampler of a resumed study.
-- The resolver `${factory.next_trial_dir:...}` numbers trial dirs across processes, so that a resumed
-  Optuna sweep or a second worker on the same sweep dir adds trials instead of writing over trial 0.
+  the final one, and creates the sweep dir before the sweep.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf
 
 from factory.checkpoints.atomic import atomic_write, atomic_write_text
 from factory.config import ConfigError
@@ -38,9 +37,8 @@ logger = logging.getLogger(__name__)
 
 TRIAL_FILE = "trial.json"
 # Sweepers that ignore a trial's return value and stop the whole sweep on an exception: a failed trial
-# returns nan there. Any other sweeper (Optuna: its trial is marked FAIL) gets `TrialFailed` raised.
-# Returning nan to the Optuna sweeper would crash it: with optuna 2.x, `study.tell(nan)` raises and the
-# plugin's fallback `tell(FAIL, values=[nan])` raises again.
+# returns nan there. Any other sweeper gets `TrialFailed` (or `TrialPruned`) raised, which says what
+# happened: ours (factory.training.study) tells the study FAIL (or PRUNED) and goes on.
 NAN_SWEEPERS = ("hydra._internal.core_plugins.basic_sweeper.BasicSweeper",)
 # A non-finite loss stops a run (factory.training.failures): in a sweep, that trial failed (too high an lr, ...).
 EXPECTED_FAILURES: tuple[type[BaseException], ...] = (ConfigError, DataError, NonFiniteError)
@@ -48,6 +46,14 @@ EXPECTED_FAILURES: tuple[type[BaseException], ...] = (ConfigError, DataError, No
 
 class TrialFailed(RuntimeError):
     """A sweep trial that gives no result: a combination that cannot work, bad data, a non-finite value."""
+
+
+class TrialPruned(RuntimeError):
+    """A sweep trial the sweeper's pruner stopped at global step `step`: not a failure."""
+
+    def __init__(self, message: str, step: int | None = None) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 # ---- one trial ------------------------------------------------------------------------------------------
@@ -70,7 +76,8 @@ def run_trial(cfg: DictConfig, fn: Callable[[DictConfig], float]) -> float:
 
     A `ConfigError`, a `DataError`, a non-finite loss or objective fails the trial, not the sweep: nan is
     returned to the basic (grid) sweeper, `TrialFailed` is raised to the others (Optuna marks the trial
-    failed). Any other exception is recorded and raised as it is.
+    failed). A run the pruner stopped (`results.json` has its `pruned_step`) raises `TrialPruned` to
+    them. Any other exception is recorded and raised as it is.
     """
     if not in_multirun():
         return fn(cfg)
@@ -88,13 +95,18 @@ def run_trial(cfg: DictConfig, fn: Callable[[DictConfig], float]) -> float:
     started = time.perf_counter()
     failure: BaseException | None = None
     value = math.nan
+    pruned: int | None = None
     try:
         value = float(fn(cfg))
-        if not math.isfinite(value):
+        pruned = _read_json(trial_dir / "results.json").get("pruned_step")
+        if pruned is not None:
+            record.update(status="pruned", pruned_step=pruned)
+        elif not math.isfinite(value):
             raise TrialFailed(
                 f"{monitor}={value}: the objective is not finite (no validation ran, or training diverged)."
             )
-        record["status"] = "ok"
+        else:
+            record["status"] = "ok"
     except (*EXPECTED_FAILURES, TrialFailed) as e:
         failure, value = e, math.nan
         record.update(status="failed", error=type(e).__name__, reason=str(e))
@@ -113,43 +125,17 @@ def run_trial(cfg: DictConfig, fn: Callable[[DictConfig], float]) -> float:
                 write_summary(trial_dir.parent, declared=_declared_keys(hc), mode=mode)
             except Exception:  # noqa: BLE001
                 logger.exception("Could not write the sweep summary in %s", trial_dir.parent)
-    if failure is not None and hc.sweeper.get("_target_") not in NAN_SWEEPERS:
-        raise TrialFailed(record["reason"]) from failure
+    if hc.sweeper.get("_target_") not in NAN_SWEEPERS:
+        if failure is not None:
+            raise TrialFailed(record["reason"]) from failure
+        if pruned is not None:
+            raise TrialPruned(f"{monitor}={value} when pruned at step {pruned}", step=pruned)
     return value
 
 
 def _declared_keys(hydra_cfg: Any) -> list[str]:
     params = OmegaConf.select(hydra_cfg, "sweeper.params") if hydra_cfg is not None else None
     return [str(k) for k in params] if params else []
-
-
-# ---- trial dirs -----------------------------------------------------------------------------------------
-_claimed: dict[tuple[str, str], str] = {}
-
-
-def next_trial_dir(sweep_dir: str, job_num: Any) -> str:
-    """The lowest number above every trial dir in `sweep_dir`, claimed by creating its folder.
-
-    `${hydra.job.num}` restarts at 0 in every process; this keeps counting where the sweep dir stands,
-    and the atomic `mkdir` keeps two workers apart. Within a process one job always gets one dir.
-    """
-    key = (str(Path(sweep_dir).resolve()), str(job_num))
-    if key in _claimed:
-        return _claimed[key]
-    root = Path(sweep_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    number = max((int(p.name) for p in root.iterdir() if p.name.isdigit()), default=-1) + 1
-    while True:
-        try:
-            (root / str(number)).mkdir()
-            break
-        except FileExistsError:
-            number += 1
-    _claimed[key] = str(number)
-    return _claimed[key]
-
-
-OmegaConf.register_new_resolver("factory.next_trial_dir", next_trial_dir, replace=True)
 
 
 # ---- the sweep summary ----------------------------------------------------------------------------------
@@ -192,6 +178,7 @@ def collect_trials(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
                 "values": {k.lstrip("+~"): _parse(v) for k, _, v in (o.partition("=") for o in overrides)},
                 "num_parameters": results.get("num_parameters"),
                 "wall_time_s": results.get("wall_time_s", record.get("wall_time_s")),
+                "pruned_step": results.get("pruned_step", record.get("pruned_step")),
                 "reason": record.get("reason", ""),
                 "overrides": " ".join(overrides),
             }
@@ -241,7 +228,7 @@ def write_summary(
 
 
 COLUMNS = ("trial", "status", "objective", "monitor", "mode")
-TAIL = ("num_parameters", "wall_time_s", "reason", "overrides")
+TAIL = ("num_parameters", "wall_time_s", "pruned_step", "reason", "overrides")
 
 
 def _csv(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> str:
@@ -275,7 +262,8 @@ def _markdown(
         f"# Sweep {sweep_dir.name}",
         "",
         f"{len(ranked)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())}), best {monitor} "
-        f"({mode}) first; failed and unfinished trials last."
+        f"({mode}) first; pruned, failed and unfinished trials last (a pruned trial's value is its best "
+        "before it was stopped)."
         + (f" Warning: some trials' heads use mode {sorted(mixed)}." if mixed else ""),
         "",
         "| rank | trial | "
@@ -292,7 +280,7 @@ def _markdown(
             *(_cell(r["values"].get(k)) for k in keys),
             _cell(r["num_parameters"]),
             f"{r['wall_time_s']:.1f}" if r["wall_time_s"] is not None else "",
-            r["status"],
+            r["status"] + (f" at step {r['pruned_step']}" if r.get("pruned_step") is not None else ""),
             _cell(r["reason"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -341,29 +329,11 @@ def plot_summary(
 
 # ---- the Hydra callback ---------------------------------------------------------------------------------
 class SweepSummary(Callback):
-    """Registered in `hydra.callbacks`; acts under `-m` only.
-
-    Before the sweep: creates the sweep dir (Optuna opens `sqlite:///<sweep dir>/optuna.db` before any
-    trial runs) and, when the study already has trials (a resumed or shared sweep), offsets the
-    sampler's seed by their number so the new trials do not replay the first ones. After the sweep:
-    writes the summary.
-    """
+    """Registered in `hydra.callbacks`; acts under `-m` only: creates the sweep dir before the sweeper opens
+    it (the Optuna study's storage lives there), and writes the summary when the sweep ends."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
-        sweeper = config.hydra.sweeper
-        seed = OmegaConf.select(sweeper, "sampler.seed")
-        storage, name = sweeper.get("storage"), sweeper.get("study_name")
-        if seed is None or not storage or not name:
-            return
-        done = count_trials(str(storage), str(name))
-        if done:
-            with read_write(sweeper), open_dict(sweeper):
-                sweeper.sampler.seed = int(seed) + done
-            logger.info(
-                "Study %r has %d trials in %s: sampler seed %s + %d = %s for the new ones.",
-                name, done, storage, seed, done, int(seed) + done,
-            )  # fmt: skip
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -371,14 +341,3 @@ class SweepSummary(Callback):
             return
         rows = write_summary(sweep_dir, _declared_keys(config.hydra), OmegaConf.select(config, "head.mode"))
         logger.info("Sweep summary of %d trials: %s", len(rows), sweep_dir / "summary.md")
-
-
-def count_trials(storage: str, study_name: str) -> int:
-    """How many trials an Optuna study already holds (0 when the study or its SQLite file is new)."""
-    prefix = "sqlite:///"
-    if storage.startswith(prefix) and not Path(storage[len(prefix) :]).is_file():
-        return 0
-    import optuna
-
-    summaries = optuna.study.get_all_study_summaries(storage=storage)
-    return next((s.n_trials for s in summaries if s.study_name == study_name), 0)
