@@ -257,7 +257,7 @@ def select_layers(
     return chosen
 
 
-class _SkipMetaInit(TorchFunctionMode):
+class SkipMetaInit(TorchFunctionMode):
     """Skip weight initialisation on meta tensors while a model is built to be loaded.
 
     Meta tensors hold no data, so `reset_parameters` and `_init_weights` achieve nothing there, yet torch
@@ -302,7 +302,7 @@ def load_into(
     reader = _Reader(files, safe)
     info = LoadingInfo(files=[f.name for f in files])
 
-    with torch.device("meta"), _SkipMetaInit():
+    with torch.device("meta"), SkipMetaInit():
         model = model_cls(config)
     expected = model.state_dict()  # names -> meta tensors (tied names appear once each)
     groups = [tuple(g) for g in model.tied_groups()]

@@ -24,12 +24,12 @@ def estimate_num_parameters(model_cls: type[PreTrainedModel], config: Pretrained
     and extrapolates linearly in each of `config.depth_fields`, so a config asking for a billion layers
     is measured as fast as a tiny one. Each depth field's entry is what its layers contribute.
     """
-    from factory.checkpoints.weights import _SkipMetaInit
+    from factory.checkpoints.weights import SkipMetaInit
 
     depth = [f for f in type(config).depth_fields if isinstance(getattr(config, f), int)]
 
     def count(**layers: int) -> int:
-        with torch.device("meta"), _SkipMetaInit():
+        with torch.device("meta"), SkipMetaInit():
             model = model_cls(config.replace(**layers) if layers else config)
         # Tied parameters count once, as they are stored once.
         return sum(p.numel() for p in model.parameters())
