@@ -145,6 +145,10 @@ class PretrainedConfig:
     eos_token_id: int | None = None
     tie_word_embeddings: bool = True
     is_decoder: bool = False
+    # What a forward returns besides its outputs, when its call does not say (HF's names and defaults):
+    # every layer's hidden states, every layer's attention probabilities.
+    output_attentions: bool = False
+    output_hidden_states: bool = False
     # Keys of config.json that do not change the model, kept so that a round trip loses nothing.
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -354,9 +358,16 @@ class PretrainedConfig:
         return self.id2label if self.id2label is not None else {0: "LABEL_0", 1: "LABEL_1"}
 
     def to_diff_dict(self) -> dict[str, Any]:
-        """`to_dict()` without the task fields (`architectures`, labels, `problem_type`) left at their
-        defaults, as transformers 5's `to_diff_dict`: the model's own fields always stay."""
-        shared = {"architectures", "id2label", "label2id", "problem_type"}
+        """`to_dict()` without the task and output fields (`architectures`, labels, `problem_type`,
+        `output_attentions`, `output_hidden_states`) left at their defaults, as transformers 5's `to_diff_dict`: the model's own fields always stay."""
+        shared = {
+            "architectures",
+            "id2label",
+            "label2id",
+            "problem_type",
+            "output_attentions",
+            "output_hidden_states",
+        }
         try:
             default = type(self)().to_dict()
         except (TypeError, ConfigError):  # a user's config class whose fields need values: keep all

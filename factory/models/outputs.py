@@ -20,6 +20,16 @@ class ModelOutput:
     pooler_output: torch.Tensor | None = None
     past_key_values: Any = None
     encoder_last_hidden_state: torch.Tensor | None = None
+    # With output_hidden_states / output_attentions: the embeddings' output then one (B, T, C) per
+    # layer; one (B, heads, query, key) probability tensor per layer. An encoder-decoder returns its
+    # encoder's and decoder's under the encoder_/decoder_ names, and the decoder's cross-attentions.
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    decoder_attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
 
     def __getitem__(self, key: str) -> Any:
         if not isinstance(key, str):
