@@ -5,7 +5,7 @@ trials pruned and wall time, and the ratio of steps. Goal: the same best accurac
 400 validation rows) with at least 40% fewer steps.
 
     python bench/sweep_pruning.py [--trials 10] [--epochs 2] [--val-every 0.25] [--seed 0] [--out DIR]
-        [--pruners none,median,hyperband]
+        [--pruners none,median,successive_halving,hyperband] [--reduction-factor 4]
         [--model "arch.num_hidden_layers=1 arch.hidden_size=64 ..."]
 
 The search is over the learning rate, weight decay and warmup; the model is fixed (`--model`; by
@@ -39,6 +39,8 @@ def sweep(out: Path, pruner: str, args: argparse.Namespace) -> dict:
         f"hydra.sweeper.pruners.median.n_startup_trials={args.median_startup}",
         f"hydra.sweeper.pruners.median.n_warmup_steps={args.warmup_steps}",
         f"hydra.sweeper.pruners.hyperband.min_resource={args.warmup_steps}",
+        f"hydra.sweeper.pruners.successive_halving.min_resource={args.warmup_steps}",
+        f"hydra.sweeper.pruners.successive_halving.reduction_factor={args.reduction_factor}",
         # Fixed on the command line, so they leave the search space: every trial's step costs the same.
         *args.model.split(),
         f"trainer.max_epochs={args.epochs}",
@@ -83,6 +85,9 @@ def main() -> None:
     parser.add_argument("--tpe-startup", type=int, default=5, help="TPE's random trials before it models")
     parser.add_argument("--median-startup", type=int, default=3, help="finished trials before pruning")
     parser.add_argument("--warmup-steps", type=int, default=16, help="no pruning before this step of a trial")
+    parser.add_argument(
+        "--reduction-factor", type=int, default=4, help="successive halving: keeps 1/this at each rung"
+    )
     parser.add_argument(
         "--pruners", default="none,median", help="the sweeps to run; the first is the baseline"
     )

@@ -306,7 +306,8 @@ def test_bad_pruner_and_sweeper_settings_name_the_key_and_the_choices():
     from factory.training.study import OptunaSweeper, make_pruner
 
     with pytest.raises(
-        ConfigError, match=r"hydra.sweeper.pruner='medain'.*'median', 'hyperband', 'none'.*median"
+        ConfigError,
+        match=r"hydra.sweeper.pruner='medain'.*'median', 'percentile', 'successive_halving', 'hyperband', 'none'.*median",
     ):
         make_pruner("medain")
     with pytest.raises(ConfigError, match=r"hydra.sweeper.pruners.median: .*n_startup_trial"):

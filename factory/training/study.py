@@ -38,7 +38,7 @@ from factory.training.sweeps import TrialFailed, TrialPruned
 
 logger = logging.getLogger(__name__)
 
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "none")
 DIRECTIONS = ("maximize", "minimize")
 TARGET = "hydra_plugins.factory_sweeper.optuna.OptunaSweeper"
 
@@ -69,7 +69,7 @@ def make_sampler(settings: Mapping[str, Any] | None, number: int) -> Any:
 
 
 def make_pruner(name: str, settings: Mapping[str, Any] | None = None) -> Any:
-    """Optuna's pruner `name` (median, hyperband or none) with its settings (`hydra.sweeper.pruners.<name>`)."""
+    """Optuna's pruner `name` (one of `PRUNERS`) with its settings (`hydra.sweeper.pruners.<name>`)."""
     import optuna
 
     if name not in PRUNERS:
@@ -80,6 +80,8 @@ def make_pruner(name: str, settings: Mapping[str, Any] | None = None) -> Any:
     kwargs = dict((settings or {}).get(name) or {})
     cls = {
         "median": optuna.pruners.MedianPruner,
+        "percentile": optuna.pruners.PercentilePruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
         "hyperband": optuna.pruners.HyperbandPruner,
         "none": optuna.pruners.NopPruner,
     }[name]
