@@ -88,7 +88,11 @@ def test_every_trainer_preset_composes_with_every_arch_and_head(preset, arch, he
         assert wrapped == blocks and len(blocks) in (2, 4)  # BART: encoder and decoder layers
     if preset == "ddp":
         assert isinstance(kwargs["strategy"], pl.strategies.DDPStrategy)
-    if preset in ("ddp", "fsdp"):  # bounded: a hung rank ends the run in minutes, not half an hour
+    if preset == "fsdp2":  # FSDP2 over every rank: no tensor parallelism
+        strategy = kwargs["strategy"]
+        assert isinstance(strategy, pl.strategies.ModelParallelStrategy)
+        assert (strategy._data_parallel_size, strategy._tensor_parallel_size) == (2, 1)
+    if preset in ("ddp", "fsdp", "fsdp2"):  # bounded: a hung rank ends the run in minutes, not half an hour
         assert kwargs["strategy"]._timeout == timedelta(seconds=600)
     if preset in ("cpu", "ddp"):  # a Trainer can be built here (no GPU)
         trainer = pl.Trainer(**{**kwargs, "devices": 1}, logger=False, enable_checkpointing=False)
@@ -208,6 +212,25 @@ def test_ddp_single_run_is_one_run_dir(tmp_path):
 
 
 @pytest.mark.slow
+def test_fsdp2_run_on_two_cpu_ranks_exports_the_whole_model(tmp_path):
+    """trainer=fsdp2 on CPU: GPT-2's blocks sharded over two gloo ranks (its lm_head tied to the sharded
+    embedding); the checkpoint and the exported folder hold the whole model, which loads without FSDP."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "train.py"), *TINY, "trainer=fsdp2", "trainer.accelerator=cpu"]
+    cmd += ["trainer.devices=2", "arch=gpt2", "head=causal_lm", f"hydra.run.dir={run}", "optim.lr=3e-3"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert [r["rank"] for r in json.loads((run / "ranks.json").read_text())] == [0, 1]
+    assert json.loads((run / "results.json").read_text())["global_step"] == 3
+    model = factory.AutoModelForCausalLM.from_pretrained(run / "model")
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+    for key, value in model.state_dict().items():
+        assert isinstance(state[key], torch.Tensor) and state[key].shape == value.shape, key
+    assert torch.equal(model.lm_head.weight, model.transformer.wte.weight)
+
+
+@pytest.mark.slow
 def test_ddp_grid_sweep_each_trial_one_dir_same_values(tmp_path):
     sweep = tmp_path / "sweep"
     run_train(tmp_path, "optim.lr=1e-3,2e-3", f"hydra.sweep.dir={sweep}", multirun=True)
@@ -315,17 +338,23 @@ class FixedOrder(pl.LightningDataModule):
         return torch.utils.data.DataLoader(self.data, batch_size=self.batch, sampler=sampler)
 
 
-def train_weights(out: Path, devices: int, batch: int, steps: int, accumulate: int = 1) -> None:
+def train_weights(
+    out: Path, devices: int, batch: int, steps: int, accumulate: int = 1, strategy: str = "ddp"
+) -> None:
     """`steps` AdamW steps of a tiny BERT classifier (no dropout) on rows in a fixed order; rank 0 saves
     the weights to `out`. Per step, `devices` ranks of `batch` rows see the rows one process with a batch of
-    `batch * devices` would see, and the loss is a mean over rows, so the averaged gradients are equal."""
+    `batch * devices` would see, and the loss is a mean over rows, so the averaged gradients are equal.
+    `strategy`: "ddp", or "fsdp2" (the `trainer=fsdp2` preset's strategy: each rank holds a shard)."""
     module = FactoryModule(
         ARCH, "seqcls", {"lr": 1e-2, "scheduler": "constant", "weight_decay": 0.01}, seed=0
     )
+    if devices > 1 and strategy == "fsdp2":
+        preset = compose_cfg("trainer=fsdp2", "trainer.accelerator=cpu", f"trainer.devices={devices}").trainer
+        strategy = distributed.trainer_arguments(distributed.check_trainer(preset), module.model)["strategy"]
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=devices,
-        strategy="ddp" if devices > 1 else "auto",
+        strategy=strategy if devices > 1 else "auto",
         use_distributed_sampler=False,
         max_steps=steps,
         accumulate_grad_batches=accumulate,
@@ -337,29 +366,50 @@ def train_weights(out: Path, devices: int, batch: int, steps: int, accumulate: i
         default_root_dir=str(out.parent),
     )
     trainer.fit(module, datamodule=FixedOrder(devices * batch * steps * accumulate, batch))
+    state = trainer.strategy.lightning_module_state_dict()  # sharded: every rank sends its shards
     if trainer.is_global_zero:
-        torch.save(module.model.state_dict(), out)
+        torch.save({k.removeprefix("model."): v for k, v in state.items()}, out)
 
 
 @pytest.mark.slow
 def test_two_ranks_of_batch_b_train_as_one_process_of_batch_2b(tmp_path):
+    """DDP and FSDP2 (two CPU ranks through gloo, each holding half of every block) give the weights of
+    one process with the whole batch, and of one process accumulating two batches."""
     b, steps = 4, 3
-    script = [sys.executable, __file__, str(tmp_path / "ddp.pt"), "2", str(b), str(steps)]
-    proc = subprocess.run(script, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    for strategy in ("ddp", "fsdp2"):
+        script = [
+            sys.executable,
+            __file__,
+            str(tmp_path / f"{strategy}.pt"),
+            "2",
+            str(b),
+            str(steps),
+            strategy,
+        ]
+        proc = subprocess.run(script, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
     train_weights(tmp_path / "one.pt", devices=1, batch=2 * b, steps=steps)
     train_weights(tmp_path / "accumulated.pt", devices=1, batch=b, steps=steps, accumulate=2)
     one = torch.load(tmp_path / "one.pt", weights_only=True)
     start = FactoryModule(ARCH, "seqcls", seed=0).model.state_dict()
     assert max((one[k] - start[k]).abs().max() for k in one) > 1e-2  # far more than the tolerance below
-    for other in ("ddp.pt", "accumulated.pt"):
+    for other in ("ddp.pt", "fsdp2.pt", "accumulated.pt"):
         weights = torch.load(tmp_path / other, weights_only=True)
+        assert sorted(weights) == sorted(one), other
         for key in one:
             torch.testing.assert_close(weights[key], one[key], atol=1e-5, rtol=1e-4, msg=f"{other}: {key}")
 
 
-if __name__ == "__main__":  # the DDP side of the test above; Lightning starts rank 1 with this command line
-    train_weights(Path(sys.argv[1]), devices=int(sys.argv[2]), batch=int(sys.argv[3]), steps=int(sys.argv[4]))
+if (
+    __name__ == "__main__"
+):  # the two-rank side of the test above; Lightning starts rank 1 with this command line
+    train_weights(
+        Path(sys.argv[1]),
+        devices=int(sys.argv[2]),
+        batch=int(sys.argv[3]),
+        steps=int(sys.argv[4]),
+        strategy=sys.argv[5],
+    )
 
 
 def test_child_ranks_read_the_hub_cache_rank_0_filled(tmp_path, monkeypatch):

@@ -84,6 +84,11 @@ def _precisions() -> list[Any]:
         return []
 
 
+# Strategies after which each rank holds a shard of the model: FSDP, and FSDP2 (`fully_shard`, applied by
+# `FactoryModule.configure_model`) through ModelParallelStrategy, which also runs on CPU through gloo.
+SHARDED = (pl.strategies.FSDPStrategy, pl.strategies.ModelParallelStrategy)
+
+
 def _strategy_class(target: str) -> type:
     from hydra.utils import get_class
 
@@ -217,7 +222,11 @@ def trainer_arguments(values: Mapping[str, Any], model: nn.Module | None = None)
     if isinstance(node, Mapping):
         kwargs = {k: v for k, v in node.items() if k != "_target_"}
         cls = _strategy_class(node["_target_"])
-        if issubclass(cls, (pl.strategies.DDPStrategy, pl.strategies.FSDPStrategy)):
+        if issubclass(cls, pl.strategies.ModelParallelStrategy) and kwargs.get("data_parallel_size") is None:
+            # Lightning's "auto" puts the ranks of a node into tensor parallelism; FSDP2 alone shards
+            # over every rank.
+            kwargs["data_parallel_size"] = world_size(values)
+        if issubclass(cls, SHARDED + (pl.strategies.DDPStrategy,)):
             # Bounded: a hung rank ends the run in minutes, not torch's default half hour (guards.py).
             kwargs["timeout"] = process_group_timeout(kwargs.get("timeout"))
         for key in ("auto_wrap_policy", "activation_checkpointing_policy"):
@@ -230,9 +239,26 @@ def trainer_arguments(values: Mapping[str, Any], model: nn.Module | None = None)
     return out
 
 
+def world_size(values: Mapping[str, Any]) -> int:
+    """How many ranks checked `trainer` values start: devices per node (a count, a list, "0,1", or
+    auto/-1: every GPU, one process on CPU) times `num_nodes`."""
+    devices = values.get("devices", "auto")
+    if isinstance(devices, list):
+        per_node = len(devices)
+    elif isinstance(devices, str) and devices != "auto":
+        per_node = len([d for d in devices.split(",") if d.strip()])
+    elif isinstance(devices, int) and devices >= 1:
+        per_node = devices
+    else:
+        gpu = values.get("accelerator", "auto") != "cpu" and torch.cuda.is_available()
+        per_node = torch.cuda.device_count() if gpu else 1
+    return per_node * int(values.get("num_nodes", 1))
+
+
 def is_sharded(trainer: pl.Trainer) -> bool:
-    """Whether no single rank holds the whole model after fit (FSDP): exports need a gathered checkpoint."""
-    return isinstance(trainer.strategy, pl.strategies.FSDPStrategy)
+    """Whether no single rank holds the whole model after fit (FSDP, FSDP2): exports need a gathered
+    checkpoint."""
+    return isinstance(trainer.strategy, SHARDED)
 
 
 # ---- rank 0's values in every rank --------------------------------------------------------------------

@@ -62,6 +62,26 @@ class FactoryModule(pl.LightningModule):
         self.train_time = 0.0
         self._step_start: float | None = None
 
+    def configure_model(self) -> None:
+        """Under `ModelParallelStrategy` (FSDP2, `trainer=fsdp2`): shard each transformer block, then the
+        rest, over the data-parallel ranks, so that a block's full weights exist only for its own forward
+        and backward. Other strategies wrap the model themselves."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if not isinstance(strategy, pl.strategies.ModelParallelStrategy):
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        from factory.training.distributed import block_classes
+
+        if any(type(p).__name__ == "DTensor" for p in self.model.parameters()):
+            return  # already sharded: Lightning calls this hook again when it restores a checkpoint
+        mesh = strategy.device_mesh["data_parallel"]
+        blocks = block_classes(self.model)
+        for module in self.model.modules():
+            if isinstance(module, blocks):
+                fully_shard(module, mesh=mesh)
+        fully_shard(self.model, mesh=mesh)
+
     def forward(self, **inputs: torch.Tensor):
         return self.model(**{k: v for k, v in inputs.items() if k in self._forward_args})
 
