@@ -13,6 +13,11 @@ What differs between families is data: each architecture's config class carries 
   special tokens, then the 256 byte tokens `<0x00>`..`<0xFF>`, then BPE pieces learned over characters.
   A character the vocabulary lacks is spelled as the byte tokens of its UTF-8 encoding, so no text is
   unknown; the decoder turns `▁` back into spaces and byte tokens back into characters.
+- "unigram" (T5): the layout of T5's tokenizer.json, converted from sentencepiece. No normalizer (the
+  one transformers' T5Tokenizer builds for a tokenizer.json without sentencepiece's character map);
+  whitespace split, then metaspace (`▁` in front of every word); a unigram model trained by
+  `tokenizers`' UnigramTrainer with the special tokens first and the tokens the recipe adds last (T5's
+  sentinels) in its vocabulary with score 0, as T5's converter puts them.
 
 The post-processor is "template" (a `TemplateProcessing` such as BERT's `[CLS] $A [SEP] $B:1 [SEP]:1`),
 "byte_level" (none: a pair is the two texts back to back, as GPT-2's own tokenizer does) or "roberta"
@@ -103,6 +108,7 @@ def train_tokenizer(
         "wordpiece": _train_wordpiece,
         "byte_level_bpe": _train_byte_level_bpe,
         "byte_fallback_bpe": _train_byte_fallback_bpe,
+        "unigram": _train_unigram,
     }[recipe.kind]
     backend = train(recipe, counted(), vocab_size, min_frequency)
     if count == 0:
@@ -221,6 +227,39 @@ def _train_byte_fallback_bpe(
             decoders.Strip(content=" ", left=1, right=0),  # the `▁` put in front of the text
         ]
     )
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in recipe.special_tokens])
+    if recipe.added_last:
+        backend.add_special_tokens([AddedToken(**{**token, "special": True}) for token in recipe.added_last])
+    return backend
+
+
+def _train_unigram(
+    recipe: TokenizerRecipe, texts: Iterable[str], vocab_size: int, min_frequency: int
+) -> RustTokenizer:
+    # min_frequency has no unigram counterpart: the trainer prunes pieces by likelihood instead.
+    pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="always", split=True),
+        ]
+    )
+    learner = RustTokenizer(models.Unigram())
+    learner.pre_tokenizer = pre_tokenizer
+    unk = recipe.tokenizer_config["unk_token"]
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size - len(recipe.added_last),  # slots kept for the tokens added last
+        special_tokens=list(recipe.special_tokens),
+        unk_token=unk,
+        show_progress=False,
+    )
+    learner.train_from_iterator(texts, trainer=trainer)
+    trained = json.loads(learner.to_str())["model"]["vocab"]  # [[piece, score], ...], specials first
+    pieces = [(piece, float(score)) for piece, score in trained]
+    pieces += [(token["content"], 0.0) for token in recipe.added_last]
+    ids = {piece: i for i, (piece, _) in enumerate(pieces)}
+    backend = RustTokenizer(models.Unigram(pieces, unk_id=ids[unk], byte_fallback=False))
+    backend.pre_tokenizer = pre_tokenizer
+    backend.decoder = decoders.Metaspace(replacement=METASPACE, prepend_scheme="always", split=True)
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in recipe.special_tokens])
     if recipe.added_last:
         backend.add_special_tokens([AddedToken(**{**token, "special": True}) for token in recipe.added_last])
