@@ -16,7 +16,8 @@ What differs between families is data: each architecture's config class carries 
 - "unigram" (T5): the layout of T5's tokenizer.json, converted from sentencepiece. No normalizer (the
   one transformers' T5Tokenizer builds for a tokenizer.json without sentencepiece's character map);
   whitespace split, then metaspace (`▁` in front of every word); a unigram model trained by
-  `tokenizers`' UnigramTrainer with the special tokens first and the tokens the recipe adds last (T5's
+  `tokenizers`' UnigramTrainer (fed every distinct word once more, see `_with_words_doubled`) with the
+  special tokens first and the tokens the recipe adds last (T5's
   sentinels) in its vocabulary with score 0, as T5's converter puts them.
 
 The post-processor is "template" (a `TemplateProcessing` such as BERT's `[CLS] $A [SEP] $B:1 [SEP]:1`),
@@ -252,7 +253,7 @@ def _train_unigram(
         unk_token=unk,
         show_progress=False,
     )
-    learner.train_from_iterator(texts, trainer=trainer)
+    learner.train_from_iterator(_with_words_doubled(texts, pre_tokenizer), trainer=trainer)
     trained = json.loads(learner.to_str())["model"]["vocab"]  # [[piece, score], ...], specials first
     pieces = [(piece, float(score)) for piece, score in trained]
     pieces += [(token["content"], 0.0) for token in recipe.added_last]
@@ -264,6 +265,22 @@ def _train_unigram(
     if recipe.added_last:
         backend.add_special_tokens([AddedToken(**{**token, "special": True}) for token in recipe.added_last])
     return backend
+
+
+def _with_words_doubled(texts: Iterable[str], pre_tokenizer: Any) -> Iterable[str]:
+    """`texts`, then every distinct word once more written twice (`thethe`).
+
+    The unigram trainer seeds its candidate pieces with the substrings that occur at least twice among
+    the *distinct* words, so a frequent word that is part of no other word (`the` in a small corpus) would
+    never be a piece and would be spelled in fragments. Doubled, each word is a substring of one more
+    word; the doubled forms count once each, too rare for the pruning to keep pieces of their own.
+    """
+    words: set[str] = set()
+    for text in texts:
+        words.update(word for word, _ in pre_tokenizer.pre_tokenize_str(text))
+        yield text
+    for word in sorted(words):
+        yield word.lstrip(METASPACE) * 2
 
 
 def _post_processor(recipe: TokenizerRecipe, backend: RustTokenizer) -> Any:
