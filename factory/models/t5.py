@@ -551,7 +551,9 @@ class T5PreTrainedModel(PreTrainedModel):
             )
         if cls.has_lm_head and config.tie_word_embeddings:
             if _file_unties_head(name_or_path, hub, kwargs.get("allow_bin", True)):
-                config = config.replace(tie_word_embeddings=False)
+                # In place: a caller that passed its config (a training plan's) keeps describing the
+                # model it gets, and rebuilds an untied one from it (resume, export).
+                config.tie_word_embeddings = False
         return super().from_pretrained(name_or_path, config=config, **kwargs)
 
 
