@@ -23,7 +23,6 @@ from factory.config import ConfigError
 from factory.inference.generation import generate_seq2seq
 from factory.models.t5 import T5Config, T5EncoderModel, T5ForConditionalGeneration
 from factory.registry import model_class
-from tests.helpers import TINY_RUN
 
 REPO = Path(__file__).resolve().parents[1]
 # T5 does not scale q.k, so on weights moved off their init the float32 rounding of SDPA's fused kernel
@@ -497,7 +496,6 @@ def test_a_converted_t5_tokenizer_json_gives_transformers_ids(tmp_path):
 def test_train_py_t5_seq2seq_learns_the_shipped_data(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     run_dir = tmp_path / "run"
-    tiny = [o for o in TINY_RUN if not o.startswith(("trainer.max_steps", "trainer.val_check_interval"))]
     train = subprocess.run(
         [
             sys.executable,
@@ -505,13 +503,19 @@ def test_train_py_t5_seq2seq_learns_the_shipped_data(tmp_path):
             "arch=t5",
             "head=seq2seq_lm",
             f"hydra.run.dir={run_dir}",
-            *tiny,
             "arch.num_hidden_layers=2",
             "arch.hidden_size=64",
+            "arch.num_attention_heads=2",
             "arch.intermediate_size=128",
-            "trainer.max_steps=60",
-            "trainer.val_check_interval=60",
+            "arch.vocab_size=1000",
+            "data.batch_size=32",
             "optim.lr=3e-3",
+            "trainer.max_steps=200",
+            "trainer.val_check_interval=200",
+            "trainer.check_val_every_n_epoch=null",
+            "trainer.limit_val_batches=2",
+            "+trainer.num_sanity_val_steps=0",
+            "callbacks.progress_bar.refresh_rate=0",
         ],
         capture_output=True,
         text=True,
@@ -521,10 +525,22 @@ def test_train_py_t5_seq2seq_learns_the_shipped_data(tmp_path):
     assert train.returncode == 0, train.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
     metrics = results["final_metrics"]
-    # Copying the source's first five words scores about 0.3 ROUGE-L against these targets; the model
-    # learns to pick the subject, verb and object.
-    assert results["head"] == "seq2seq_lm" and metrics["val/rougeL"] > 0.5, metrics
-    saved = transformers.T5ForConditionalGeneration.from_pretrained(run_dir / "model")
-    assert (
-        saved.config.vocab_size == json.loads((run_dir / "model" / "config.json").read_text())["vocab_size"]
+    # The best constant answer ("the the") scores ROUGE-L 0.57 and ROUGE-2 0 on these targets, copying
+    # the source's first five words 0.44 and 0; 200 steps reach about 0.84 and 0.75.
+    assert results["head"] == "seq2seq_lm" and metrics["val/rougeL"] > 0.65, metrics
+    assert metrics["val/rouge2"] > 0.4, metrics
+    theirs = transformers.T5ForConditionalGeneration.from_pretrained(run_dir / "model").eval()
+    tok = transformers.AutoTokenizer.from_pretrained(run_dir / "model")
+    source = "Yesterday, the old farmer quietly repaired the red tractor at the market."
+    expected = tok.decode(
+        theirs.generate(**tok(source, return_tensors="pt"), max_new_tokens=8)[0], skip_special_tokens=True
     )
+    infer = subprocess.run(
+        [sys.executable, str(REPO / "infer.py"), f"model={run_dir}", f"text={source}", "max_target_tokens=8"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert infer.returncode == 0, infer.stderr[-3000:]
+    assert json.loads(infer.stdout) == {"generated_text": expected.strip()}
