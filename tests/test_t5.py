@@ -411,10 +411,11 @@ def test_defaults_are_t5_smalls_and_common_names_set_both_stacks():
     ("changes", "expected"),
     [
         (dict(feed_forward_proj="gated-gelu-x"), ["feed_forward_proj='gated-gelu-x'", "gated-<act>"]),
-        (dict(feed_forward_proj="swoosh"), ["dense_act_fn='swoosh'", "'relu'"]),
+        (dict(feed_forward_proj="swoosh"), ["feed_forward_proj='swoosh'", "'relu'", "'gated-gelu'"]),
         (dict(d_model=30, num_heads=4), ["num_heads=4", "d_model=30", "divisor"]),
         (dict(dropout_rate=1.0), ["T5Config.dropout_rate=1.0", "[0, 1)"]),
         (dict(num_decoder_layers=0), ["num_decoder_layers=0", "positive integer"]),
+        (dict(num_heads=0), ["num_heads=0", "positive integer"]),
     ],
 )
 def test_validation_errors_name_field_value_and_choices(changes, expected):

@@ -129,20 +129,9 @@ class T5Config(PretrainedConfig):
         super().__post_init__()
 
     def validate(self) -> None:
-        parts = self.feed_forward_proj.split("-") if isinstance(self.feed_forward_proj, str) else []
-        if not parts or len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
-            self._fail(
-                "feed_forward_proj",
-                self.feed_forward_proj,
-                "'<act>' or 'gated-<act>', e.g. 'relu' or 'gated-gelu'",
-            )
-        self._check_choice("dense_act_fn", ACTIVATIONS)
-        if self.d_kv is None:
-            self._check_divides("num_heads", "d_model")
         self._check_positive(
             "vocab_size",
             "d_model",
-            "d_kv",
             "d_ff",
             "num_layers",
             "num_decoder_layers",
@@ -151,6 +140,22 @@ class T5Config(PretrainedConfig):
             "relative_attention_max_distance",
             "n_positions",
         )
+        if self.d_kv is None:  # not derived: the width does not split into the heads
+            self._check_divides("num_heads", "d_model")
+        self._check_positive("d_kv")
+        parts = self.feed_forward_proj.split("-") if isinstance(self.feed_forward_proj, str) else []
+        if (
+            not parts
+            or len(parts) > 2
+            or (len(parts) == 2 and parts[0] != "gated")
+            or parts[-1] not in ACTIVATIONS
+        ):
+            self._fail(
+                "feed_forward_proj",
+                self.feed_forward_proj,
+                f"'<act>' or 'gated-<act>' with <act> one of {list(ACTIVATIONS)} (T5: 'relu', "
+                f"T5 v1.1: 'gated-gelu')",
+            )
         self._check_dropout("dropout_rate", "classifier_dropout")
         if self.layer_norm_epsilon <= 0:
             self._fail("layer_norm_epsilon", self.layer_norm_epsilon, "a positive number")
