@@ -167,6 +167,22 @@ def test_float64_outputs_agree_to_rounding(tmp_path, head):
     torch.testing.assert_close(a.logits, b.logits, atol=1e-10, rtol=1e-10)
 
 
+def test_a_tied_unscaled_head_loads_tied_and_unscaled(tmp_path):
+    # What transformers 5 builds from T5Config(tie_word_embeddings=False) and saves: one embedding
+    # tensor, `tie_word_embeddings: true`, `scale_decoder_outputs: false`.
+    torch.manual_seed(0)
+    config = transformers.T5Config(
+        **{**sizes("v1"), "decoder_start_token_id": PAD, "tie_word_embeddings": False}
+    )
+    hf = perturb(transformers.T5ForConditionalGeneration(config))
+    assert hf.lm_head.weight is hf.shared.weight and not hf.config.scale_decoder_outputs
+    hf.save_pretrained(tmp_path)
+    ours, info = T5ForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
+    assert (info["missing_keys"], info["unexpected_keys"]) == ([], [])
+    assert ours.lm_head.weight is ours.shared.weight and not ours.config.scale_decoder_outputs
+    assert_same_outputs(ours, hf, "seq2seq_lm", make_inputs("seq2seq_lm"))
+
+
 def test_a_v4_flan_file_loads_untied_and_unscaled(tmp_path):
     # flan-t5 on the hub: `tie_word_embeddings: false`, no `scale_decoder_outputs`, its own lm_head, and
     # the stale position table of the first cross-attention, which both libraries ignore.
