@@ -21,7 +21,7 @@ from tokenizers import Tokenizer as RustTokenizer
 import factory.models.t5  # noqa: F401  (registers "t5")
 from factory.config import ConfigError
 from factory.inference.generation import generate_seq2seq
-from factory.models.t5 import T5Config, T5EncoderModel, T5ForConditionalGeneration
+from factory.models.t5 import T5Config, T5EncoderModel, T5ForConditionalGeneration, T5Model
 from factory.registry import model_class
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,6 +227,22 @@ def test_sequence_classification_losses_and_eos_errors_match_hf(tmp_path):
         for model in (ours, hf):
             with pytest.raises(ValueError, match=message):
                 model(input_ids=bad)
+
+
+@pytest.mark.parametrize("layers", ["last", "even"])
+def test_picked_layers_keep_the_stacks_position_table(tmp_path, layers):
+    hf = hf_model("base", "v11")  # 3 decoder blocks; only block 0 holds the position table
+    hf.save_pretrained(tmp_path)
+    ours, info = T5Model.from_pretrained(
+        tmp_path, num_decoder_layers=2, layers=layers, output_loading_info=True
+    )
+    assert info["missing_keys"] == [] and info["dropped_layers"] == [1 if layers == "even" else 0]
+    table = "block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+    torch.testing.assert_close(ours.decoder.get_parameter(table), hf.decoder.get_parameter(table))
+    kept = 1 if layers == "last" else 0
+    torch.testing.assert_close(
+        ours.decoder.block[0].layer[2].layer_norm.weight, hf.decoder.block[kept].layer[2].layer_norm.weight
+    )
 
 
 # ---- factory -> transformers ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ tokens, C width (d_model), nh heads, hs head size (d_kv).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from factory.models.modeling import PreTrainedModel
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
 from factory.tokenizers.training import TokenizerRecipe
+
+logger = logging.getLogger(__name__)
 
 # T5's sentinel tokens for span corruption: `<extra_id_0>` is the last id, `<extra_id_99>` the first of
 # them, right after the learned pieces (the layout of t5-small's tokenizer.json).
@@ -559,17 +562,56 @@ class T5PreTrainedModel(PreTrainedModel):
                 # In place: a caller that passed its config (a training plan's) keeps describing the
                 # model it gets, and rebuilds an untied one from it (resume, export).
                 config.tie_word_embeddings = False
-        return super().from_pretrained(name_or_path, config=config, **kwargs)
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(name_or_path, config=config, output_loading_info=True, **kwargs)
+        if kwargs.get("layers", "first") != "first":
+            _take_position_tables(model, info, name_or_path, hub, kwargs.get("allow_bin", True))
+        return (model, info) if want_info else model
 
 
-def _file_unties_head(name_or_path: str | os.PathLike, hub: HubOptions, allow_bin: bool) -> bool:
-    """Whether the checkpoint holds an `lm_head.weight` that is not a copy of `shared.weight`."""
+# Only the first block of each stack owns the relative position table.
+_TABLE = "block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+
+
+def _take_position_tables(
+    model: T5PreTrainedModel,
+    info: dict[str, Any],
+    name_or_path: str | os.PathLike,
+    hub: HubOptions,
+    allow_bin: bool,
+) -> None:
+    """Fill the position tables that `layers` (last, even, [i, ...]) left out from the file's first blocks.
+
+    The model's first block is then another block of the file, which has no table of its own; the table
+    belongs to the stack, so it is taken from the file's first block rather than initialised afresh.
+    """
+    missing = [k for k in info["missing_keys"] if k.endswith(_TABLE)]
+    if not missing:
+        return
+    prefix = model.base_model_prefix + "."
+    spellings = {k: (k, k.removeprefix(prefix), prefix + k) for k in missing}
+    tensors = _file_tensors(name_or_path, hub, allow_bin, {s for names in spellings.values() for s in names})
+    params = dict(model.named_parameters())
+    for key, names in spellings.items():
+        found = next((tensors[n] for n in names if n in tensors), None)
+        if found is not None and found.shape == params[key].shape:
+            with torch.no_grad():
+                params[key].copy_(found.to(params[key].dtype))
+            info["missing_keys"].remove(key)
+            logger.info(
+                "%s: took %s from the file's first block (it holds the stack's table)", name_or_path, key
+            )
+
+
+def _file_tensors(
+    name_or_path: str | os.PathLike, hub: HubOptions, allow_bin: bool, wanted: set[str] | tuple[str, ...]
+) -> dict[str, torch.Tensor]:
+    """The tensors named `wanted` that the checkpoint holds (read one by one from safetensors)."""
     try:
         files, safe = checkpoint_files(name_or_path, allow_bin=allow_bin, hub=hub)
     except FileNotFoundError:
-        return False  # the loader says what is missing
+        return {}  # the loader says what is missing
     tensors: dict[str, torch.Tensor] = {}
-    wanted = ("lm_head.weight", "shared.weight")
     for path in files:
         if safe:
             from safetensors import safe_open
@@ -579,6 +621,12 @@ def _file_unties_head(name_or_path: str | os.PathLike, hub: HubOptions, allow_bi
         else:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             tensors.update({k: state[k] for k in wanted if k in state})
+    return tensors
+
+
+def _file_unties_head(name_or_path: str | os.PathLike, hub: HubOptions, allow_bin: bool) -> bool:
+    """Whether the checkpoint holds an `lm_head.weight` that is not a copy of `shared.weight`."""
+    tensors = _file_tensors(name_or_path, hub, allow_bin, ("lm_head.weight", "shared.weight"))
     if len(tensors) < 2:
         return False
     head, shared = tensors["lm_head.weight"], tensors["shared.weight"]
