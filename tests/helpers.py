@@ -63,6 +63,9 @@ def make_batch(
         ids[-1, length - 4] = config.eos_token_id
     ids[: batch - 1 if padded else batch, -1] = config.eos_token_id
     out = {"input_ids": ids, "attention_mask": mask}
+    if head == "base" and getattr(config, "is_encoder_decoder", False):
+        # Decoder inputs of their own length: T5's base model, as HF's, does not make them from input_ids.
+        out["decoder_input_ids"] = torch.randint(3, config.vocab_size, (batch, length - 2), generator=g)
     if head == "seqcls":
         out["labels"] = torch.randint(0, config.num_labels, (batch,), generator=g)
     elif head == "qa":

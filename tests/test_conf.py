@@ -86,6 +86,7 @@ BASE_SIZES = {
     "distilbert": (6, 768, 12),
     "llama": (30, 576, 9),
     "qwen2": (24, 896, 14),
+    "t5": (6, 512, 8),
 }
 
 
@@ -255,9 +256,9 @@ def test_dry_run_reports_config_parameters_and_memory_without_data(arch, no_data
     summary = describe(compose_cfg(f"arch={arch}", "~experiment"))
     # Base sizes: BERT-base seqcls ~109M, GPT-2 small ~124M, BART-base ~140M, RoBERTa-base ~125M,
     # DistilBERT-base ~67M parameters; Llama and Qwen2 with one key/value head per query head
-    # (SmolLM-135M's 3 and Qwen2-0.5B's 2 give 135M and 494M).
+    # (SmolLM-135M's 3 and Qwen2-0.5B's 2 give 135M and 494M); t5-small's 60.5M and a classifier head.
     expected = {"bert": 109.5e6, "gpt2": 124.4e6, "bart": 140.0e6, "roberta": 124.6e6, "distilbert": 67.0e6}
-    expected |= {"llama": 147.8e6, "qwen2": 527.1e6}
+    expected |= {"llama": 147.8e6, "qwen2": 527.1e6, "t5": 60.77e6}
     assert summary["num_parameters"] == pytest.approx(expected[arch], rel=0.02)
     memory = summary["memory"]
     assert memory["total"] == sum(v for k, v in memory.items() if k != "total")

@@ -39,6 +39,7 @@ BLOCKS = {
     "BartDecoderLayer",
     "TransformerBlock",
     "LlamaDecoderLayer",
+    "T5Block",
 }
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
 

@@ -11,11 +11,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-KINDS = ("wordpiece", "byte_level_bpe", "byte_fallback_bpe")
+KINDS = ("wordpiece", "byte_level_bpe", "byte_fallback_bpe", "unigram")
 POST_PROCESSORS = ("template", "byte_level", "roberta")
 # The smallest WordPiece vocabulary worth training: the specials and some characters.
 _SMALLEST_WORDPIECE = 32
 _BYTES = 256  # byte-level BPE holds every byte before any merge
+# The fewest pieces a unigram model is trained to: a few characters beside the special tokens.
+_SMALLEST_UNIGRAM_PIECES = 8
 
 
 @dataclass(frozen=True)
@@ -23,8 +25,9 @@ class TokenizerRecipe:
     """How to train a fresh tokenizer laid out like an architecture's pretrained one.
 
     Attributes:
-        kind: "wordpiece", "byte_level_bpe" or "byte_fallback_bpe" (Llama's: BPE over characters on
-            metaspace pieces, the 256 byte tokens `<0x00>`..`<0xFF>` for what the vocabulary lacks).
+        kind: "wordpiece", "byte_level_bpe", "byte_fallback_bpe" (Llama's: BPE over characters on
+            metaspace pieces, the 256 byte tokens `<0x00>`..`<0xFF>` for what the vocabulary lacks) or
+            "unigram" (T5's: a SentencePiece unigram model over metaspace pieces).
         tokenizer_class: the transformers tokenizer class (`BertTokenizer`, ...), written into
             tokenizer_config.json; also the class assumed for a checkpoint folder that names none.
         special_tokens: the special tokens, given the first ids in this order.
@@ -34,8 +37,9 @@ class TokenizerRecipe:
         template: `(single, pair)` templates for post_processor="template"; the special tokens they name
             must be in `special_tokens`.
         lowercase: WordPiece only: lowercase (and write `do_lower_case`), as uncased BERT does.
-        added_last: tokens added after training so that they take the last ids (BART's `<mask>`), as
-            `AddedToken` keyword arguments (`content`, `lstrip`, ...).
+        added_last: tokens added after training so that they take the last ids (BART's `<mask>`, T5's
+            sentinels `<extra_id_99>`..`<extra_id_0>`), as `AddedToken` keyword arguments (`content`,
+            `lstrip`, ...).
     """
 
     kind: str
@@ -68,7 +72,7 @@ class TokenizerRecipe:
                 f"TokenizerRecipe: template {self.template!r} names {missing}, which are not among "
                 f"special_tokens {list(self.special_tokens)}."
             )
-        needs_unk = {"wordpiece": "WordPiece", "byte_fallback_bpe": "Byte-fallback BPE"}
+        needs_unk = {"wordpiece": "WordPiece", "byte_fallback_bpe": "Byte-fallback BPE", "unigram": "Unigram"}
         if self.kind in needs_unk and self.tokenizer_config.get("unk_token") not in self.special_tokens:
             raise ValueError(
                 f"TokenizerRecipe: {needs_unk[self.kind]} needs tokenizer_config['unk_token'] among "
@@ -87,6 +91,8 @@ class TokenizerRecipe:
         """The smallest `vocab_size` this recipe can train."""
         if self.kind == "wordpiece":
             return _SMALLEST_WORDPIECE
+        if self.kind == "unigram":
+            return len(self.special_tokens) + len(self.added_last) + _SMALLEST_UNIGRAM_PIECES
         # Byte fallback keeps the 256 byte tokens beside what it learns, and learns at least one piece.
         learned = 1 if self.kind == "byte_fallback_bpe" else 0
         return _BYTES + len(self.special_tokens) + len(self.added_last) + learned

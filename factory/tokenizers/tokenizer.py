@@ -79,6 +79,7 @@ _ROBERTA_TOKENS = {
     "mask_token": "<mask>",
 }
 _GPT2_TOKENS = {"unk_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}
+_T5_TOKENS = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
 _TOKENIZER_CLASSES: dict[str, tuple[dict[str, str], bool]] = {
     # class name: (default special tokens, returns token_type_ids)
     "BertTokenizer": (_BERT_TOKENS, True),
@@ -86,6 +87,7 @@ _TOKENIZER_CLASSES: dict[str, tuple[dict[str, str], bool]] = {
     "GPT2Tokenizer": (_GPT2_TOKENS, False),
     "RobertaTokenizer": (_ROBERTA_TOKENS, False),
     "BartTokenizer": (_ROBERTA_TOKENS, False),
+    "T5Tokenizer": (_T5_TOKENS, False),
 }
 
 # Keyword arguments `from_pretrained` accepts on top of the files, as transformers does.

@@ -13,6 +13,12 @@ What differs between families is data: each architecture's config class carries 
   special tokens, then the 256 byte tokens `<0x00>`..`<0xFF>`, then BPE pieces learned over characters.
   A character the vocabulary lacks is spelled as the byte tokens of its UTF-8 encoding, so no text is
   unknown; the decoder turns `▁` back into spaces and byte tokens back into characters.
+- "unigram" (T5): the layout of T5's tokenizer.json, converted from sentencepiece. No normalizer (the
+  one transformers' T5Tokenizer builds for a tokenizer.json without sentencepiece's character map);
+  whitespace split, then metaspace (`▁` in front of every word); a unigram model trained by
+  `tokenizers`' UnigramTrainer (fed every distinct word once more, see `_with_words_doubled`) with the
+  special tokens first and the tokens the recipe adds last (T5's
+  sentinels) in its vocabulary with score 0, as T5's converter puts them.
 
 The post-processor is "template" (a `TemplateProcessing` such as BERT's `[CLS] $A [SEP] $B:1 [SEP]:1`),
 "byte_level" (none: a pair is the two texts back to back, as GPT-2's own tokenizer does) or "roberta"
@@ -103,6 +109,7 @@ def train_tokenizer(
         "wordpiece": _train_wordpiece,
         "byte_level_bpe": _train_byte_level_bpe,
         "byte_fallback_bpe": _train_byte_fallback_bpe,
+        "unigram": _train_unigram,
     }[recipe.kind]
     backend = train(recipe, counted(), vocab_size, min_frequency)
     if count == 0:
@@ -225,6 +232,55 @@ def _train_byte_fallback_bpe(
     if recipe.added_last:
         backend.add_special_tokens([AddedToken(**{**token, "special": True}) for token in recipe.added_last])
     return backend
+
+
+def _train_unigram(
+    recipe: TokenizerRecipe, texts: Iterable[str], vocab_size: int, min_frequency: int
+) -> RustTokenizer:
+    # min_frequency has no unigram counterpart: the trainer prunes pieces by likelihood instead.
+    pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="always", split=True),
+        ]
+    )
+    learner = RustTokenizer(models.Unigram())
+    learner.pre_tokenizer = pre_tokenizer
+    unk = recipe.tokenizer_config["unk_token"]
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size - len(recipe.added_last),  # slots kept for the tokens added last
+        special_tokens=list(recipe.special_tokens),
+        unk_token=unk,
+        show_progress=False,
+    )
+    learner.train_from_iterator(_with_words_doubled(texts, pre_tokenizer), trainer=trainer)
+    trained = json.loads(learner.to_str())["model"]["vocab"]  # [[piece, score], ...], specials first
+    pieces = [(piece, float(score)) for piece, score in trained]
+    pieces += [(token["content"], 0.0) for token in recipe.added_last]
+    ids = {piece: i for i, (piece, _) in enumerate(pieces)}
+    backend = RustTokenizer(models.Unigram(pieces, unk_id=ids[unk], byte_fallback=False))
+    backend.pre_tokenizer = pre_tokenizer
+    backend.decoder = decoders.Metaspace(replacement=METASPACE, prepend_scheme="always", split=True)
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in recipe.special_tokens])
+    if recipe.added_last:
+        backend.add_special_tokens([AddedToken(**{**token, "special": True}) for token in recipe.added_last])
+    return backend
+
+
+def _with_words_doubled(texts: Iterable[str], pre_tokenizer: Any) -> Iterable[str]:
+    """`texts`, then every distinct word once more written twice (`thethe`).
+
+    The unigram trainer seeds its candidate pieces with the substrings that occur at least twice among
+    the *distinct* words, so a frequent word that is part of no other word (`the` in a small corpus) would
+    never be a piece and would be spelled in fragments. Doubled, each word is a substring of one more
+    word; the doubled forms count once each, too rare for the pruning to keep pieces of their own.
+    """
+    words: set[str] = set()
+    for text in texts:
+        words.update(word for word, _ in pre_tokenizer.pre_tokenize_str(text))
+        yield text
+    for word in sorted(words):
+        yield word.lstrip(METASPACE) * 2
 
 
 def _post_processor(recipe: TokenizerRecipe, backend: RustTokenizer) -> Any:
