@@ -98,3 +98,11 @@ class AutoModelForSeq2SeqLM(_AutoModel):
 
 class AutoModelForMultipleChoice(_AutoModel):
     head = "multiple_choice"
+
+
+class AutoModelForNextSentencePrediction(_AutoModel):
+    head = "next_sentence"
+
+
+class AutoModelForPreTraining(_AutoModel):
+    head = "pretraining"

@@ -77,11 +77,15 @@ def make_batch(
         labels = torch.randint(0, config.num_labels, (batch, length), generator=g)
         ignored = (mask == 0) | (torch.rand(batch, length, generator=g) < 0.2)
         out["labels"] = labels.masked_fill(ignored, -100)
-    elif head == "masked_lm":
+    elif head in ("masked_lm", "pretraining"):
         # Mostly -100, a few positions (never padding) asking for a token id.
         chosen = (torch.rand(batch, length, generator=g) < 0.3) & (mask == 1)
         chosen[0, 1] = True
         out["labels"] = ids.masked_fill(~chosen, -100)
+        if head == "pretraining":  # and whether each row's second segment follows its first
+            out["next_sentence_label"] = torch.randint(0, 2, (batch,), generator=g)
+    elif head == "next_sentence":
+        out["labels"] = torch.randint(0, 2, (batch,), generator=g)
     elif head == "multiple_choice":  # (B, C, T): each row's choices are `choices` rows of the batch above
         choices = 3
         flat = make_batch(config, "base", batch * choices, length, seed, padded)

@@ -39,6 +39,8 @@ def test_matrix_lists_every_arch_and_head():
         "causal_lm": "BertLMHeadModel",
         "masked_lm": "BertForMaskedLM",
         "multiple_choice": "BertForMultipleChoice",
+        "next_sentence": "BertForNextSentencePrediction",
+        "pretraining": "BertForPreTraining",
         "qa": "BertForQuestionAnswering",
         "seqcls": "BertForSequenceClassification",
         "token_cls": "BertForTokenClassification",

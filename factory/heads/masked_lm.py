@@ -158,14 +158,7 @@ class MaskedLanguageModeling(Head):
         return Encoded(rows)
 
     def draw_batch(self, batch: dict[str, Any], where: BatchPosition) -> None:
-        index = batch.pop(MASKING_KEY, None)
-        if index is None:
-            return
-        masking = self._maskings[int(index[0])]
-        generator = torch.Generator().manual_seed(batch_seed(masking.seed, where, masking.varying))
-        ids, attention = batch["input_ids"], batch["attention_mask"]
-        masked, labels = mask_tokens(ids.cpu(), attention.cpu(), masking, generator)
-        batch["input_ids"], batch["labels"] = masked.to(ids.device), labels.to(ids.device)
+        draw_masks(batch, self._maskings, where)
 
     # ---- validation -------------------------------------------------------------------------------
     def validation_step(self, model: Any, batch: Mapping[str, Any], out: Any) -> dict[str, Any]:
@@ -202,7 +195,19 @@ class MaskedLanguageModeling(Head):
         )
 
 
-def masking_for(tokenizer: Any, settings: Mapping[str, Any], train: bool) -> Masking:
+def draw_masks(batch: dict[str, Any], maskings: Sequence[Masking], where: BatchPosition) -> None:
+    """Mask `batch` in place as its rows' split asks (`maskings[row[MASKING_KEY]]`), adding `labels`."""
+    index = batch.pop(MASKING_KEY, None)
+    if index is None:
+        return
+    masking = maskings[int(index[0])]
+    generator = torch.Generator().manual_seed(batch_seed(masking.seed, where, masking.varying))
+    ids, attention = batch["input_ids"], batch["attention_mask"]
+    masked, labels = mask_tokens(ids.cpu(), attention.cpu(), masking, generator)
+    batch["input_ids"], batch["labels"] = masked.to(ids.device), labels.to(ids.device)
+
+
+def masking_for(tokenizer: Any, settings: Mapping[str, Any], train: bool, head: str = "masked_lm") -> Masking:
     """The masking `settings` ask for with `tokenizer`.
 
     Raises:
@@ -210,11 +215,11 @@ def masking_for(tokenizer: Any, settings: Mapping[str, Any], train: bool) -> Mas
             masking with a tokenizer that has no "##" pieces (not WordPiece).
     """
     if tokenizer.mask_token_id is None:
-        having = sorted(t for t, h, _ in registry.registered_models() if h == "masked_lm")
+        having = sorted(t for t, h, _ in registry.registered_models() if h == head)
         raise ConfigError(
-            f"head=masked_lm needs a tokenizer with a mask token; the tokenizer "
+            f"head={head} needs a tokenizer with a mask token; the tokenizer "
             f"{tokenizer.name_or_path or ''} has none (its special tokens: {tokenizer.all_special_tokens}; "
-            f"GPT-2's has none). Architectures with a masked_lm model: {having}.",
+            f"GPT-2's has none). Architectures with a {head} model: {having}.",
             key="head",
         )
     p = settings["mlm_probability"]

@@ -26,6 +26,8 @@ from factory.models.losses import (
     causal_lm_loss,
     masked_lm_loss,
     multiple_choice_loss,
+    next_sentence_loss,
+    pretraining_loss,
     question_answering_loss,
     sequence_classification_loss,
     token_classification_loss,
@@ -402,3 +404,72 @@ class BertForMultipleChoice(BertPreTrainedModel):
         logits = self.classifier(self.dropout(out.pooler_output)).view(b, n)  # (B, num_choices)
         loss = multiple_choice_loss(logits, labels) if labels is not None else None
         return ModelOutput(loss=loss, logits=logits)
+
+
+# Pretraining checkpoints hold both pretraining heads; a model with one of them leaves the other's keys.
+_MLM_KEYS = r"^cls\.predictions\."
+_NSP_KEYS = r"^cls\.seq_relationship\."
+
+
+@register_model("next_sentence")
+class BertForNextSentencePrediction(BertPreTrainedModel):
+    """Does sentence B follow sentence A? Logits (B, 2) from the pooled output through
+    `cls.seq_relationship`; label 0: B is the next sentence, 1: B is a random one (HF's convention)."""
+
+    checkpoint_table = CheckpointTable(
+        renames=COMMON_RENAMES,
+        ignore=(*BertPreTrainedModel.checkpoint_table.ignore, _MLM_KEYS),
+        layer=BertPreTrainedModel.checkpoint_table.layer,
+    )
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config)
+        self.bert = BertModel(config)
+        self.cls = nn.ModuleDict(dict(seq_relationship=nn.Linear(config.hidden_size, 2)))
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None):
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, use_cache=False)
+        logits = self.cls["seq_relationship"](out.pooler_output)  # (B, 2)
+        loss = next_sentence_loss(logits, labels) if labels is not None else None
+        return ModelOutput(loss=loss, logits=logits)
+
+
+@register_model("pretraining")
+class BertForPreTraining(BertPreTrainedModel):
+    """BERT's pretraining model: the masked-LM head (`cls.predictions`, decoder tied to the word
+    embeddings) and the next-sentence head (`cls.seq_relationship`) over one encoder pass."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config)
+        self.bert = BertModel(config)
+        self.cls = nn.ModuleDict(
+            dict(
+                predictions=BertLMPredictionHead(config),
+                seq_relationship=nn.Linear(config.hidden_size, 2),
+            )
+        )
+        self.post_init()
+
+    def tied_groups(self) -> list[tuple[str, ...]]:
+        groups = [("cls.predictions.bias", "cls.predictions.decoder.bias")]
+        if self.config.tie_word_embeddings:
+            groups.append(("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"))
+        return groups
+
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        labels=None,
+        next_sentence_label=None,
+    ):
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, use_cache=False)
+        prediction = self.cls["predictions"](out.last_hidden_state)  # (B, T, vocab)
+        relationship = self.cls["seq_relationship"](out.pooler_output)  # (B, 2)
+        loss = None
+        if labels is not None and next_sentence_label is not None:
+            loss = pretraining_loss(prediction, relationship, labels, next_sentence_label)
+        return ModelOutput(loss=loss, prediction_logits=prediction, seq_relationship_logits=relationship)

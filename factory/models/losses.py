@@ -116,6 +116,24 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return causal_lm_loss(logits, labels, shift=False)
 
 
+def next_sentence_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """BERT's next-sentence prediction: (B, 2) logits, labels 0 (B follows A) or 1 (B is random)."""
+    return F.cross_entropy(logits.float(), labels.view(-1))
+
+
+def pretraining_loss(
+    prediction_logits: torch.Tensor,
+    seq_relationship_logits: torch.Tensor,
+    labels: torch.Tensor,
+    next_sentence_label: torch.Tensor,
+) -> torch.Tensor:
+    """BERT's pretraining loss, as HF sums it: the masked-token loss (mean over targets) plus the
+    next-sentence loss (mean over pairs)."""
+    return masked_lm_loss(prediction_logits, labels) + next_sentence_loss(
+        seq_relationship_logits, next_sentence_label
+    )
+
+
 def multiple_choice_loss(
     logits: torch.Tensor, labels: torch.Tensor, choice_mask: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -20,6 +20,9 @@ class ModelOutput:
     pooler_output: torch.Tensor | None = None
     past_key_values: Any = None
     encoder_last_hidden_state: torch.Tensor | None = None
+    # BERT's pretraining heads: masked-token logits (B, T, vocab) and next-sentence logits (B, 2).
+    prediction_logits: torch.Tensor | None = None
+    seq_relationship_logits: torch.Tensor | None = None
     # With output_hidden_states / output_attentions: the embeddings' output then one (B, T, C) per
     # layer; one (B, heads, query, key) probability tensor per layer. An encoder-decoder returns its
     # encoder's and decoder's under the encoder_/decoder_ names, and the decoder's cross-attentions.
