@@ -8,6 +8,8 @@ ways. Every hidden-state and attention tuple transformers fills must agree with 
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import transformers
@@ -49,7 +51,9 @@ def assert_same_probes(ours, theirs, batch: dict, **ours_kwargs) -> dict:
     """Both models' probe fields agree; `ours_kwargs` are the flags given to ours (none: its config)."""
     with torch.no_grad():
         a = filled(ours(**batch, **ours_kwargs))
-        b = filled(theirs(**batch, output_attentions=True, output_hidden_states=True))
+        # No cache on their side: transformers' BartForCausalLM sizes it by the encoder's depth.
+        nocache = {"use_cache": False} if "use_cache" in inspect.signature(theirs.forward).parameters else {}
+        b = filled(theirs(**batch, **nocache, output_attentions=True, output_hidden_states=True))
     assert set(a) == set(b), (sorted(a), sorted(b))
     for name in a:
         assert len(a[name]) == len(b[name]), (name, len(a[name]), len(b[name]))
