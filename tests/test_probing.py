@@ -47,17 +47,21 @@ def filled(out) -> dict[str, tuple[torch.Tensor, ...]]:
     return {k: v for k in PROBE_FIELDS if (v := getattr(out, k, None)) is not None and len(v)}
 
 
-def assert_same_probes(ours, theirs, batch: dict, **ours_kwargs) -> dict:
-    """Both models' probe fields agree; `ours_kwargs` are the flags given to ours (none: its config)."""
+def their_probes(theirs, batch: dict) -> dict:
+    # No cache on their side: transformers' BartForCausalLM sizes it by the encoder's depth.
+    nocache = {"use_cache": False} if "use_cache" in inspect.signature(theirs.forward).parameters else {}
+    with torch.no_grad():
+        return filled(theirs(**batch, **nocache, output_attentions=True, output_hidden_states=True))
+
+
+def assert_same_probes(ours, theirs: dict, batch: dict, **ours_kwargs) -> dict:
+    """Our probe fields equal `theirs`; `ours_kwargs` are the flags given to ours (none: its config)."""
     with torch.no_grad():
         a = filled(ours(**batch, **ours_kwargs))
-        # No cache on their side: transformers' BartForCausalLM sizes it by the encoder's depth.
-        nocache = {"use_cache": False} if "use_cache" in inspect.signature(theirs.forward).parameters else {}
-        b = filled(theirs(**batch, **nocache, output_attentions=True, output_hidden_states=True))
-    assert set(a) == set(b), (sorted(a), sorted(b))
+    assert set(a) == set(theirs), (sorted(a), sorted(theirs))
     for name in a:
-        assert len(a[name]) == len(b[name]), (name, len(a[name]), len(b[name]))
-        for i, (x, y) in enumerate(zip(a[name], b[name])):
+        assert len(a[name]) == len(theirs[name]), (name, len(a[name]), len(theirs[name]))
+        for i, (x, y) in enumerate(zip(a[name], theirs[name])):
             assert_close(x, y, **TOL, msg=lambda m, name=name, i=i: f"{name}[{i}]: {m}")
     return a
 
@@ -80,50 +84,50 @@ def _from_transformers(tmp_path, model_type, cls):
     return config, theirs
 
 
+ARGS = dict(output_attentions=True, output_hidden_states=True)
+
+
 @pytest.mark.parametrize("model_type, head, cls", BASES, ids=ids)
-def test_base_models_match_transformers_via_arguments(tmp_path, model_type, head, cls):
+def test_base_models_match_transformers_via_arguments_and_config(tmp_path, model_type, head, cls):
     config, theirs = _from_transformers(tmp_path, model_type, cls)
-    ours = cls.from_pretrained(tmp_path)
-    probes = assert_same_probes(
-        ours, theirs, make_batch(config, head), output_attentions=True, output_hidden_states=True
-    )
+    batch = make_batch(config, head)
+    expected = their_probes(theirs, batch)
+    probes = assert_same_probes(cls.from_pretrained(tmp_path), expected, batch, **ARGS)
     expected_lengths(config, probes)
+    # `from_pretrained(..., output_attentions=True)` asks every forward; an argument still overrides.
+    ours = cls.from_pretrained(tmp_path, **ARGS)
+    assert_same_probes(ours, expected, batch)
+    with torch.no_grad():
+        assert not filled(ours(**batch, output_attentions=False, output_hidden_states=False))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model_type, head, cls", [m for m in MODELS if m[1] != "base"], ids=ids)
 def test_every_head_matches_transformers_via_arguments(tmp_path, model_type, head, cls):
     config, theirs = _from_transformers(tmp_path, model_type, cls)
+    batch = make_batch(config, head)
     ours = cls.from_pretrained(tmp_path)
-    probes = assert_same_probes(
-        ours, theirs, make_batch(config, head), output_attentions=True, output_hidden_states=True
-    )
+    probes = assert_same_probes(ours, their_probes(theirs, batch), batch, **ARGS)
     expected_lengths(ours.config, probes)
 
 
-@pytest.mark.parametrize("model_type, head, cls", BASES, ids=ids)
-def test_config_flags_from_pretrained(tmp_path, model_type, head, cls):
-    """`from_pretrained(..., output_attentions=True)` asks every forward; an argument still overrides."""
-    config, theirs = _from_transformers(tmp_path, model_type, cls)
-    ours = cls.from_pretrained(tmp_path, output_attentions=True, output_hidden_states=True)
-    batch = make_batch(config, head)
-    assert_same_probes(ours, theirs, batch)
-    with torch.no_grad():
-        off = ours(**batch, output_attentions=False, output_hidden_states=False)
-    assert not filled(off)
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type, head, cls", BASES, ids=ids)
 def test_what_we_save_gives_the_same_attentions_in_transformers(tmp_path, model_type, head, cls):
     config = unusual_config(model_type, output_attentions=True, output_hidden_states=True)
     torch.manual_seed(0)
     ours = off_init(cls(config), seed=2)
     ours.save_pretrained(tmp_path)
-    theirs = hf_class(cls).from_pretrained(
-        tmp_path, attn_implementation=ATTN, output_attentions=True, output_hidden_states=True
-    ).eval()
+    theirs = (
+        hf_class(cls)
+        .from_pretrained(
+            tmp_path, attn_implementation=ATTN, output_attentions=True, output_hidden_states=True
+        )
+        .eval()
+    )
     assert theirs.config.output_attentions and theirs.config.output_hidden_states
-    assert_same_probes(ours, theirs, make_batch(config, head))
+    batch = make_batch(config, head)
+    assert_same_probes(ours, their_probes(theirs, batch), batch)
 
 
 @pytest.mark.parametrize("model_type, head, cls", BASES, ids=ids)
