@@ -101,6 +101,23 @@ def test_base_models_match_transformers_via_arguments_and_config(tmp_path, model
         assert not filled(ours(**batch, output_attentions=False, output_hidden_states=False))
 
 
+@pytest.mark.parametrize("model_type, head, cls", [m for m in BASES if m[0] in ("gpt2", "llama")], ids=ids)
+def test_left_padding_real_tokens_match_transformers(tmp_path, model_type, head, cls):
+    """Generation pads on the left. Rows of real tokens agree; a padding position that may attend to
+    nothing under the causal mask is read by nobody, and its row differs (uniform in HF's eager path)."""
+    config, theirs = _from_transformers(tmp_path, model_type, cls)
+    ours = cls.from_pretrained(tmp_path)
+    batch = make_batch(config, head, padded=False)
+    batch["attention_mask"][1, :3] = 0
+    real = batch["attention_mask"].bool()  # (B, T)
+    with torch.no_grad():
+        a, b = ours(**batch, **ARGS), theirs(**batch, **ARGS)
+    for x, y in zip(a.attentions, b.attentions, strict=True):  # (B, nh, T, T): compare real query rows
+        assert_close(x.transpose(1, 2)[real], y.transpose(1, 2)[real], **TOL)
+    for x, y in zip(a.hidden_states, b.hidden_states, strict=True):
+        assert_close(x[real], y[real], **TOL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model_type, head, cls", [m for m in MODELS if m[1] != "base"], ids=ids)
 def test_every_head_matches_transformers_via_arguments(tmp_path, model_type, head, cls):
