@@ -105,7 +105,8 @@ def measure(
                 f"{ms['ours']:.1f}",
                 f"{ms['hf']:.1f}",
                 f"{ratio:.2f}",
-                f"<= {goal:.2f} {common.verdict(ratio, goal)}",
+                # The goals are the default path's; the probing path is measured, not held to them.
+                "-" if probe else f"<= {goal:.2f} {common.verdict(ratio, goal)}",
                 f"{cpu_ratio:.2f}",
                 f"{flops / (ms['ours'] * 1e-3) / 1e9 / peak:.0%}",
                 f"{flops / (ms['hf'] * 1e-3) / 1e9 / peak:.0%}",
