@@ -19,8 +19,8 @@ from factory.config import PretrainedConfig
 from factory.models.layers import (
     ACTIVATIONS,
     activation,
-    attention,
     attention_mask_for_sdpa,
+    attention_with_probs,
     keep_last,
     split_heads,
 )
@@ -30,7 +30,7 @@ from factory.models.losses import (
     seq2seq_lm_loss,
     sequence_classification_loss,
 )
-from factory.models.modeling import PreTrainedModel
+from factory.models.modeling import PreTrainedModel, probes, wanted_outputs
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
 from factory.tokenizers.training import TokenizerRecipe
@@ -179,7 +179,9 @@ class BartAttention(nn.Module):
         is_causal: bool,
         source: torch.Tensor | None = None,
         past: tuple[torch.Tensor, ...] | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
+        """Returns the projected output, (k, v), and the attention probabilities (None unless asked)."""
         # SDPA's default scale is hs**-0.5, the scale BART applies to q.
         q = split_heads(self.q_proj(x), self.n_head)  # (B, nh, T, hs)
         if source is not None and past:  # cross-attention keys do not change while decoding: reuse
@@ -189,8 +191,9 @@ class BartAttention(nn.Module):
             k, v = split_heads(self.k_proj(src), self.n_head), split_heads(self.v_proj(src), self.n_head)
             if past:  # self-attention: extend the cache with this step's keys
                 k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        y = attention(q, k, v, mask, is_causal, self.dropout if self.training else 0.0)
-        return self.out_proj(y), (k, v)
+        p = self.dropout if self.training else 0.0
+        y, probs = attention_with_probs(q, k, v, mask, is_causal, p, probs=output_attentions)
+        return self.out_proj(y), (k, v), probs
 
 
 class BartEncoderLayer(nn.Module):
@@ -206,18 +209,21 @@ class BartEncoderLayer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.activation_dropout = nn.Dropout(config.activation_dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns the layer's output and its attention probabilities (None unless asked)."""
         # Post-LN. Residuals are added into the fresh projection outputs (autograd does not keep them) and
         # the activation works in place in inference, so no further (B, S, C) or (B, S, ffn) tensors. A
         # forward hook that keeps a projection's output must clone it.
-        y, _ = self.self_attn(x, mask, False)
+        y, _, probs = self.self_attn(x, mask, False, output_attentions=output_attentions)
         x = self.self_attn_layer_norm(self.dropout(y).add_(x))
         h = self.activation_dropout(self.act(self.fc1(x)))
         x = self.final_layer_norm(self.dropout(self.fc2(h)).add_(x))
         if x.dtype == torch.float16 and not torch.isfinite(x).all():  # HF clamps fp16 overflow here
             big = torch.finfo(x.dtype).max - 1000
             x = x.clamp(-big, big)
-        return x
+        return x, probs
 
 
 class BartDecoderLayer(nn.Module):
@@ -243,19 +249,31 @@ class BartDecoderLayer(nn.Module):
         encoder_states: torch.Tensor | None,
         cross_mask: torch.Tensor | None,
         past: tuple[torch.Tensor, ...] | None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """`past` is (self_k, self_v) or (self_k, self_v, cross_k, cross_v); returns the same, updated."""
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], tuple[torch.Tensor | None, torch.Tensor | None]]:
+        """`past` is (self_k, self_v) or (self_k, self_v, cross_k, cross_v); returns the same, updated,
+        and the self- and cross-attention probabilities (None unless asked, or without encoder states)."""
         past = past or ()
         # As in the encoder layer: residuals added in place into fresh projection outputs.
-        y, present = self.self_attn(x, self_mask, is_causal, past=past[:2])
+        y, present, probs = self.self_attn(
+            x, self_mask, is_causal, past=past[:2], output_attentions=output_attentions
+        )
         x = self.self_attn_layer_norm(self.dropout(y).add_(x))
+        cross_probs = None
         if encoder_states is not None:  # as HF: no cross-attention without encoder states
-            y, cross = self.encoder_attn(x, cross_mask, False, source=encoder_states, past=past[2:])
+            y, cross, cross_probs = self.encoder_attn(
+                x,
+                cross_mask,
+                False,
+                source=encoder_states,
+                past=past[2:],
+                output_attentions=output_attentions,
+            )
             x = self.encoder_attn_layer_norm(self.dropout(y).add_(x))
             present = present + cross
         h = self.activation_dropout(self.act(self.fc1(x)))
         x = self.final_layer_norm(self.dropout(self.fc2(h)).add_(x))
-        return x, present
+        return x, present, (probs, cross_probs)
 
 
 def _word_embedding(config: BartConfig) -> nn.Embedding:
@@ -289,17 +307,37 @@ class BartEncoder(nn.Module):
         self.layernorm_embedding = nn.LayerNorm(c)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> ModelOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> ModelOutput:
+        """`output_hidden_states` adds the embeddings' output and each layer's, `output_attentions` each
+        layer's probabilities (B, nh, S, S); None: the config's value. A layer LayerDrop skips adds
+        neither, as in HF."""
         s = input_ids.size(1)
         _check_length(self.config, s, "Encoder input")
         pos = torch.arange(POSITION_OFFSET, s + POSITION_OFFSET, device=input_ids.device)
         x = self.embed_tokens(input_ids) * self.embed_scale + self.embed_positions(pos)
         x = self.dropout(self.layernorm_embedding(x))  # (B, S, C)
         mask, _ = attention_mask_for_sdpa(attention_mask, s, s, causal=False)
+        want_attn, want_hidden = wanted_outputs(self.config, output_attentions, output_hidden_states)
+        hidden, attns = ([x] if want_hidden else None), ([] if want_attn else None)
         for layer in self.layers:
-            if not _layer_dropped(self, self.config.encoder_layerdrop):
-                x = layer(x, mask)
-        return ModelOutput(last_hidden_state=x)
+            if _layer_dropped(self, self.config.encoder_layerdrop):
+                continue
+            x, probs = layer(x, mask, want_attn)
+            if hidden is not None:
+                hidden.append(x)
+            if attns is not None:
+                attns.append(probs)
+        return ModelOutput(
+            last_hidden_state=x,
+            hidden_states=tuple(hidden) if hidden is not None else None,
+            attentions=tuple(attns) if attns is not None else None,
+        )
 
 
 class BartDecoder(nn.Module):
@@ -322,8 +360,12 @@ class BartDecoder(nn.Module):
         encoder_attention_mask: torch.Tensor | None = None,
         past_key_values: tuple | None = None,
         use_cache: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> ModelOutput:
-        """`attention_mask` covers the cached and the new tokens, (B, past + T), as in HF."""
+        """`attention_mask` covers the cached and the new tokens, (B, past + T), as in HF.
+        `output_attentions` also gives the cross-attentions, (B, nh, T, S) per layer: an empty tuple
+        without encoder states, as transformers returns."""
         t = input_ids.size(1)
         past_len = past_key_values[0][0].size(2) if past_key_values is not None else 0
         _check_length(self.config, past_len + t, "Decoder sequence")
@@ -339,14 +381,31 @@ class BartDecoder(nn.Module):
         if encoder_hidden_states is not None:
             s = encoder_hidden_states.size(1)
             cross_mask, _ = attention_mask_for_sdpa(encoder_attention_mask, t, s, causal=False)
+        want_attn, want_hidden = wanted_outputs(self.config, output_attentions, output_hidden_states)
+        hidden, attns = ([x] if want_hidden else None), ([] if want_attn else None)
+        crosses = [] if want_attn else None
         presents = []
         for i, layer in enumerate(self.layers):
             if _layer_dropped(self, self.config.decoder_layerdrop):
                 continue
             past = past_key_values[i] if past_key_values is not None else None
-            x, kv = layer(x, self_mask, is_causal, encoder_hidden_states, cross_mask, past)
+            x, kv, (probs, cross) = layer(
+                x, self_mask, is_causal, encoder_hidden_states, cross_mask, past, want_attn
+            )
             presents.append(kv)
-        return ModelOutput(last_hidden_state=x, past_key_values=tuple(presents) if use_cache else None)
+            if hidden is not None:
+                hidden.append(x)
+            if attns is not None:
+                attns.append(probs)
+                if cross is not None:
+                    crosses.append(cross)
+        return ModelOutput(
+            last_hidden_state=x,
+            past_key_values=tuple(presents) if use_cache else None,
+            hidden_states=tuple(hidden) if hidden is not None else None,
+            attentions=tuple(attns) if attns is not None else None,
+            cross_attentions=tuple(crosses) if crosses is not None else None,
+        )
 
 
 class BartPreTrainedModel(PreTrainedModel):
@@ -421,11 +480,16 @@ class BartModel(BartPreTrainedModel):
         encoder_outputs: Any = None,
         past_key_values: tuple | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> ModelOutput:
         """`decoder_input_ids` default to `input_ids` shifted right (BART's denoising setup, as HF).
 
         `past_key_values` is a tuple over decoder layers of (self_k, self_v, cross_k, cross_v), each
         (B, nh, len, hs); with it, pass only the new `decoder_input_ids` and the `encoder_outputs`.
+        `output_hidden_states` / `output_attentions` (None: the config's) fill `encoder_hidden_states`,
+        `encoder_attentions`, `decoder_hidden_states`, `decoder_attentions` and `cross_attentions`; the
+        encoder's come from `encoder_outputs` when it is given (a ModelOutput that holds them).
         """
         if decoder_input_ids is None:
             if input_ids is None:
@@ -433,12 +497,16 @@ class BartModel(BartPreTrainedModel):
             decoder_input_ids = shift_tokens_right(
                 input_ids, self.config.pad_token_id, self.config.decoder_start_token_id
             )
-        if encoder_outputs is not None:
-            encoder_states = _encoder_states(encoder_outputs)
+        flags = dict(output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        if isinstance(encoder_outputs, ModelOutput):
+            encoded = encoder_outputs
+        elif encoder_outputs is not None:
+            encoded = ModelOutput(last_hidden_state=_encoder_states(encoder_outputs))
         elif input_ids is not None:
-            encoder_states = self.encoder(input_ids, attention_mask).last_hidden_state
+            encoded = self.encoder(input_ids, attention_mask, **flags)
         else:
             raise ValueError("Pass input_ids or encoder_outputs (neither was given).")
+        encoder_states = encoded.last_hidden_state
         use_cache = (self.config.use_cache and not self.training) if use_cache is None else use_cache
         out = self.decoder(
             decoder_input_ids,
@@ -447,11 +515,17 @@ class BartModel(BartPreTrainedModel):
             attention_mask,
             past_key_values,
             use_cache,
+            **flags,
         )
         return ModelOutput(
             last_hidden_state=out.last_hidden_state,
             encoder_last_hidden_state=encoder_states,
             past_key_values=out.past_key_values,
+            decoder_hidden_states=out.hidden_states,
+            decoder_attentions=out.attentions,
+            cross_attentions=out.cross_attentions,
+            encoder_hidden_states=encoded.hidden_states,
+            encoder_attentions=encoded.attentions,
         )
 
 
@@ -509,6 +583,8 @@ class BartForSequenceClassification(BartPreTrainedModel):
         decoder_attention_mask: torch.Tensor | None = None,
         encoder_outputs: Any = None,
         labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> ModelOutput:
         out = self.model(
             input_ids,
@@ -517,6 +593,8 @@ class BartForSequenceClassification(BartPreTrainedModel):
             decoder_attention_mask,
             encoder_outputs,
             use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         pooled = eos_pooled(out.last_hidden_state, input_ids, self.config.eos_token_id)
         logits = self.classification_head(pooled)
@@ -526,6 +604,7 @@ class BartForSequenceClassification(BartPreTrainedModel):
             logits=logits,
             last_hidden_state=out.last_hidden_state,
             encoder_last_hidden_state=out.encoder_last_hidden_state,
+            **probes(out),
         )
 
 
@@ -551,6 +630,8 @@ class BartForQuestionAnswering(BartPreTrainedModel):
         encoder_outputs: Any = None,
         start_positions: torch.Tensor | None = None,
         end_positions: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> ModelOutput:
         out = self.model(
             input_ids,
@@ -559,6 +640,8 @@ class BartForQuestionAnswering(BartPreTrainedModel):
             decoder_attention_mask,
             encoder_outputs,
             use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         start, end = self.qa_outputs(out.last_hidden_state).unbind(-1)  # (B, T) each
         loss = None
@@ -569,6 +652,7 @@ class BartForQuestionAnswering(BartPreTrainedModel):
             start_logits=start.contiguous(),
             end_logits=end.contiguous(),
             encoder_last_hidden_state=out.encoder_last_hidden_state,
+            **probes(out),
         )
 
 
@@ -608,6 +692,8 @@ class BartForCausalLM(BartPreTrainedModel):
         use_cache: bool | None = None,
         labels: torch.Tensor | None = None,
         logits_to_keep: int = 0,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> ModelOutput:
         use_cache = (self.config.use_cache and not self.training) if use_cache is None else use_cache
         out = self.model["decoder"](
@@ -617,10 +703,12 @@ class BartForCausalLM(BartPreTrainedModel):
             encoder_attention_mask,
             past_key_values,
             use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         logits = self.lm_head(keep_last(out.last_hidden_state, logits_to_keep, labels))  # (B, T, vocab)
         loss = causal_lm_loss(logits, labels, shift=False) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, **probes(out))
 
 
 @register_model("seq2seq_lm")
@@ -666,6 +754,8 @@ class BartForConditionalGeneration(BartPreTrainedModel):
         past_key_values: tuple | None = None,
         labels: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> ModelOutput:
         if labels is not None:
             use_cache = False  # as HF: training computes every position at once
@@ -681,6 +771,8 @@ class BartForConditionalGeneration(BartPreTrainedModel):
             encoder_outputs,
             past_key_values,
             use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         logits = self.lm_head(out.last_hidden_state)  # (B, T, vocab)
         logits = logits + self.final_logits_bias.to(logits)
@@ -690,4 +782,5 @@ class BartForConditionalGeneration(BartPreTrainedModel):
             logits=logits,
             past_key_values=out.past_key_values,
             encoder_last_hidden_state=out.encoder_last_hidden_state,
+            **probes(out),
         )

@@ -17,8 +17,8 @@ from factory.config import PretrainedConfig
 from factory.models.layers import (
     ACTIVATIONS,
     activation,
-    attention,
     attention_mask_for_sdpa,
+    attention_with_probs,
     keep_last,
     split_heads,
 )
@@ -32,7 +32,7 @@ from factory.models.losses import (
     sequence_classification_loss,
     token_classification_loss,
 )
-from factory.models.modeling import PreTrainedModel
+from factory.models.modeling import PreTrainedModel, probes, wanted_outputs
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
 from factory.tokenizers.training import TokenizerRecipe
@@ -121,13 +121,21 @@ class BertLayer(nn.Module):
         self.act = activation(config.hidden_act, inplace=True)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None, past: tuple | None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        past: tuple | None,
+        output_attentions: bool = False,
+    ):
+        """Returns the layer's output, its (k, v) and its attention probabilities (None unless asked)."""
         sa, ao = self.attention["self"], self.attention["output"]
         q, k, v = (split_heads(sa[n](x), self.n_head) for n in ("query", "key", "value"))  # (B, nh, T, hs)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         mask, is_causal = attention_mask_for_sdpa(attention_mask, q.size(2), k.size(2), self.causal)
-        y = attention(q, k, v, mask, is_causal, self.attn_dropout if self.training else 0.0)
+        p = self.attn_dropout if self.training else 0.0
+        y, probs = attention_with_probs(q, k, v, mask, is_causal, p, probs=output_attentions)
         # Post-LN, as in the original BERT. Residuals are added into the fresh projection outputs (which
         # autograd does not keep): fewer (B, T, C) allocations, half the page faults of `x + dense(y)`.
         # A forward hook that keeps a projection's output must clone it.
@@ -136,7 +144,7 @@ class BertLayer(nn.Module):
         h = self.act(self.intermediate["dense"](x))  # (B, T, 4C), activated in place in inference
         r = self.dropout(self.output["dense"](h))
         x = self.output["LayerNorm"](r.add_(x))
-        return x, (k, v)
+        return x, (k, v), probs
 
 
 class BertPreTrainedModel(PreTrainedModel):
@@ -199,7 +207,11 @@ class BertModel(BertPreTrainedModel):
         position_ids: torch.Tensor | None = None,
         past_key_values: tuple | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> ModelOutput:
+        """`output_hidden_states` adds the embeddings' output and each layer's; `output_attentions`
+        each layer's attention probabilities (B, nh, T, past + T). None: the config's value."""
         b, t = input_ids.shape
         past_len = past_key_values[0][0].size(2) if past_key_values is not None else 0
         if past_len + t > self.config.max_position_embeddings:
@@ -219,15 +231,24 @@ class BertModel(BertPreTrainedModel):
 
         use_cache = (self.config.use_cache and not self.training) if use_cache is None else use_cache
         use_cache = use_cache and self.config.is_decoder
+        want_attn, want_hidden = wanted_outputs(self.config, output_attentions, output_hidden_states)
+        hidden, attns = ([x] if want_hidden else None), ([] if want_attn else None)
         presents = []
         for i, layer in enumerate(self.encoder["layer"]):
-            x, kv = layer(x, attention_mask, past_key_values[i] if past_key_values is not None else None)
+            past = past_key_values[i] if past_key_values is not None else None
+            x, kv, probs = layer(x, attention_mask, past, want_attn)
             presents.append(kv)
+            if hidden is not None:
+                hidden.append(x)
+            if attns is not None:
+                attns.append(probs)
         pooled = torch.tanh(self.pooler["dense"](x[:, 0])) if self.pooler is not None else None
         return ModelOutput(
             last_hidden_state=x,
             pooler_output=pooled,
             past_key_values=tuple(presents) if use_cache else None,
+            hidden_states=tuple(hidden) if hidden is not None else None,
+            attentions=tuple(attns) if attns is not None else None,
         )
 
 
@@ -241,11 +262,28 @@ class BertForSequenceClassification(BertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None):
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, use_cache=False)
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+    ):
+        out = self.bert(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
         loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, last_hidden_state=out.last_hidden_state)
+        return ModelOutput(loss=loss, logits=logits, last_hidden_state=out.last_hidden_state, **probes(out))
 
 
 @register_model("qa")
@@ -264,13 +302,25 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         position_ids=None,
         start_positions=None,
         end_positions=None,
+        output_attentions=None,
+        output_hidden_states=None,
     ):
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, use_cache=False)
+        out = self.bert(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         start, end = self.qa_outputs(out.last_hidden_state).unbind(-1)  # (B, T) each
         loss = None
         if start_positions is not None and end_positions is not None:
             loss = question_answering_loss(start, end, start_positions, end_positions)
-        return ModelOutput(loss=loss, start_logits=start.contiguous(), end_logits=end.contiguous())
+        return ModelOutput(
+            loss=loss, start_logits=start.contiguous(), end_logits=end.contiguous(), **probes(out)
+        )
 
 
 class BertLMPredictionHead(nn.Module):
@@ -317,11 +367,22 @@ class BertLMHeadModel(BertPreTrainedModel):
         use_cache=None,
         labels=None,
         logits_to_keep: int = 0,
+        output_attentions=None,
+        output_hidden_states=None,
     ):
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, past_key_values, use_cache)
+        out = self.bert(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            past_key_values,
+            use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         logits = self.cls["predictions"](keep_last(out.last_hidden_state, logits_to_keep, labels))
         loss = causal_lm_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, **probes(out))
 
 
 @register_model("token_cls")
@@ -336,11 +397,28 @@ class BertForTokenClassification(BertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None):
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, use_cache=False)
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+    ):
+        out = self.bert(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, num_labels)
         loss = token_classification_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits)
+        return ModelOutput(loss=loss, logits=logits, **probes(out))
 
 
 @register_model("masked_lm")
@@ -373,11 +451,28 @@ class BertForMaskedLM(BertPreTrainedModel):
             groups.append(("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"))
         return groups
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None):
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, use_cache=False)
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+    ):
+        out = self.bert(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         logits = self.cls["predictions"](out.last_hidden_state)  # (B, T, vocab)
         loss = masked_lm_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits)
+        return ModelOutput(loss=loss, logits=logits, **probes(out))
 
 
 @register_model("multiple_choice")
@@ -392,23 +487,38 @@ class BertForMultipleChoice(BertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, 1)
         self.post_init()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None):
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+    ):
         b, n = input_ids.shape[:2]  # (B, num_choices, T): each choice is a row of its own
 
         def flat(x: torch.Tensor | None) -> torch.Tensor | None:
             return x.reshape(-1, x.size(-1)) if x is not None else None  # (B * num_choices, T)
 
         out = self.bert(
-            flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids), use_cache=False
+            flat(input_ids),
+            flat(attention_mask),
+            flat(token_type_ids),
+            flat(position_ids),
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         logits = self.classifier(self.dropout(out.pooler_output)).view(b, n)  # (B, num_choices)
         loss = multiple_choice_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits)
+        return ModelOutput(loss=loss, logits=logits, **probes(out))
 
 
-# Pretraining checkpoints hold both pretraining heads; a model with one of them leaves the other's keys.
+# Pretraining checkpoints hold both pretraining heads; next-sentence prediction leaves the MLM head's keys
+# (BertForMaskedLM leaves the other's, above).
 _MLM_KEYS = r"^cls\.predictions\."
-_NSP_KEYS = r"^cls\.seq_relationship\."
 
 
 @register_model("next_sentence")
@@ -428,11 +538,28 @@ class BertForNextSentencePrediction(BertPreTrainedModel):
         self.cls = nn.ModuleDict(dict(seq_relationship=nn.Linear(config.hidden_size, 2)))
         self.post_init()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None):
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, use_cache=False)
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+    ):
+        out = self.bert(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         logits = self.cls["seq_relationship"](out.pooler_output)  # (B, 2)
         loss = next_sentence_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits)
+        return ModelOutput(loss=loss, logits=logits, **probes(out))
 
 
 @register_model("pretraining")
@@ -465,11 +592,23 @@ class BertForPreTraining(BertPreTrainedModel):
         position_ids=None,
         labels=None,
         next_sentence_label=None,
+        output_attentions=None,
+        output_hidden_states=None,
     ):
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, use_cache=False)
+        out = self.bert(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         prediction = self.cls["predictions"](out.last_hidden_state)  # (B, T, vocab)
         relationship = self.cls["seq_relationship"](out.pooler_output)  # (B, 2)
         loss = None
         if labels is not None and next_sentence_label is not None:
             loss = pretraining_loss(prediction, relationship, labels, next_sentence_label)
-        return ModelOutput(loss=loss, prediction_logits=prediction, seq_relationship_logits=relationship)
+        return ModelOutput(
+            loss=loss, prediction_logits=prediction, seq_relationship_logits=relationship, **probes(out)
+        )

@@ -17,7 +17,13 @@ from torch import nn
 
 from factory.checkpoints.weights import COMMON_RENAMES, CheckpointTable
 from factory.config import PretrainedConfig
-from factory.models.layers import ACTIVATIONS, activation, attention, attention_mask_for_sdpa, split_heads
+from factory.models.layers import (
+    ACTIVATIONS,
+    activation,
+    attention_mask_for_sdpa,
+    attention_with_probs,
+    split_heads,
+)
 from factory.models.losses import (
     masked_lm_loss,
     multiple_choice_loss,
@@ -25,7 +31,7 @@ from factory.models.losses import (
     sequence_classification_loss,
     token_classification_loss,
 )
-from factory.models.modeling import PreTrainedModel
+from factory.models.modeling import PreTrainedModel, probes, wanted_outputs
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
 from factory.tokenizers.training import TokenizerRecipe
@@ -151,15 +157,19 @@ class TransformerBlock(nn.Module):
         self.act = activation(config.activation, inplace=True)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns the block's output and its attention probabilities (None unless asked)."""
         a = self.attention
         q, k, v = (split_heads(a[n](x), self.n_head) for n in ("q_lin", "k_lin", "v_lin"))  # (B, nh, T, hs)
-        y = attention(q, k, v, mask, False, self.attn_dropout if self.training else 0.0)
+        p = self.attn_dropout if self.training else 0.0
+        y, probs = attention_with_probs(q, k, v, mask, False, p, probs=output_attentions)
         # Post-LN; residuals added in place into fresh projection outputs, as in BERT's layer.
         x = self.sa_layer_norm(a["out_lin"](y).add_(x))
         h = self.act(self.ffn["lin1"](x))  # (B, T, hidden_dim)
         r = self.dropout(self.ffn["lin2"](h))
-        return self.output_layer_norm(r.add_(x))
+        return self.output_layer_norm(r.add_(x)), probs
 
 
 # A BERT checkpoint's keys under DistilBERT's names: what DistilBERT's authors copied into the student
@@ -227,9 +237,13 @@ class DistilBertModel(DistilBertPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> ModelOutput:
         """`token_type_ids` are accepted and ignored, as transformers does: DistilBERT has no token types,
-        and callers that feed BERT's inputs (a BERT tokenizer, the multiple-choice batches) still work."""
+        and callers that feed BERT's inputs (a BERT tokenizer, the multiple-choice batches) still work.
+        `output_hidden_states` adds the embeddings' output and each layer's, `output_attentions` each
+        layer's attention probabilities (B, nh, T, T); None: the config's value."""
         t = input_ids.size(1)
         if t > self.config.max_position_embeddings:
             raise ValueError(
@@ -238,14 +252,32 @@ class DistilBertModel(DistilBertPreTrainedModel):
             )
         x = self.embeddings(input_ids, position_ids)
         mask, _ = attention_mask_for_sdpa(attention_mask, t, t, causal=False)
+        want_attn, want_hidden = wanted_outputs(self.config, output_attentions, output_hidden_states)
+        hidden, attns = ([x] if want_hidden else None), ([] if want_attn else None)
         for layer in self.transformer["layer"]:
-            x = layer(x, mask)
-        return ModelOutput(last_hidden_state=x)
+            x, probs = layer(x, mask, want_attn)
+            if hidden is not None:
+                hidden.append(x)
+            if attns is not None:
+                attns.append(probs)
+        return ModelOutput(
+            last_hidden_state=x,
+            hidden_states=tuple(hidden) if hidden is not None else None,
+            attentions=tuple(attns) if attns is not None else None,
+        )
 
 
 class _DistilBertHead(DistilBertPreTrainedModel):
-    def _backbone(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
-        return self.distilbert(input_ids, attention_mask, position_ids=position_ids).last_hidden_state
+    def _backbone(
+        self, input_ids, attention_mask, position_ids, output_attentions, output_hidden_states
+    ) -> ModelOutput:
+        return self.distilbert(
+            input_ids,
+            attention_mask,
+            position_ids=position_ids,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
 
 
 @register_model("seqcls")
@@ -260,12 +292,22 @@ class DistilBertForSequenceClassification(_DistilBertHead):
         self.dropout = nn.Dropout(config.seq_classif_dropout)
         self.post_init()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None):
-        hidden = self._backbone(input_ids, attention_mask, position_ids)
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+    ):
+        out = self._backbone(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states)
+        hidden = out.last_hidden_state
         pooled = self.dropout(torch.relu(self.pre_classifier(hidden[:, 0])))  # (B, C)
         logits = self.classifier(pooled)  # (B, num_labels)
         loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden)
+        return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden, **probes(out))
 
 
 @register_model("qa")
@@ -285,13 +327,18 @@ class DistilBertForQuestionAnswering(_DistilBertHead):
         position_ids=None,
         start_positions=None,
         end_positions=None,
+        output_attentions=None,
+        output_hidden_states=None,
     ):
-        hidden = self._backbone(input_ids, attention_mask, position_ids)
+        out = self._backbone(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states)
+        hidden = out.last_hidden_state
         start, end = self.qa_outputs(self.dropout(hidden)).unbind(-1)  # (B, T) each
         loss = None
         if start_positions is not None and end_positions is not None:
             loss = question_answering_loss(start, end, start_positions, end_positions)
-        return ModelOutput(loss=loss, start_logits=start.contiguous(), end_logits=end.contiguous())
+        return ModelOutput(
+            loss=loss, start_logits=start.contiguous(), end_logits=end.contiguous(), **probes(out)
+        )
 
 
 @register_model("token_cls")
@@ -303,11 +350,21 @@ class DistilBertForTokenClassification(_DistilBertHead):
         self.classifier = nn.Linear(config.dim, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None):
-        hidden = self._backbone(input_ids, attention_mask, position_ids)
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+    ):
+        out = self._backbone(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states)
+        hidden = out.last_hidden_state
         logits = self.classifier(self.dropout(hidden))  # (B, T, num_labels)
         loss = token_classification_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits)
+        return ModelOutput(loss=loss, logits=logits, **probes(out))
 
 
 @register_model("masked_lm")
@@ -328,12 +385,22 @@ class DistilBertForMaskedLM(_DistilBertHead):
             return []
         return [("distilbert.embeddings.word_embeddings.weight", "vocab_projector.weight")]
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None):
-        hidden = self._backbone(input_ids, attention_mask, position_ids)
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+    ):
+        out = self._backbone(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states)
+        hidden = out.last_hidden_state
         x = self.vocab_layer_norm(self.act(self.vocab_transform(hidden)))
         logits = self.vocab_projector(x)  # (B, T, vocab)
         loss = masked_lm_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits)
+        return ModelOutput(loss=loss, logits=logits, **probes(out))
 
 
 @register_model("multiple_choice")
@@ -348,14 +415,26 @@ class DistilBertForMultipleChoice(_DistilBertHead):
         self.dropout = nn.Dropout(config.seq_classif_dropout)
         self.post_init()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None):
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+    ):
         b, n = input_ids.shape[:2]  # (B, num_choices, T): each choice is a row of its own
 
         def flat(x: torch.Tensor | None) -> torch.Tensor | None:
             return x.reshape(-1, x.size(-1)) if x is not None else None  # (B * num_choices, T)
 
-        hidden = self._backbone(flat(input_ids), flat(attention_mask), flat(position_ids))
+        out = self._backbone(
+            flat(input_ids), flat(attention_mask), flat(position_ids), output_attentions, output_hidden_states
+        )
+        hidden = out.last_hidden_state
         pooled = self.dropout(torch.relu(self.pre_classifier(hidden[:, 0])))
         logits = self.classifier(pooled).view(b, n)  # (B, num_choices)
         loss = multiple_choice_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits)
+        return ModelOutput(loss=loss, logits=logits, **probes(out))

@@ -20,8 +20,8 @@ from factory.config import PretrainedConfig
 from factory.models.layers import (
     ACTIVATIONS,
     activation,
-    attention,
     attention_mask_for_sdpa,
+    attention_with_probs,
     keep_last,
     split_heads,
 )
@@ -31,7 +31,7 @@ from factory.models.losses import (
     sequence_classification_loss,
     token_classification_loss,
 )
-from factory.models.modeling import PreTrainedModel
+from factory.models.modeling import PreTrainedModel, probes, wanted_outputs
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
 from factory.tokenizers.training import TokenizerRecipe
@@ -124,16 +124,26 @@ class GPT2Attention(nn.Module):
             self.scale /= float(layer_idx + 1)
         self.upcast = config.reorder_and_upcast_attn
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool, past: tuple | None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+        past: tuple | None,
+        output_attentions: bool = False,
+    ):
+        """Returns the projected output, (k, v), and the attention probabilities (None unless asked)."""
         q, k, v = (split_heads(t, self.n_head) for t in self.c_attn(x).split(x.size(-1), dim=2))
         if past is not None:  # (B, nh, past + T, hs)
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         p = self.attn_dropout if self.training else 0.0
         if self.upcast and q.dtype != torch.float32:
-            y = attention(q.float(), k.float(), v.float(), mask, is_causal, p, self.scale).to(q.dtype)
-        else:
-            y = attention(q, k, v, mask, is_causal, p, self.scale)  # (B, T, C)
-        return self.resid_dropout(self.c_proj(y)), (k, v)
+            qkv = q.float(), k.float(), v.float()
+            y, probs = attention_with_probs(*qkv, mask, is_causal, p, self.scale, probs=output_attentions)
+            y, probs = y.to(q.dtype), probs.to(q.dtype) if probs is not None else None
+        else:  # (B, T, C)
+            y, probs = attention_with_probs(q, k, v, mask, is_causal, p, self.scale, probs=output_attentions)
+        return self.resid_dropout(self.c_proj(y)), (k, v), probs
 
 
 class GPT2MLP(nn.Module):
@@ -160,11 +170,18 @@ class GPT2Block(nn.Module):
         self.ln_2 = nn.LayerNorm(c, eps=eps)
         self.mlp = GPT2MLP(config)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool, past: tuple | None):
-        a, kv = self.attn(self.ln_1(x), mask, is_causal, past)
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+        past: tuple | None,
+        output_attentions: bool = False,
+    ):
+        a, kv, probs = self.attn(self.ln_1(x), mask, is_causal, past, output_attentions)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
-        return x, kv
+        return x, kv, probs
 
 
 class GPT2PreTrainedModel(PreTrainedModel):
@@ -216,9 +233,14 @@ class GPT2Model(GPT2PreTrainedModel):
         position_ids: torch.Tensor | None = None,
         past_key_values: tuple | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> ModelOutput:
         """`attention_mask` is (B, past + T), 1 for tokens to attend to; `past_key_values` is a tuple
-        over layers of (k, v), each (B, nh, past, hs), as returned with `use_cache`."""
+        over layers of (k, v), each (B, nh, past, hs), as returned with `use_cache`.
+        `output_hidden_states` adds the embeddings' output and each block's, the last one after `ln_f`
+        (as transformers); `output_attentions` each block's probabilities (B, nh, T, past + T). None:
+        the config's value."""
         b, t = input_ids.shape
         past_len = past_key_values[0][0].size(2) if past_key_values is not None else 0
         if past_len + t > self.config.n_positions:
@@ -240,12 +262,26 @@ class GPT2Model(GPT2PreTrainedModel):
 
         mask, is_causal = attention_mask_for_sdpa(attention_mask, t, past_len + t, causal=True)
         use_cache = (self.config.use_cache and not self.training) if use_cache is None else use_cache
+        want_attn, want_hidden = wanted_outputs(self.config, output_attentions, output_hidden_states)
+        hidden, attns = ([x] if want_hidden else None), ([] if want_attn else None)
         presents = []
         for i, block in enumerate(self.h):
-            x, kv = block(x, mask, is_causal, past_key_values[i] if past_key_values is not None else None)
+            past = past_key_values[i] if past_key_values is not None else None
+            x, kv, probs = block(x, mask, is_causal, past, want_attn)
             presents.append(kv)
+            if hidden is not None:
+                hidden.append(x)
+            if attns is not None:
+                attns.append(probs)
         x = self.ln_f(x)
-        return ModelOutput(last_hidden_state=x, past_key_values=tuple(presents) if use_cache else None)
+        if hidden is not None:
+            hidden[-1] = x
+        return ModelOutput(
+            last_hidden_state=x,
+            past_key_values=tuple(presents) if use_cache else None,
+            hidden_states=tuple(hidden) if hidden is not None else None,
+            attentions=tuple(attns) if attns is not None else None,
+        )
 
 
 @register_model("causal_lm")
@@ -269,13 +305,22 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
         use_cache=None,
         labels=None,
         logits_to_keep: int = 0,
+        output_attentions=None,
+        output_hidden_states=None,
     ):
         out = self.transformer(
-            input_ids, attention_mask, token_type_ids, position_ids, past_key_values, use_cache
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            past_key_values,
+            use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         logits = self.lm_head(keep_last(out.last_hidden_state, logits_to_keep, labels))  # (B, T, vocab)
         loss = causal_lm_loss(logits, labels, shift=True) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, **probes(out))
 
 
 @register_model("seqcls")
@@ -303,9 +348,18 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
         past_key_values=None,
         use_cache=None,
         labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
     ):
         out = self.transformer(
-            input_ids, attention_mask, token_type_ids, position_ids, past_key_values, use_cache
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            past_key_values,
+            use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         h = out.last_hidden_state  # (B, T, C)
         b, t = input_ids.shape
@@ -325,7 +379,7 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
         last = (torch.arange(t, device=h.device) * keep.to(h.device, torch.int32)).argmax(-1)
         logits = self.score(h[torch.arange(b, device=h.device), last])  # (B, num_labels)
         loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, **probes(out))
 
 
 @register_model("qa")
@@ -344,13 +398,25 @@ class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
         position_ids=None,
         start_positions=None,
         end_positions=None,
+        output_attentions=None,
+        output_hidden_states=None,
     ):
-        out = self.transformer(input_ids, attention_mask, token_type_ids, position_ids, use_cache=False)
+        out = self.transformer(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         start, end = self.qa_outputs(out.last_hidden_state).unbind(-1)  # (B, T) each
         loss = None
         if start_positions is not None and end_positions is not None:
             loss = question_answering_loss(start, end, start_positions, end_positions)
-        return ModelOutput(loss=loss, start_logits=start.contiguous(), end_logits=end.contiguous())
+        return ModelOutput(
+            loss=loss, start_logits=start.contiguous(), end_logits=end.contiguous(), **probes(out)
+        )
 
 
 @register_model("token_cls")
@@ -379,10 +445,19 @@ class GPT2ForTokenClassification(GPT2PreTrainedModel):
         past_key_values=None,
         use_cache=None,
         labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
     ):
         out = self.transformer(
-            input_ids, attention_mask, token_type_ids, position_ids, past_key_values, use_cache
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            past_key_values,
+            use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, num_labels)
         loss = token_classification_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, **probes(out))

@@ -103,6 +103,44 @@ def attention(
     return y.transpose(1, 2).reshape(b, t, nh * hs)
 
 
+def attention_with_probs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    is_causal: bool,
+    dropout_p: float,
+    scale: float | None = None,
+    *,
+    probs: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`attention`, plus its (B, nh, q, kv) probabilities when `probs` (HF's `output_attentions`).
+
+    SDPA does not return its probabilities, so with `probs` the scores are computed explicitly, as
+    HF's eager path does (float32 softmax, dropout after it); without, this is `attention` and the
+    probabilities are None, so a layer calls one function either way. `k` and `v` may have fewer heads
+    than `q` (grouped-query attention). Returns `(y, probs)`, `y` being (B, T, nh * hs).
+    """
+    if not probs:
+        return attention(q, k, v, mask, is_causal, dropout_p, scale), None
+    if k.size(1) != q.size(1):  # each k, v head serves nh / nkv query heads, as SDPA's enable_gqa
+        k, v = (t.repeat_interleave(q.size(1) // k.size(1), dim=1) for t in (k, v))
+    scale = default_scale(q.size(-1)) if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, nh, q, kv)
+    if is_causal:  # the last q of kv positions are the queries (a cache holds the rest)
+        q_len, kv_len = scores.shape[-2:]
+        mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=q.device).tril(kv_len - q_len)
+    if mask is not None:
+        # The dtype's minimum rather than -inf, as HF: a fully masked row would be NaN with -inf.
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    p = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+    if dropout_p:
+        p = F.dropout(p, dropout_p)
+    y = p @ v  # (B, nh, q, hs)
+    b, nh, t, hs = y.shape
+    return y.transpose(1, 2).reshape(b, t, nh * hs), p
+
+
 def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
     """(B, T, C) -> (B, nh, T, hs)."""
     b, t, c = x.shape

@@ -19,14 +19,20 @@ from torch import nn
 
 from factory.checkpoints.weights import CheckpointTable
 from factory.config import PretrainedConfig
-from factory.models.layers import ACTIVATIONS, activation, attention_mask_for_sdpa, keep_last
+from factory.models.layers import (
+    ACTIVATIONS,
+    activation,
+    attention_mask_for_sdpa,
+    attention_with_probs,
+    keep_last,
+)
 from factory.models.losses import (
     causal_lm_loss,
     question_answering_loss,
     sequence_classification_loss,
     token_classification_loss,
 )
-from factory.models.modeling import PreTrainedModel
+from factory.models.modeling import PreTrainedModel, probes, wanted_outputs
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
 from factory.tokenizers.recipe import TokenizerRecipe
@@ -329,7 +335,8 @@ class LlamaAttention(nn.Module):
         self.o_proj = nn.Linear(self.n_head * hd, c, bias=o_bias)
         self.dropout = config.attention_dropout
 
-    def forward(self, x, rope, mask, is_causal: bool, past: tuple | None):
+    def forward(self, x, rope, mask, is_causal: bool, past: tuple | None, output_attentions: bool = False):
+        """Returns the projected output, (k, v), and the attention probabilities (None unless asked)."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
@@ -338,17 +345,21 @@ class LlamaAttention(nn.Module):
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         if past is not None:  # (B, nkv, past + T, hd)
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        p = self.dropout if self.training else 0.0
+        if output_attentions:  # explicit scores; SDPA does not return its probabilities
+            y, probs = attention_with_probs(q, k, v, mask, is_causal, p)
+            return self.o_proj(y), (k, v), probs
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
+            dropout_p=p,
             is_causal=is_causal,
             enable_gqa=self.n_kv != self.n_head,  # each group of nh / nkv query heads reads one k, v
         )
         y = y.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim)
-        return self.o_proj(y), (k, v)
+        return self.o_proj(y), (k, v), None
 
 
 class LlamaMLP(nn.Module):
@@ -377,11 +388,11 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, rope, mask, is_causal: bool, past: tuple | None):
-        a, kv = self.self_attn(self.input_layernorm(x), rope, mask, is_causal, past)
+    def forward(self, x, rope, mask, is_causal: bool, past: tuple | None, output_attentions: bool = False):
+        a, kv, probs = self.self_attn(self.input_layernorm(x), rope, mask, is_causal, past, output_attentions)
         x = x + a
         x = x + self.mlp(self.post_attention_layernorm(x))
-        return x, kv
+        return x, kv, probs
 
 
 class LlamaPreTrainedModel(PreTrainedModel):
@@ -430,10 +441,15 @@ class LlamaModel(LlamaPreTrainedModel):
         position_ids: torch.Tensor | None = None,
         past_key_values: tuple | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> ModelOutput:
         """`attention_mask` is (B, past + T), 1 for tokens to attend to; `past_key_values` is a tuple over
         layers of (k, v), each (B, nkv, past, hd), as returned with `use_cache`. Without `position_ids`,
-        positions continue after the cache whatever the padding (as HF); generation passes them."""
+        positions continue after the cache whatever the padding (as HF); generation passes them.
+        `output_hidden_states` adds the embeddings and each layer's output, the last one after the final
+        norm (as transformers); `output_attentions` each layer's probabilities (B, nh, T, past + T).
+        None: the config's value."""
         b, t = input_ids.shape
         past_len = past_key_values[0][0].size(2) if past_key_values is not None else 0
         if attention_mask is not None and tuple(attention_mask.shape) != (b, past_len + t):
@@ -448,14 +464,26 @@ class LlamaModel(LlamaPreTrainedModel):
         rope = (cos[:, None], sin[:, None])  # broadcast over heads
         mask, is_causal = attention_mask_for_sdpa(attention_mask, t, past_len + t, causal=True)
         use_cache = (self.config.use_cache and not self.training) if use_cache is None else use_cache
+        want_attn, want_hidden = wanted_outputs(self.config, output_attentions, output_hidden_states)
+        hidden, attns = ([x] if want_hidden else None), ([] if want_attn else None)
         presents = []
         for i, layer in enumerate(self.layers):
-            x, kv = layer(
-                x, rope, mask, is_causal, past_key_values[i] if past_key_values is not None else None
-            )
+            past = past_key_values[i] if past_key_values is not None else None
+            x, kv, probs = layer(x, rope, mask, is_causal, past, want_attn)
             presents.append(kv)
+            if hidden is not None:
+                hidden.append(x)
+            if attns is not None:
+                attns.append(probs)
         x = self.norm(x)
-        return ModelOutput(last_hidden_state=x, past_key_values=tuple(presents) if use_cache else None)
+        if hidden is not None:
+            hidden[-1] = x
+        return ModelOutput(
+            last_hidden_state=x,
+            past_key_values=tuple(presents) if use_cache else None,
+            hidden_states=tuple(hidden) if hidden is not None else None,
+            attentions=tuple(attns) if attns is not None else None,
+        )
 
 
 @register_model("causal_lm")
@@ -478,11 +506,21 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         use_cache=None,
         labels=None,
         logits_to_keep: int = 0,
+        output_attentions=None,
+        output_hidden_states=None,
     ):
-        out = self.model(input_ids, attention_mask, position_ids, past_key_values, use_cache)
+        out = self.model(
+            input_ids,
+            attention_mask,
+            position_ids,
+            past_key_values,
+            use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         logits = self.lm_head(keep_last(out.last_hidden_state, logits_to_keep, labels))  # (B, T, vocab)
         loss = causal_lm_loss(logits, labels, shift=True) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, **probes(out))
 
 
 @register_model("seqcls")
@@ -508,8 +546,18 @@ class LlamaForSequenceClassification(LlamaPreTrainedModel):
         past_key_values=None,
         use_cache=None,
         labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
     ):
-        out = self.model(input_ids, attention_mask, position_ids, past_key_values, use_cache)
+        out = self.model(
+            input_ids,
+            attention_mask,
+            position_ids,
+            past_key_values,
+            use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         h = out.last_hidden_state  # (B, T, C)
         b, t = input_ids.shape
         pad = self.config.pad_token_id
@@ -527,7 +575,7 @@ class LlamaForSequenceClassification(LlamaPreTrainedModel):
         last = (torch.arange(t, device=h.device) * keep.to(h.device, torch.int32)).argmax(-1)
         logits = self.score(h[torch.arange(b, device=h.device), last])  # (B, num_labels)
         loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, **probes(out))
 
 
 @register_model("qa")
@@ -546,14 +594,30 @@ class LlamaForQuestionAnswering(LlamaPreTrainedModel):
         self.post_init()
 
     def forward(
-        self, input_ids, attention_mask=None, position_ids=None, start_positions=None, end_positions=None
+        self,
+        input_ids,
+        attention_mask=None,
+        position_ids=None,
+        start_positions=None,
+        end_positions=None,
+        output_attentions=None,
+        output_hidden_states=None,
     ):
-        out = self.transformer(input_ids, attention_mask, position_ids, use_cache=False)
+        out = self.transformer(
+            input_ids,
+            attention_mask,
+            position_ids,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         start, end = self.qa_outputs(out.last_hidden_state).unbind(-1)  # (B, T) each
         loss = None
         if start_positions is not None and end_positions is not None:
             loss = question_answering_loss(start, end, start_positions, end_positions)
-        return ModelOutput(loss=loss, start_logits=start.contiguous(), end_logits=end.contiguous())
+        return ModelOutput(
+            loss=loss, start_logits=start.contiguous(), end_logits=end.contiguous(), **probes(out)
+        )
 
 
 @register_model("token_cls")
@@ -578,11 +642,21 @@ class LlamaForTokenClassification(LlamaPreTrainedModel):
         past_key_values=None,
         use_cache=None,
         labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
     ):
-        out = self.model(input_ids, attention_mask, position_ids, past_key_values, use_cache)
+        out = self.model(
+            input_ids,
+            attention_mask,
+            position_ids,
+            past_key_values,
+            use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         logits = self.score(self.dropout(out.last_hidden_state))  # (B, T, num_labels)
         loss = token_classification_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, **probes(out))
 
 
 # Qwen2: the same modules under Qwen2's class names (HF's `architectures` and the arch x head matrix).

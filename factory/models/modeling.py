@@ -13,6 +13,7 @@ from torch import nn
 from factory.checkpoints.hub import HubOptions
 from factory.checkpoints.weights import CheckpointTable, load_into, save_state
 from factory.config import ConfigError, PretrainedConfig
+from factory.models.outputs import ModelOutput
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,32 @@ def check_fits_in_memory(
         f"{ram / 2**30:,.0f} GiB of memory. Check the value; a model this size cannot be loaded here.",
         key=name,
     )
+
+
+def wanted_outputs(
+    config: PretrainedConfig, output_attentions: bool | None, output_hidden_states: bool | None
+) -> tuple[bool, bool]:
+    """`(output_attentions, output_hidden_states)` for one forward: the call's value, else the config's."""
+    attentions = config.output_attentions if output_attentions is None else output_attentions
+    hidden = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+    return bool(attentions), bool(hidden)
+
+
+# The fields `output_attentions` / `output_hidden_states` fill; a head passes its backbone's on.
+PROBE_FIELDS = (
+    "hidden_states",
+    "attentions",
+    "cross_attentions",
+    "encoder_hidden_states",
+    "encoder_attentions",
+    "decoder_hidden_states",
+    "decoder_attentions",
+)
+
+
+def probes(out: ModelOutput) -> dict[str, tuple[torch.Tensor, ...]]:
+    """The hidden-state and attention tuples that `out` holds, to pass on as `ModelOutput(**probes(out))`."""
+    return {k: getattr(out, k) for k in PROBE_FIELDS if getattr(out, k) is not None}
 
 
 class PreTrainedModel(nn.Module):

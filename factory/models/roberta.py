@@ -29,7 +29,7 @@ from factory.models.losses import (
     sequence_classification_loss,
     token_classification_loss,
 )
-from factory.models.modeling import PreTrainedModel
+from factory.models.modeling import PreTrainedModel, probes, wanted_outputs
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
 from factory.tokenizers.training import TokenizerRecipe
@@ -193,8 +193,11 @@ class RobertaModel(RobertaPreTrainedModel):
         position_ids: torch.Tensor | None = None,
         past_key_values: tuple | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> ModelOutput:
-        """`position_ids`, when given, index the position table directly (real tokens from pad + 1)."""
+        """`position_ids`, when given, index the position table directly (real tokens from pad + 1).
+        `output_hidden_states` and `output_attentions` (None: the config's) as in `BertModel`."""
         t = input_ids.size(1)
         past_len = past_key_values[0][0].size(2) if past_key_values is not None else 0
         if past_len + t > self.config.max_tokens:
@@ -215,15 +218,24 @@ class RobertaModel(RobertaPreTrainedModel):
 
         use_cache = (self.config.use_cache and not self.training) if use_cache is None else use_cache
         use_cache = use_cache and self.config.is_decoder
+        want_attn, want_hidden = wanted_outputs(self.config, output_attentions, output_hidden_states)
+        hidden, attns = ([x] if want_hidden else None), ([] if want_attn else None)
         presents = []
         for i, layer in enumerate(self.encoder["layer"]):
-            x, kv = layer(x, attention_mask, past_key_values[i] if past_key_values is not None else None)
+            past = past_key_values[i] if past_key_values is not None else None
+            x, kv, probs = layer(x, attention_mask, past, want_attn)
             presents.append(kv)
+            if hidden is not None:
+                hidden.append(x)
+            if attns is not None:
+                attns.append(probs)
         pooled = torch.tanh(self.pooler["dense"](x[:, 0])) if self.pooler is not None else None
         return ModelOutput(
             last_hidden_state=x,
             pooler_output=pooled,
             past_key_values=tuple(presents) if use_cache else None,
+            hidden_states=tuple(hidden) if hidden is not None else None,
+            attentions=tuple(attns) if attns is not None else None,
         )
 
 
@@ -255,11 +267,28 @@ class RobertaForSequenceClassification(RobertaPreTrainedModel):
         self.classifier = RobertaClassificationHead(config)
         self.post_init()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None):
-        out = self.roberta(input_ids, attention_mask, token_type_ids, position_ids, use_cache=False)
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+    ):
+        out = self.roberta(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         logits = self.classifier(out.last_hidden_state)
         loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, last_hidden_state=out.last_hidden_state)
+        return ModelOutput(loss=loss, logits=logits, last_hidden_state=out.last_hidden_state, **probes(out))
 
 
 @register_model("qa")
@@ -280,13 +309,25 @@ class RobertaForQuestionAnswering(RobertaPreTrainedModel):
         position_ids=None,
         start_positions=None,
         end_positions=None,
+        output_attentions=None,
+        output_hidden_states=None,
     ):
-        out = self.roberta(input_ids, attention_mask, token_type_ids, position_ids, use_cache=False)
+        out = self.roberta(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         start, end = self.qa_outputs(out.last_hidden_state).unbind(-1)  # (B, T) each
         loss = None
         if start_positions is not None and end_positions is not None:
             loss = question_answering_loss(start, end, start_positions, end_positions)
-        return ModelOutput(loss=loss, start_logits=start.contiguous(), end_logits=end.contiguous())
+        return ModelOutput(
+            loss=loss, start_logits=start.contiguous(), end_logits=end.contiguous(), **probes(out)
+        )
 
 
 @register_model("token_cls")
@@ -300,11 +341,28 @@ class RobertaForTokenClassification(RobertaPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None):
-        out = self.roberta(input_ids, attention_mask, token_type_ids, position_ids, use_cache=False)
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+    ):
+        out = self.roberta(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, num_labels)
         loss = token_classification_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits)
+        return ModelOutput(loss=loss, logits=logits, **probes(out))
 
 
 class RobertaLMHead(nn.Module):
@@ -342,11 +400,28 @@ class _RobertaLM(RobertaPreTrainedModel):
 
 @register_model("masked_lm")
 class RobertaForMaskedLM(_RobertaLM):
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None):
-        out = self.roberta(input_ids, attention_mask, token_type_ids, position_ids, use_cache=False)
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+    ):
+        out = self.roberta(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         logits = self.lm_head(out.last_hidden_state)  # (B, T, vocab)
         loss = masked_lm_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits)
+        return ModelOutput(loss=loss, logits=logits, **probes(out))
 
 
 @register_model("causal_lm")
@@ -363,13 +438,22 @@ class RobertaForCausalLM(_RobertaLM):
         use_cache=None,
         labels=None,
         logits_to_keep: int = 0,
+        output_attentions=None,
+        output_hidden_states=None,
     ):
         out = self.roberta(
-            input_ids, attention_mask, token_type_ids, position_ids, past_key_values, use_cache
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            past_key_values,
+            use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         logits = self.lm_head(keep_last(out.last_hidden_state, logits_to_keep, labels))
         loss = causal_lm_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, **probes(out))
 
 
 @register_model("multiple_choice")
@@ -383,15 +467,30 @@ class RobertaForMultipleChoice(RobertaPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, 1)
         self.post_init()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None):
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+    ):
         b, n = input_ids.shape[:2]  # (B, num_choices, T): each choice is a row of its own
 
         def flat(x: torch.Tensor | None) -> torch.Tensor | None:
             return x.reshape(-1, x.size(-1)) if x is not None else None  # (B * num_choices, T)
 
         out = self.roberta(
-            flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids), use_cache=False
+            flat(input_ids),
+            flat(attention_mask),
+            flat(token_type_ids),
+            flat(position_ids),
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         logits = self.classifier(self.dropout(out.pooler_output)).view(b, n)  # (B, num_choices)
         loss = multiple_choice_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits)
+        return ModelOutput(loss=loss, logits=logits, **probes(out))
