@@ -59,7 +59,9 @@ def tokenizer_digest(tokenizer: Any) -> str | None:
     backend = getattr(tokenizer, "_backend", None) or getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or not hasattr(backend, "to_str"):
         return None
-    h = hashlib.sha256(backend.to_str().encode())
+    # Without the per-call padding and truncation a call leaves on the backend: not what it encodes to.
+    content = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("padding", "truncation")}
+    h = hashlib.sha256(json.dumps(content, sort_keys=True).encode())
     config = getattr(tokenizer, "_config", None) or getattr(tokenizer, "init_kwargs", {})
     extra = {
         "config": config,
