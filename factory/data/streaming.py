@@ -116,8 +116,13 @@ def _jsonl_records(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
     with open(path, encoding="utf-8-sig", newline="") as f:
         for number, line in enumerate(f, start=1):
             if line.strip():
-                for pair in files.read_jsonl(path, line):  # its checks and messages, at this line
-                    yield number, pair[1]
+                try:  # the file reader's checks and messages, at this line of the file
+                    (_, record), *_ = files.read_jsonl(path, line)
+                except files.DataError as e:
+                    raise files.DataError(
+                        str(e).replace(f"{path}, line 1:", f"{path}, line {number}:")
+                    ) from None
+                yield number, record
 
 
 @dataclass
