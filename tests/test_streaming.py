@@ -176,3 +176,16 @@ def test_train_streams_a_text_file(tmp_path):
     documents = big.stat().st_size // (len(line) * 5 + 1)
     # The tokenizer's sample and the chunks of three steps: a quarter of the file at most.
     assert len(read) <= streaming.SAMPLE_EXAMPLES + 4 * streaming.CHUNK_EXAMPLES < documents / 4
+
+
+def test_a_stream_needs_max_steps():
+    from hydra import compose, initialize_config_dir
+
+    from factory.config import ConfigError
+    from factory.training.plan import resolve
+
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=["head=causal_lm", "arch=gpt2", "data.streaming=true"])
+    with pytest.raises(ConfigError, match=r"data.streaming=true needs trainer.max_steps"):
+        resolve(cfg)

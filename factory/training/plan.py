@@ -150,6 +150,12 @@ def resolve(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Plan:
                 f"positive number, or -1 for no limit on {key.split('_')[1]}.",
                 key=key,
             )
+    if data.get("streaming") is True and (trainer.get("max_steps") or -1) < 0:
+        raise ConfigError(
+            "data.streaming=true needs trainer.max_steps=<steps>: a stream has no length, so neither the "
+            "learning-rate schedule nor the progress can be counted from epochs.",
+            key="max_steps",
+        )
     split_trainer(trainer)  # our own keys' types
     trainer = distributed.check_trainer(trainer)  # precision, devices, strategy: before any data
     return Plan(
