@@ -116,6 +116,12 @@ def test_causal_lm_and_token_cls_from_datasets(tmp_path):
     assert sorted(splits.labels) == ["B-PER", "I-PER", "O"]  # CoNLL-style tag ids read as their names
 
 
+def test_a_missing_local_path_is_not_looked_up_on_the_hub(tmp_path):
+    for path in (str(tmp_path / "nothing"), "./nothing", "data.parquet"):
+        with pytest.raises(DataError, match=r"does not exist \(a local path"):
+            load_examples("seqcls", {"path": path})
+
+
 def test_path_and_train_file_together_is_an_error(saved, tmp_path):
     with pytest.raises(DataError, match="data.path=.* and data.train_file are both set"):
         load_examples("seqcls", {"path": str(saved), "train_file": str(tmp_path / "x.csv")})

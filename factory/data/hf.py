@@ -102,13 +102,20 @@ def _label_decoders(features: Any) -> dict[str, list[str]]:
 
 def source_kind(path: str) -> str:
     """How `data.path` is read: `saved` (a `save_to_disk` folder), `files` (files or a glob),
-    `folder` (a folder of data files, splits from their names) or `hub` (a hub dataset id)."""
+    `folder` (a folder of data files, splits from their names), `hub` (a hub dataset id), or `missing`
+    (a local path that does not exist)."""
     if os.path.isdir(path):
         if any(os.path.isfile(os.path.join(path, m)) for m in _SAVED_MARKERS):
             return "saved"
         return "folder"
     if os.path.isfile(path) or glob.has_magic(path):
         return "files"
+    if (
+        path.startswith(("/", "./", "../", "~"))
+        or path.count("/") > 1
+        or os.path.splitext(path)[1] in BUILDERS
+    ):
+        return "missing"  # a local path by its look: a hub id is `name` or `namespace/name`
     return "hub"
 
 
@@ -137,6 +144,10 @@ def load(settings: Mapping[str, Any], streaming: bool = False) -> dict[str, Any]
 
     path, name, revision = settings["path"], settings.get("name"), settings.get("revision")
     kind = source_kind(path)
+    if kind == "missing":
+        raise DataError(
+            f"data.path={path!r} does not exist (a local path: a hub id is 'name' or 'namespace/name')."
+        )
     import datasets
 
     try:

@@ -128,8 +128,8 @@ class FactoryDataModule(pl.LightningDataModule):
     # -- encoding ---------------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        """Nothing to download: files are local, and `datasets` sources are fetched when read (rank 0
-        first under DDP, as the whole run's data is)."""
+        """Nothing to do here: files are local, and a `datasets` source is fetched when it is read
+        (`datasets` locks its cache, so ranks reading one dataset prepare it once)."""
 
     def setup(self, stage: str | None = None) -> None:
         """Encode both splits (once; later calls do nothing), from the encoded-data cache when it holds
