@@ -57,7 +57,10 @@ class DatasetSplit(str):
         """Every row as `("row <i>", record)`; class-label ids become their names (CoNLL's tags...)."""
         from factory.data.files import DataError
 
-        rows = [(f"row {i}", record) for i, record in enumerate(iter_records(self.dataset))]
+        rows = getattr(self, "_rows", None)  # read once: a head may read one split as both
+        if rows is None:
+            rows = [(f"row {i}", record) for i, record in enumerate(iter_records(self.dataset))]
+            self._rows = rows
         if not rows:
             raise DataError(f"{self} has no rows.")
         return rows
@@ -66,7 +69,7 @@ class DatasetSplit(str):
 def iter_records(dataset: Any) -> Iterator[dict[str, Any]]:
     """The rows of a `Dataset` or `IterableDataset` as plain dicts, class-label ids as their names."""
     decode = _label_decoders(getattr(dataset, "features", None))
-    for record in dataset:
+    for record in _rows(dataset):
         for column, names in decode.items():
             value = record.get(column)
             if isinstance(value, list):
@@ -74,6 +77,18 @@ def iter_records(dataset: Any) -> Iterator[dict[str, Any]]:
             elif value is not None:
                 record[column] = _name(names, value)
         yield record
+
+
+def _rows(dataset: Any, batch: int = 1000) -> Iterator[dict[str, Any]]:
+    """Rows as dicts; a `Dataset` is read a batch of columns at a time (several times faster than its
+    row iterator, which decodes each row on its own)."""
+    if not hasattr(dataset, "iter") or not hasattr(dataset, "column_names"):
+        yield from dataset  # a list of records, an IterableDataset
+        return
+    columns = dataset.column_names
+    for block in dataset.iter(batch_size=batch):
+        for values in zip(*(block[c] for c in columns)):
+            yield dict(zip(columns, values))
 
 
 def _name(names: list[str], value: Any) -> Any:
