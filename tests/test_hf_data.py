@@ -245,6 +245,19 @@ def test_num_proc_gives_the_rows_of_one_process(tmp_path):
         setup_module_rows({"cache": False, "num_proc": 0}, tok, splits)
 
 
+@pytest.mark.slow
+def test_num_proc_keeps_qa_windows():
+    qa = load_examples("qa", {})  # windows: overflow_to_sample_mapping is shifted to the whole batch
+    qa.train, qa.validation = qa.train[:60], qa.validation[:20]
+    bert = train_tokenizer("bert", texts_for_tokenizer("qa", qa), 300, model_max_length=64)
+    encoded = []
+    for n in (1, 2):
+        dm = FactoryDataModule("qa", {"cache": False, "num_proc": n, "stride": 8}, bert, 4, 40, splits=qa)
+        dm.setup()
+        encoded.append((dm.train.rows, dm.validation.rows, dm.validation.state))
+    assert encoded[0] == encoded[1]
+
+
 def test_default_cache_dir_follows_the_datasets_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path))
     assert data_cache.default_cache_dir() == tmp_path / "factory_encoded"
