@@ -40,6 +40,12 @@ TINY = [
     "trainer.accelerator=cpu",
 ]
 FIRST_STEP = "BENCH first optimizer step done"  # what _first_step.FirstStep prints
+# Log lines that end the phases of a start-up: data read, tokenizer trained, splits encoded.
+MILESTONES = {
+    "read": "Loaded seqcls data",
+    "tokenizer": "Trained a tokenizer of",
+    "encoded": "Encoded seqcls data:",
+}
 
 
 def write_text(path: Path, gigabytes: float, seed: int = 0) -> None:
@@ -84,6 +90,7 @@ def run_train(overrides: list[str], cwd: Path) -> dict[str, float]:
     first: list[float] = []
     tail: list[str] = []
     hit: list[bool] = []
+    seen: dict[str, float] = {}
 
     def watch() -> None:
         for line in proc.stdout:
@@ -91,6 +98,9 @@ def run_train(overrides: list[str], cwd: Path) -> dict[str, float]:
             del tail[:-40]
             if "from the cache" in line:
                 hit.append(True)
+            for name, mark in MILESTONES.items():
+                if name not in seen and mark in line:
+                    seen[name] = time.perf_counter() - started
             if not first and FIRST_STEP in line:
                 first.append(time.perf_counter() - started)
 
@@ -109,6 +119,7 @@ def run_train(overrides: list[str], cwd: Path) -> dict[str, float]:
         # ru_maxrss is the largest child's so far, in KiB: a run below an earlier child's peak reads as it.
         "peak_rss_gib": max(peak, before) / 2**20,
         "cache_hit": float(bool(hit)),
+        **{f"{name}_s": seen.get(name, float("nan")) for name in MILESTONES},
     }
 
 
@@ -182,6 +193,11 @@ def cache(args: argparse.Namespace) -> None:
             f"second run's after {b['first_step_s']:.1f} s (cache hit: {bool(b['cache_hit'])}); "
             f"ratio {b['first_step_s'] / a['first_step_s']:.2f}"
         )
+        for name, run in zip(("first", "second"), runs):
+            print(
+                f"  {name} run, seconds from start: data read {run['read_s']:.1f}, tokenizer trained "
+                f"{run['tokenizer_s']:.1f}, splits encoded {run['encoded_s']:.1f}, first step {run['first_step_s']:.1f}"
+            )
         print(load.note())
 
 

@@ -189,3 +189,43 @@ def test_a_stream_needs_max_steps():
         cfg = compose("train", overrides=["head=causal_lm", "arch=gpt2", "data.streaming=true"])
     with pytest.raises(ConfigError, match=r"data.streaming=true needs trainer.max_steps"):
         resolve(cfg)
+    items = ["head=causal_lm", "arch=gpt2", "data.streaming=true", "trainer.max_steps=5"]
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        plan = resolve(compose("train", overrides=items), items)
+        assert plan.trainer["max_epochs"] == -1  # steps only: Lightning does not start the stream early
+        items.append("trainer.max_epochs=2")
+        with pytest.raises(
+            ConfigError, match=r"trainer.max_epochs=2 does not apply with data.streaming=true"
+        ):
+            resolve(compose("train", overrides=items), items)
+
+
+@pytest.mark.slow
+def test_killed_streaming_run_resumes_to_the_same_weights(lm_files, tmp_path, monkeypatch):
+    from factory.training import resume
+    from factory.training.run import train
+    from tests.test_resume import assert_same_run, compose_cfg, last, train_killed_after
+
+    items = [
+        "arch=gpt2",
+        "head=causal_lm",
+        "arch.num_hidden_layers=1",
+        "arch.hidden_size=32",
+        "arch.num_attention_heads=2",
+        "arch.intermediate_size=37",
+        "arch.vocab_size=1000",
+        "arch.resid_pdrop=0.3",
+        "data.batch_size=2",
+        "data.max_length=16",
+        *(f"data.{k}={v}" for k, v in lm_files.items()),
+        "data.streaming=true",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=3",
+        "+trainer.num_sanity_val_steps=0",
+        "callbacks.progress_bar.refresh_rate=0",
+        "callbacks.last_checkpoint.every_n_train_steps=1",
+    ]
+    train(compose_cfg(items), run_dir=tmp_path / "whole")
+    train_killed_after(compose_cfg(items), tmp_path / "killed", 4, monkeypatch)
+    train(resume.run_config(tmp_path / "killed"))
+    assert_same_run(last(tmp_path / "killed"), last(tmp_path / "whole"))

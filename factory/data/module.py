@@ -215,8 +215,14 @@ class FactoryDataModule(pl.LightningDataModule):
                 collate_fn=self.collate,
                 num_workers=self.num_workers,
                 persistent_workers=self.num_workers > 0,
+                trained=self._batches_trained,
             )
         return self._loader(self.train.rows if self.train is not None else None, shuffle=True)
+
+    def _batches_trained(self) -> int | None:
+        """The batches of this epoch the Trainer has trained on (None outside a Trainer)."""
+        trainer = self.trainer
+        return None if trainer is None else int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.validation.rows if self.train is not None else None, shuffle=False)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,7 +217,16 @@ class StreamingRows(IterableDataset):
 class StreamingLoader(ResumableDataLoader):
     """The loader over `StreamingRows`; its position in the epoch goes into checkpoints (a
     `ResumableDataLoader`, so the resume callback finds it). Resuming reads the stream again up to the
-    position and drops the batches already trained on: a stream cannot be indexed."""
+    position and drops the batches already trained on: a stream cannot be indexed.
+
+    `trained` says how many batches of the epoch training has taken (Lightning's count). The loader's
+    own count runs ahead of it: without a length, Lightning fetches a batch early to learn whether the
+    one before it is the epoch's last.
+    """
+
+    def __init__(self, *args: Any, trained: Callable[[], int | None] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._trained = trained
 
     def __iter__(self) -> Iterator[Any]:
         position, self._resume = self._resume, None
@@ -232,4 +241,6 @@ class StreamingLoader(ResumableDataLoader):
                 yield batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch_generator": None, "generator": None, "batches": self._batches, "finished": False}
+        trained = self._trained() if self._trained is not None else None
+        batches = self._batches if trained is None else trained
+        return {"epoch_generator": None, "generator": None, "batches": batches, "finished": False}
