@@ -8,6 +8,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+import torch
 
 from factory.data import streaming
 from factory.data.files import DataError, load_examples, texts_for_tokenizer
@@ -229,3 +230,17 @@ def test_killed_streaming_run_resumes_to_the_same_weights(lm_files, tmp_path, mo
     train_killed_after(compose_cfg(items), tmp_path / "killed", 4, monkeypatch)
     train(resume.run_config(tmp_path / "killed"))
     assert_same_run(last(tmp_path / "killed"), last(tmp_path / "whole"))
+
+
+def test_each_rank_reads_its_own_shard(lm_files, gpt_tok, monkeypatch):
+    monkeypatch.setattr(streaming, "CHUNK_EXAMPLES", 4)
+    dm = module({**lm_files, "streaming": True}, gpt_tok, max_length=8)
+    everything = list(dm.train_stream)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    ranks = []
+    for rank in (0, 1):
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
+        ranks.append(list(dm.train_stream))
+    assert ranks[0] and ranks[1] and ranks[0] != ranks[1]
+    assert len(ranks[0]) + len(ranks[1]) == len(everything)
