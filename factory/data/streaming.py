@@ -167,9 +167,8 @@ def load_streaming(head: Head, settings: Mapping[str, Any]) -> StreamingSplits:
                 f"{train_file}: data.streaming=true reads text or JSONL files (or data.path: parquet, hub "
                 f"datasets...); this is {fmt}."
             )
-        for path in (train_file,):
-            if not os.path.isfile(path):
-                raise files.DataError(f"Data file {path!r} does not exist (or is not a file).")
+        if not os.path.isfile(train_file):
+            raise files.DataError(f"Data file {train_file!r} does not exist (or is not a file).")
         stream = RecordStream(fmt, train_file, settings, column)
         validation = validation_file
     sample = list(itertools.islice(stream.records(), SAMPLE_EXAMPLES))
