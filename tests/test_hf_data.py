@@ -4,6 +4,7 @@ cache built here), the encoded-data cache and parallel tokenisation. Nothing is 
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -264,3 +265,32 @@ def test_default_cache_dir_follows_the_datasets_cache(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_DATASETS_CACHE")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     assert data_cache.default_cache_dir() == tmp_path / "hf" / "datasets" / "factory_encoded"
+
+
+@pytest.mark.slow
+def test_train_reads_a_dataset_and_the_next_run_reuses_its_encoding(saved, tmp_path, caplog):
+    from hydra import compose, initialize_config_dir
+
+    from factory.training.run import train
+    from tests.helpers import TINY_RUN
+
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    items = [
+        "arch=bert",
+        "head=seqcls",
+        *TINY_RUN,
+        "data.max_length=16",
+        "data.batch_size=2",
+        f"data.path={saved}",
+    ]
+    items.append(f"data.cache_dir={tmp_path / 'cache'}")
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=items)
+    caplog.set_level("INFO", logger="factory.data.cache")
+    train(cfg, run_dir=tmp_path / "a")
+    assert "from the cache" not in caplog.text and "Cached the encoded data" in caplog.text
+    caplog.clear()
+    train(cfg, run_dir=tmp_path / "b")
+    assert "Encoded seqcls data from the cache" in caplog.text
+    labels = json.loads((tmp_path / "b" / "model" / "config.json").read_text())["id2label"]
+    assert labels == {"0": "neg", "1": "pos"}
