@@ -35,9 +35,25 @@ COMMON_KEYS: dict[str, Any] = {
     "format": None,
     "validation_fraction": None,
     "validation_seed": 0,
+    # A Hugging Face `datasets` source instead of the files (factory.data.hf): a hub id, a
+    # `save_to_disk` folder, a folder of data files, or parquet/JSON/CSV/text files and globs.
+    "path": None,
+    "name": None,
+    "revision": None,
+    "train_split": "train",
+    "validation_split": "validation",
+    # Read and tokenise the training split lazily, as training consumes it (factory.data.streaming).
+    "streaming": False,
+    # The encoded-splits cache (factory.data.cache) and how many processes tokenise.
+    "cache": True,
+    "cache_dir": None,
+    "num_proc": 1,
 }
 
 __all__ = ["DATASETS_DIR", "DataError", "DataSplits", "default_data_files", "load_examples"]
+
+# The `data.*` keys that choose how data is read or cached, not what the rows are.
+PIPELINE_ONLY = ("streaming", "cache", "cache_dir", "num_proc")
 
 
 class DataError(ValueError):
@@ -68,7 +84,7 @@ def settings_of(head: Head, data_cfg: Mapping[str, Any] | None) -> dict[str, Any
             value = data_cfg[key]
             if key.endswith("_column"):
                 value = str(value)  # Hydra reads `data.label_column=1` as an int; headers are strings
-            elif key.endswith("_file"):
+            elif key.endswith("_file") or key in ("path", "cache_dir"):
                 value = os.path.expanduser(os.fspath(value))
             settings[key] = value
     return settings
@@ -98,6 +114,18 @@ def load_examples(head: str | Head, data_cfg: Mapping[str, Any] | None = None) -
     settings = settings_of(head, data_cfg)
     train_file, validation_file = settings["train_file"], settings["validation_file"]
     fraction = _validation_fraction(settings)
+    if settings["path"] is not None and (train_file is not None or validation_file is not None):
+        given = "data.train_file" if train_file is not None else "data.validation_file"
+        raise DataError(
+            f"data.path={settings['path']!r} and {given} are both set: read a dataset (data.path with "
+            "data.train_split/data.validation_split) or files (data.train_file/data.validation_file), not both."
+        )
+    if settings["streaming"]:
+        from factory.data.streaming import load_streaming
+
+        return load_streaming(head, settings)
+    if settings["path"] is not None:
+        return _load_dataset(head, settings, fraction)
     if fraction is not None:
         if train_file is None or validation_file is not None:
             raise DataError(
@@ -124,6 +152,27 @@ def load_examples(head: str | Head, data_cfg: Mapping[str, Any] | None = None) -
         )
     splits = head.read(train_file, validation_file, settings)
     splits.train_file, splits.validation_file = train_file, validation_file
+    _log_loaded(head, splits)
+    return splits
+
+
+def _load_dataset(head: Head, settings: Mapping[str, Any], fraction: float | None) -> DataSplits:
+    """`load_examples` for `data.path`: the head reads the dataset's splits as it reads files."""
+    from factory.data import hf
+
+    loaded = hf.load(settings)
+    source = settings["path"] + (f" ({settings['name']})" if settings["name"] else "")
+    train = hf.DatasetSplit(hf.select_split(loaded, "train_split", settings), source, settings["train_split"])
+    if fraction is not None:
+        splits = head.read(train, train, settings)
+        splits.train, splits.validation = carve(splits.train, fraction, settings["validation_seed"], train)
+        validation = f"{train} (validation_fraction={fraction})"
+    else:
+        hint = " Name one with data.validation_split, or carve one out with data.validation_fraction=0.1."
+        split = hf.select_split(loaded, "validation_split", settings, hint)
+        validation = hf.DatasetSplit(split, source, settings["validation_split"])
+        splits = head.read(train, validation, settings)
+    splits.train_file, splits.validation_file = str(train), str(validation)
     _log_loaded(head, splits)
     return splits
 
@@ -179,6 +228,12 @@ def texts_for_tokenizer(head: str | Head, splits: DataSplits) -> Iterator[str]:
 def file_format(path: str, settings: Mapping[str, Any], head: Head) -> str:
     """The format of `path`: `data.format`, else its extension, checked against what `head` reads."""
     valid = head.formats
+    if _is_dataset(path):  # a `datasets` split gives records, as a JSONL file does
+        if "jsonl" not in valid:
+            raise DataError(
+                f"head={head.name} reads {list(valid)} files, not records: data.path cannot feed it."
+            )
+        return "jsonl"
     fmt = settings["format"]
     if fmt is None:
         suffix = Path(path).suffix.lower()
@@ -195,7 +250,15 @@ def file_format(path: str, settings: Mapping[str, Any], head: Head) -> str:
     return fmt
 
 
+def _is_dataset(path: str) -> bool:
+    from factory.data.hf import DatasetSplit  # no `datasets` import: the class is ours
+
+    return isinstance(path, DatasetSplit)
+
+
 def read_text(path: str) -> str:
+    if _is_dataset(path):
+        return str(path)  # nothing to read as text: `read_jsonl`/`read_records` give its rows
     if not os.path.isfile(path):
         raise DataError(f"Data file {path!r} does not exist (or is not a file).")
     try:
@@ -218,6 +281,8 @@ def text_line_of_byte(path: str, offset: int) -> int:
 def read_records(path: str, settings: Mapping[str, Any], head: Head) -> list[tuple[int, dict[str, Any]]]:
     """`(line, record)` pairs of a CSV/TSV/JSONL/JSON-list file."""
     fmt = file_format(path, settings, head)
+    if _is_dataset(path):
+        return path.records()
     text = read_text(path)
     if fmt in ("csv", "tsv"):
         records = _read_delimited(path, text, "," if fmt == "csv" else "\t")
@@ -263,7 +328,9 @@ def _read_delimited(path: str, text: str, delimiter: str) -> list[tuple[int, dic
     return records
 
 
-def read_jsonl(path: str, text: str) -> list[tuple[int, dict[str, Any]]]:
+def read_jsonl(path: str, text: str) -> list[tuple[int | str, dict[str, Any]]]:
+    if _is_dataset(path):
+        return path.records()
     records = []
     # Only "\n" ends a line: JSON strings may hold a raw \u2028, which str.splitlines would split at.
     for number, line in enumerate(text.split("\n"), start=1):

@@ -101,6 +101,7 @@ class FactoryDataModule(pl.LightningDataModule):
         self.pad_id = pad_token_id(tokenizer)
         self.train: Encoded | None = None
         self.validation = Encoded([])
+        self.train_stream: Any = None  # with data.streaming=true: the training rows, read as they go
 
     # -- labels -----------------------------------------------------------------------------------
 
@@ -127,22 +128,32 @@ class FactoryDataModule(pl.LightningDataModule):
     # -- encoding ---------------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        """Nothing to download: every file is local."""
+        """Nothing to do here: files are local, and a `datasets` source is fetched when it is read
+        (`datasets` locks its cache, so ranks reading one dataset prepare it once)."""
 
     def setup(self, stage: str | None = None) -> None:
-        """Encode both splits (once; later calls do nothing)."""
+        """Encode both splits (once; later calls do nothing), from the encoded-data cache when it holds
+        them (`factory.data.cache`); with `data.streaming=true` only validation, training is read as it goes.
+        """
         if self.train is not None:
             return
+        from factory.data.cache import encode_splits
+        from factory.data.streaming import StreamingRows, StreamingSplits
+
         splits = self._ensure_splits()
         settings = {**settings_of(self.head, self.data_cfg), "max_length": self.max_length}
-        self.train = self.head.encode(self.tokenizer, splits.train, settings, train=True)
-        self.validation = self.head.encode(self.tokenizer, splits.validation, settings, train=False)
-        check_rows(self.train.rows, "training", splits.train_file, self.head, self.max_length)
+        if isinstance(splits, StreamingSplits) and splits.stream is not None:
+            self.train_stream = StreamingRows(self.head, splits.stream, self.tokenizer, settings)
+            self.train = Encoded([])
+            self.validation = self.head.encode(self.tokenizer, splits.validation, settings, train=False)
+        else:
+            self.train, self.validation = encode_splits(self.head, self.tokenizer, splits, settings)
+            check_rows(self.train.rows, "training", splits.train_file, self.head, self.max_length)
         check_rows(self.validation.rows, "validation", splits.validation_file, self.head, self.max_length)
         logger.info(
-            "Encoded %s data: %d train rows, %d validation rows (max_length=%d)",
+            "Encoded %s data: %s train rows, %d validation rows (max_length=%d)",
             self.head.name,
-            len(self.train.rows),
+            "streamed" if self.train_stream is not None else len(self.train.rows),
             len(self.validation.rows),
             self.max_length,
         )
@@ -195,7 +206,23 @@ class FactoryDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        if self.train_stream is not None:
+            from factory.data.streaming import StreamingLoader
+
+            return StreamingLoader(
+                self.train_stream,
+                batch_size=self.batch_size,
+                collate_fn=self.collate,
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+                trained=self._batches_trained,
+            )
         return self._loader(self.train.rows if self.train is not None else None, shuffle=True)
+
+    def _batches_trained(self) -> int | None:
+        """The batches of this epoch the Trainer has trained on (None outside a Trainer)."""
+        trainer = self.trainer
+        return None if trainer is None else int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.validation.rows if self.train is not None else None, shuffle=False)

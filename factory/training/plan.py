@@ -150,6 +150,8 @@ def resolve(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Plan:
                 f"positive number, or -1 for no limit on {key.split('_')[1]}.",
                 key=key,
             )
+    if data.get("streaming") is True:
+        _check_streaming(trainer, user)
     split_trainer(trainer)  # our own keys' types
     trainer = distributed.check_trainer(trainer)  # precision, devices, strategy: before any data
     return Plan(
@@ -169,6 +171,25 @@ def resolve(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Plan:
         applied,
         user,
     )
+
+
+def _check_streaming(trainer: dict[str, Any], user: UserSet) -> None:
+    """A stream trains for `trainer.max_steps`, passing over the data again as needed: it has no length
+    to count epochs (or the learning-rate schedule) by. `max_epochs=-1` also keeps Lightning from
+    starting the stream before a resumed run's position in it is restored."""
+    if (trainer.get("max_steps") or -1) < 0:
+        raise ConfigError(
+            "data.streaming=true needs trainer.max_steps=<steps>: a stream has no length, so neither the "
+            "learning-rate schedule nor the progress can be counted from epochs.",
+            key="max_steps",
+        )
+    if "max_epochs" in user.under("trainer") and trainer.get("max_epochs") != -1:
+        raise ConfigError(
+            f"trainer.max_epochs={trainer.get('max_epochs')!r} does not apply with data.streaming=true: "
+            "a stream trains for trainer.max_steps. Drop trainer.max_epochs.",
+            key="max_epochs",
+        )
+    trainer["max_epochs"] = -1
 
 
 def _check_data_keys(data: dict[str, Any], head: Head) -> None:
