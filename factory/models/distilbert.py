@@ -17,7 +17,14 @@ from torch import nn
 
 from factory.checkpoints.weights import COMMON_RENAMES, CheckpointTable
 from factory.config import PretrainedConfig
-from factory.models.layers import ACTIVATIONS, activation, attention, attention_mask_for_sdpa, split_heads
+from factory.models.layers import (
+    ACTIVATIONS,
+    activation,
+    attention,
+    attention_mask_for_sdpa,
+    document_attention_mask,
+    split_heads,
+)
 from factory.models.losses import (
     masked_lm_loss,
     multiple_choice_loss,
@@ -237,6 +244,7 @@ class DistilBertModel(DistilBertPreTrainedModel):
                 f"{self.config.max_position_embeddings}; truncate the input."
             )
         x = self.embeddings(input_ids, position_ids)
+        attention_mask = document_attention_mask(attention_mask, position_ids, causal=False)
         mask, _ = attention_mask_for_sdpa(attention_mask, t, t, causal=False)
         for layer in self.transformer["layer"]:
             x = layer(x, mask)

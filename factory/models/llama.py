@@ -19,7 +19,13 @@ from torch import nn
 
 from factory.checkpoints.weights import CheckpointTable
 from factory.config import PretrainedConfig
-from factory.models.layers import ACTIVATIONS, activation, attention_mask_for_sdpa, keep_last
+from factory.models.layers import (
+    ACTIVATIONS,
+    activation,
+    attention_mask_for_sdpa,
+    document_attention_mask,
+    keep_last,
+)
 from factory.models.losses import (
     causal_lm_loss,
     question_answering_loss,
@@ -441,6 +447,7 @@ class LlamaModel(LlamaPreTrainedModel):
                 f"attention_mask has shape {tuple(attention_mask.shape)}; expected (batch, cached + new "
                 f"tokens) = {(b, past_len + t)}: it covers the cached tokens too."
             )
+        attention_mask = document_attention_mask(attention_mask, None if past_len else position_ids, True)
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + t, device=input_ids.device)[None]
         x = self.embed_tokens(input_ids)  # (B, T, C)
