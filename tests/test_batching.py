@@ -278,3 +278,26 @@ def test_bad_batching_keys_are_errors_naming_them(overrides, key):
 def test_packing_keys_are_accepted_for_the_lm_heads():
     plan = resolve(compose_cfg("arch=gpt2", "head=causal_lm", "data.packing_document_attention=true"))
     assert plan.data["packing_document_attention"] is True
+
+
+# ---- end to end ---------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_killed_run_with_length_grouped_batches_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from factory.data.files import default_data_files
+    from factory.training import resume
+    from factory.training.run import train
+    from tests import test_resume as r
+
+    data = []
+    for split, path, rows in zip(("train", "validation"), default_data_files("seqcls"), (20, 8)):
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        (tmp_path / f"{split}.csv").write_text("\n".join(lines[: rows + 1]) + "\n", encoding="utf-8")
+        data.append(f"data.{split}_file={tmp_path / f'{split}.csv'}")
+    items = r.overrides(data, "data.group_by_length=true", "trainer.max_steps=5")
+    train(r.compose_cfg(items), run_dir=tmp_path / "reference")
+    killed = tmp_path / "killed"
+    r.train_killed_after(r.compose_cfg(items), killed, 2, monkeypatch)  # mid-epoch (3 batches an epoch)
+    train(resume.run_config(killed))
+    r.assert_same_run(r.last(killed), r.last(tmp_path / "reference"))
