@@ -82,7 +82,10 @@ class CausalLanguageModeling(Head):
         rows = [
             row
             for row in pack_documents(
-                ids, max_length, bool(settings["packing"]), bool(settings["packing_document_attention"])
+                ids,
+                max_length,
+                bool(settings.get("packing", True)),
+                bool(settings.get("packing_document_attention")),
             )
             if len(row["input_ids"]) > 1
         ]

@@ -154,7 +154,10 @@ class MaskedLanguageModeling(Head):
         # packing=true (the default) joins the documents and cuts full blocks, as run_mlm and this head
         # always have; packing=false: a document per row, padded per batch.
         rows = pack_documents(
-            ids, max_length, bool(settings["packing"]), bool(settings["packing_document_attention"])
+            ids,
+            max_length,
+            bool(settings.get("packing", True)),
+            bool(settings.get("packing_document_attention")),
         )
         rows = [{**r, MASKING_KEY: index} for r in rows if any(t not in special for t in r["input_ids"])]
         if "token_type_ids" in getattr(tokenizer, "model_input_names", ()):
