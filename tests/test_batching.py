@@ -73,6 +73,23 @@ def test_a_heads_own_collate_is_rounded_too(gpt2_tokenizer):
     assert (batch["labels"][:, 9:] == -100).all() and (batch["attention_mask"][:, 10:] == 0).all()
 
 
+def test_multiple_choice_batches_are_rounded_per_choice(bert_tokenizer):
+    dm = FactoryDataModule("multiple_choice", {}, bert_tokenizer, batch_size=2, max_length=64)
+    rows = [  # choices flattened: 2 of 3 tokens, 3 of 5
+        {"input_ids": [5] * 6, "token_type_ids": [0] * 6, "num_choices": 2, "choice_length": 3, "labels": 0},
+        {
+            "input_ids": [6] * 15,
+            "token_type_ids": [1] * 15,
+            "num_choices": 3,
+            "choice_length": 5,
+            "labels": 2,
+        },
+    ]
+    batch = dm.collate(rows)
+    assert batch["input_ids"].shape == batch["attention_mask"].shape == (2, 3, 8)
+    assert batch["choice_mask"].shape == (2, 3) and int(batch["attention_mask"].sum()) == 21
+
+
 # ---- length-grouped batches ---------------------------------------------------------------------------
 def lengths_data(n: int = 203, seed: int = 0) -> list[int]:
     rng = random.Random(seed)

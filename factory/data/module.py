@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100  # the label value losses skip, as in HF and torch's cross_entropy
 # Batches are padded to a multiple of this by default (`data.pad_to_multiple_of`): tensor cores want it.
 PAD_TO_MULTIPLE_OF = 8
+# Batch keys with a value per token (last dimension): padded together to the batch's length.
+TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
 
 class _ListDataset(torch.utils.data.Dataset):
@@ -159,8 +161,8 @@ class FactoryDataModule(pl.LightningDataModule):
         multiple = self.data_cfg.get("pad_to_multiple_of", PAD_TO_MULTIPLE_OF)
         batch = self.head.collate(rows, self.pad_id)
         if batch is not None:
-            self._round_up(batch, multiple)
             self.head.finish_batch(batch)
+            self._round_up(batch, multiple)
             return batch
         length = padded_length(max(len(r["input_ids"]) for r in rows), multiple, self.max_length)
         batch: dict[str, torch.Tensor] = {}
@@ -188,13 +190,16 @@ class FactoryDataModule(pl.LightningDataModule):
                 for i, row in enumerate(rows):
                     batch[key][i, : len(row[key])] = torch.tensor(row[key], dtype=torch.long)
         self.head.finish_batch(batch)
+        self._round_up(batch, multiple)  # what a head folded (multiple_choice's (B, C, T)) is rounded too
         return batch
 
     def _round_up(self, batch: dict[str, torch.Tensor], multiple: int | None) -> None:
-        """Pad the token dimension (the last) of a head's own (B, T) tensors to a multiple, as the rows
-        of the usual collate are: sources and targets (seq2seq) each to their own multiple."""
-        fill = {"input_ids": self.pad_id, "labels": IGNORE_INDEX, "decoder_input_ids": self.pad_id}
-        for key, value in batch.items():
+        """Pad the token dimension (the last) of the per-token tensors a head built itself ((B, T), or
+        multiple_choice's (B, C, T)) to a multiple, as the usual collate pads rows: sources and targets
+        (seq2seq) each to their own. Other tensors (a (B, C) choice mask) are left alone."""
+        fill = {"input_ids": self.pad_id, "labels": IGNORE_INDEX}
+        for key in TOKEN_KEYS:
+            value = batch.get(key)
             if not isinstance(value, torch.Tensor) or value.dim() < 2:
                 continue
             length = padded_length(value.size(-1), multiple, self.max_length)
