@@ -318,3 +318,12 @@ def test_killed_run_with_length_grouped_batches_resumes_to_the_same_weights(tmp_
     r.train_killed_after(r.compose_cfg(items), killed, 2, monkeypatch)  # mid-epoch (3 batches an epoch)
     train(resume.run_config(killed))
     r.assert_same_run(r.last(killed), r.last(tmp_path / "reference"))
+
+
+def test_document_attention_with_a_model_without_positions_is_an_error():
+    model = registry.model_class("bart", "causal_lm")(tiny_config("bart"))
+    batch = {"input_ids": torch.ones(1, 4, dtype=torch.long), "position_ids": torch.tensor([[0, 1, 0, 1]])}
+    with pytest.raises(
+        ConfigError, match="packing_document_attention=true needs a model that takes position_ids"
+    ):
+        check_document_positions(model, batch)
