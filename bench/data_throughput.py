@@ -17,8 +17,9 @@ memory; a tokenizer of the model's family is trained on them. Two tasks:
   document per row (padded to the longest of the batch). `--document-attention` adds ours packed with
   per-document attention.
 
-Each way runs `--steps` optimizer steps (forward, backward, AdamW) after one warm-up step: ours in a plain
-loop over our DataModule's training loader and our model; `Trainer` (timed from the end of its first step
+Each way runs `--steps` optimizer steps (forward, backward, AdamW) after a warm-up step on its first batch
+(a length-grouped epoch's longest, once in its ~375 batches): ours in a plain loop over our DataModule's
+training loader and our model; `Trainer` (timed from the end of its first step
 to the end of its last, by a callback) over the same encoded rows with the transformers model class of
 the same shape. Useful tokens are the attention mask's ones over the timed steps. Ratios above 1 mean
 ours trains on more useful tokens per second. `Trainer` needs `accelerate` (pip install accelerate).
@@ -101,7 +102,8 @@ def hf_model(task: str, config: Any) -> torch.nn.Module:
 
 # ---- ours -----------------------------------------------------------------------------------------------
 def run_ours(task: str, model: torch.nn.Module, module: Any, steps: int) -> tuple[float, int, int]:
-    """`(seconds, useful tokens, padded tokens)` over `steps` steps of a fresh pass of `module`'s loader."""
+    """`(seconds, useful tokens, padded tokens)` over `steps` steps of `module`'s training loader, after
+    a warm-up step on its first batch."""
     import inspect
 
     head = module.head
@@ -115,13 +117,14 @@ def run_ours(task: str, model: torch.nn.Module, module: Any, steps: int) -> tupl
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    loader = module.train_dataloader()
-    # Warm up on a batch of the same kind but not one of the timed ones (ours puts its longest batch first:
-    # leaving it out of the timing would flatter us).
-    step(next(iter(module.val_dataloader())))
+    batches = iter(module.train_dataloader())
+    # The warm-up step is the loader's first batch, as Trainer's is its first: a length-grouped epoch puts
+    # its longest batch there, once an epoch (of ~375 batches here), which a few timed steps would weigh
+    # as if it were a tenth of the epoch.
+    step(next(batches))
     useful = padded = 0
     start = time.perf_counter()
-    for _, batch in zip(range(steps), loader):
+    for _, batch in zip(range(steps), batches):
         ids = batch["input_ids"]
         mask = batch.get("attention_mask")
         # Packed rows with per-document attention carry no mask; they are full but for an epoch's last.
