@@ -17,9 +17,10 @@ memory; a tokenizer of the model's family is trained on them. Two tasks:
   document per row (padded to the longest of the batch). `--document-attention` adds ours packed with
   per-document attention.
 
-Each way runs `--steps` optimizer steps (forward, backward, AdamW) after a warm-up step on its first batch
-(a length-grouped epoch's longest, once in its ~375 batches): ours in a plain loop over our DataModule's
-training loader and our model; `Trainer` (timed from the end of its first step
+Each way runs `--steps` optimizer steps (forward, backward, AdamW) after a warm-up forward and backward;
+for seqcls that is one epoch of the same `--steps` x `--batch-size` rows for every way (the length-grouped
+epoch's longest batch included), for causal_lm the first steps of an epoch over all documents. Ours runs
+in a plain loop over our DataModule's training loader and our model; `Trainer` (timed from the start of its first step
 to the end of its last, by a callback) over the same encoded rows with the transformers model class of
 the same shape. Useful tokens are the attention mask's ones over the timed steps. Ratios above 1 mean
 ours trains on more useful tokens per second. `Trainer` needs `accelerate` (pip install accelerate).
@@ -102,13 +103,15 @@ def hf_model(task: str, config: Any) -> torch.nn.Module:
 
 # ---- ours -----------------------------------------------------------------------------------------------
 def run_ours(task: str, model: torch.nn.Module, module: Any, steps: int) -> tuple[float, int, int]:
-    """`(seconds, useful tokens, padded tokens)` over `steps` steps of `module`'s training loader, after
-    a warm-up step on its first batch."""
+    """`(seconds, useful tokens, padded tokens)` over the first `steps` batches of `module`'s training
+    loader, after a warm-up step on a validation batch."""
     import inspect
 
     head = module.head
     accepted = set(inspect.signature(model.forward).parameters)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    # Trainer's default optimizer (fused AdamW, on the CPU too; train.py's with optim.fused=true): the
+    # optimizer is not what is compared here.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
     def step(batch: dict[str, torch.Tensor]) -> None:
         batch = head.prepare_batch(model, batch)
@@ -118,10 +121,7 @@ def run_ours(task: str, model: torch.nn.Module, module: Any, steps: int) -> tupl
         optimizer.zero_grad(set_to_none=True)
 
     batches = iter(module.train_dataloader())
-    # The warm-up step is the loader's first batch, as Trainer's is its first: a length-grouped epoch puts
-    # its longest batch there, once an epoch (of ~375 batches here), which a few timed steps would weigh
-    # as if it were a tenth of the epoch.
-    step(next(batches))
+    step(next(iter(module.val_dataloader())))  # warm-up, on none of the timed batches
     useful = padded = 0
     start = time.perf_counter()
     for _, batch in zip(range(steps), batches):
@@ -138,7 +138,8 @@ def run_ours(task: str, model: torch.nn.Module, module: Any, steps: int) -> tupl
 def run_trainer(
     task: str, model: torch.nn.Module, rows: list[dict], tokenizer_dir: Path, steps: int, batch: int
 ):
-    """`(seconds, useful tokens, padded tokens)` over `steps` steps after Trainer's first one."""
+    """`(seconds, useful tokens, padded tokens)` over Trainer's `steps` steps (from the start of the first
+    to the end of the last)."""
     import transformers
 
     tok = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -157,9 +158,17 @@ def run_trainer(
         seen.append((int(out["attention_mask"].sum()), out["input_ids"].numel()))
         return out
 
+    # Warm up as ours does (a step's forward and backward on a batch of the data, gradients dropped), so
+    # that every one of Trainer's steps can be timed, its first included.
+    model(**collator(rows[:batch])).loss.backward()
+    model.zero_grad(set_to_none=True)
     stamps: list[float] = []
 
     class Clock(transformers.TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if not stamps:
+                stamps.append(time.perf_counter())
+
         def on_step_end(self, args, state, control, **kwargs):
             stamps.append(time.perf_counter())
 
@@ -167,7 +176,7 @@ def run_trainer(
         args = transformers.TrainingArguments(
             output_dir=out,
             per_device_train_batch_size=batch,
-            max_steps=steps + 1,
+            max_steps=steps,
             learning_rate=1e-4,
             lr_scheduler_type="constant",
             logging_strategy="no",
@@ -182,7 +191,7 @@ def run_trainer(
             model=model, args=args, train_dataset=rows, data_collator=counting, callbacks=[Clock()]
         )
         trainer.train()
-    timed = seen[1 : steps + 1]
+    timed = seen[:steps]
     return stamps[steps] - stamps[0], sum(u for u, _ in timed), sum(p for _, p in timed)
 
 
@@ -199,6 +208,11 @@ def bench_task(task: str, args: argparse.Namespace, out: Path) -> dict[str, tupl
     tok.save_pretrained(tok_dir)
     rng = random.Random(args.seed)
     examples = [{"text": d, "label": rng.randint(0, 1)} if task == "seqcls" else {"text": d} for d in docs]
+    if task == "seqcls":
+        # Every way trains one epoch of the same rows: the same useful tokens, so the ratios are ratios
+        # of time (a few steps of a heavy-tailed length distribution drawn apart would differ more by
+        # chance than by padding). The length-grouped epoch's longest batch is in it, as in any epoch.
+        examples = examples[: args.steps * args.batch_size]
     splits = DataSplits(
         examples, examples[: args.batch_size], labels=["a", "b"] if task == "seqcls" else None
     )
@@ -218,7 +232,7 @@ def bench_task(task: str, args: argparse.Namespace, out: Path) -> dict[str, tupl
             ways["ours_document_attention"] = dict(packing_document_attention=True)
         per_row = dict(packing=False)
     rows = module(**per_row).train.rows
-    print(f"{task}: {len(docs)} documents, {percentiles([len(r['input_ids']) for r in rows])}")
+    print(f"{task}: {len(examples)} documents, {percentiles([len(r['input_ids']) for r in rows])}")
     results = {}
     for name, data in ways.items():
         results[name] = run_ours(task, our_model(task, config), module(**data), args.steps)
