@@ -15,8 +15,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from factory.data.batching import LengthGroupedSampler, padded_length
 from factory.data.files import DataError, load_examples, settings_of
 from factory.heads.head import DataSplits, Encoded, Head, get_head
 from factory.tokenizers.training import pad_token_id
@@ -25,6 +27,10 @@ from factory.training.resume import ResumableDataLoader
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # the label value losses skip, as in HF and torch's cross_entropy
+# Batches are padded to a multiple of this by default (`data.pad_to_multiple_of`): tensor cores want it.
+PAD_TO_MULTIPLE_OF = 8
+# Batch keys with a value per token (last dimension): padded together to the batch's length.
+TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
 
 class _ListDataset(torch.utils.data.Dataset):
@@ -161,23 +167,32 @@ class FactoryDataModule(pl.LightningDataModule):
     # -- batches ----------------------------------------------------------------------------------
 
     def collate(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Pad a list of encoded rows to the longest and stack them into tensors."""
+        """Pad a list of encoded rows to the longest (rounded up to `data.pad_to_multiple_of`, never over
+        `max_length`) and stack them into tensors."""
+        multiple = self.data_cfg.get("pad_to_multiple_of", PAD_TO_MULTIPLE_OF)
         batch = self.head.collate(rows, self.pad_id)
         if batch is not None:
             self.head.finish_batch(batch)
+            self._round_up(batch, multiple)
             return batch
-        length = max(len(r["input_ids"]) for r in rows)
+        length = padded_length(max(len(r["input_ids"]) for r in rows), multiple, self.max_length)
         batch: dict[str, torch.Tensor] = {}
         batch["input_ids"] = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
         batch["attention_mask"] = torch.zeros((len(rows), length), dtype=torch.long)
         if "token_type_ids" in rows[0]:
             batch["token_type_ids"] = torch.zeros((len(rows), length), dtype=torch.long)
+        if "position_ids" in rows[0]:
+            # Padding counts from 0 again: a document of its own, which packed attention keeps apart.
+            batch["position_ids"] = torch.arange(length).repeat(len(rows), 1)
         for i, row in enumerate(rows):
             n = len(row["input_ids"])
             batch["input_ids"][i, :n] = torch.tensor(row["input_ids"], dtype=torch.long)
             batch["attention_mask"][i, :n] = 1
-            if "token_type_ids" in batch:
-                batch["token_type_ids"][i, :n] = torch.tensor(row["token_type_ids"], dtype=torch.long)
+            for key in ("token_type_ids", "position_ids"):
+                if key in batch:
+                    batch[key][i, :n] = torch.tensor(row[key], dtype=torch.long)
+                    if key == "position_ids":
+                        batch[key][i, n:] -= n
         for key, value in rows[0].items():  # per-row integers: labels, answer positions, window index
             if key not in batch and isinstance(value, int):
                 batch[key] = torch.tensor([r[key] for r in rows], dtype=torch.long)
@@ -186,7 +201,21 @@ class FactoryDataModule(pl.LightningDataModule):
                 for i, row in enumerate(rows):
                     batch[key][i, : len(row[key])] = torch.tensor(row[key], dtype=torch.long)
         self.head.finish_batch(batch)
+        self._round_up(batch, multiple)  # what a head folded (multiple_choice's (B, C, T)) is rounded too
         return batch
+
+    def _round_up(self, batch: dict[str, torch.Tensor], multiple: int | None) -> None:
+        """Pad the token dimension (the last) of the per-token tensors a head built itself ((B, T), or
+        multiple_choice's (B, C, T)) to a multiple, as the usual collate pads rows: sources and targets
+        (seq2seq) each to their own. Other tensors (a (B, C) choice mask) are left alone."""
+        fill = {"input_ids": self.pad_id, "labels": IGNORE_INDEX}
+        for key in TOKEN_KEYS:
+            value = batch.get(key)
+            if not isinstance(value, torch.Tensor) or value.dim() < 2:
+                continue
+            length = padded_length(value.size(-1), multiple, self.max_length)
+            if length > value.size(-1):
+                batch[key] = F.pad(value, (0, length - value.size(-1)), value=fill.get(key, 0))
 
     def _loader(self, rows: list[dict[str, Any]] | None, shuffle: bool) -> DataLoader:
         if rows is None:
@@ -194,11 +223,18 @@ class FactoryDataModule(pl.LightningDataModule):
         # Both loaders draw from their own generator, never the global one (a DataLoader draws a seed for
         # its workers at every pass): validating must not change the random numbers training sees next.
         generator = torch.Generator().manual_seed(self.seed)
+        sampler = None
+        if shuffle and self.data_cfg.get("group_by_length"):
+            # Rows of similar length together, in an order drawn from `generator` alone: the resumable
+            # loader saves and restores that generator as it does a RandomSampler's.
+            lengths = [len(r["input_ids"]) for r in rows]
+            sampler = LengthGroupedSampler(lengths, self.batch_size, generator=generator)
         # The training loader's position in the epoch goes into checkpoints, for an exact resume.
         return (ResumableDataLoader if shuffle else DataLoader)(
             _ListDataset(rows),
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             generator=generator,
             collate_fn=self.collate,
             num_workers=self.num_workers,

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch.nn.functional as F
 
 from factory.data import files
+from factory.data.batching import PACKING_KEYS, check_document_positions, pack_documents
 from factory.heads.head import DataSplits, Encoded, Head, Option, register_head
 from factory.inference import decoding, generation
 from factory.models.losses import IGNORE_INDEX
@@ -29,7 +30,7 @@ class CausalLanguageModeling(Head):
     metrics = ("val/loss", "val/perplexity")
     vocab_logits = True
     formats = ("text", "jsonl")
-    data_keys: ClassVar[dict[str, Any]] = {"text_column": "text"}
+    data_keys: ClassVar[dict[str, Any]] = {"text_column": "text", **PACKING_KEYS}
     shipped = ("causal_lm/train.txt", "causal_lm/validation.txt")
     empty_reason = "its text gives fewer than 2 tokens"
     inputs = ("prompt",)
@@ -43,6 +44,7 @@ class CausalLanguageModeling(Head):
         return {"is_decoder": True}
 
     def prepare_batch(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        check_document_positions(model, batch)
         if "labels" in batch and not model.labels_shifted_inside:
             # This model's labels are the next tokens (HF's BartForCausalLM): shift them left here.
             batch = {**batch, "labels": F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)}
@@ -71,15 +73,22 @@ class CausalLanguageModeling(Head):
             truncation=False,
             max_length=NO_MAX_LENGTH,
         )["input_ids"]
-        stream: list[int] = []
-        for doc in ids:
-            stream.extend(doc)
-            if separator is not None:
-                stream.append(separator)
-        # Full blocks of max_length; the tail becomes one shorter block (padded in collate) rather than
-        # being dropped, so a small validation file still gives at least one row.
-        blocks = [stream[i : i + max_length] for i in range(0, len(stream), max_length)]
-        rows = [{"input_ids": b} for b in blocks if len(b) > 1]
+        if separator is not None:
+            ids = [[*doc, separator] for doc in ids]
+        # packing=true (the default) joins the documents and cuts full blocks, as run_clm does and as
+        # this head always has, so results stay those of earlier runs; the tail becomes one shorter
+        # block (padded in collate) rather than being dropped, so a small validation file still gives
+        # at least one row. packing=false gives each document its own row(s), padded per batch.
+        rows = [
+            row
+            for row in pack_documents(
+                ids,
+                max_length,
+                bool(settings.get("packing", True)),
+                bool(settings.get("packing_document_attention")),
+            )
+            if len(row["input_ids"]) > 1
+        ]
         if "token_type_ids" in getattr(tokenizer, "model_input_names", ()):
             for row in rows:  # one segment: type 0 throughout, as the tokenizer gives for a single text
                 row["token_type_ids"] = [0] * len(row["input_ids"])
@@ -87,6 +96,14 @@ class CausalLanguageModeling(Head):
 
     def finish_batch(self, batch: dict[str, Any]) -> None:
         batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
+        if "position_ids" in batch:
+            # Per-document attention: a document's first token is not predicted from the one before
+            # (another document), so the loss per token is that of the documents run one by one. The
+            # padding mask gives way to the positions, which restart at each document and at the
+            # padding: the models keep attention inside each (as transformers, which looks for packed
+            # documents only when no attention_mask is given).
+            batch["labels"] = batch["labels"].masked_fill(batch["position_ids"] == 0, IGNORE_INDEX)
+            del batch["attention_mask"]
 
     # ---- validation -------------------------------------------------------------------------------
     def validation_step(self, model: Any, batch: Mapping[str, Any], out: Any) -> dict[str, Any]:

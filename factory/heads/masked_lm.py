@@ -38,6 +38,7 @@ import torch
 from factory import registry
 from factory.config import ConfigError
 from factory.data import files
+from factory.data.batching import PACKING_KEYS, check_document_positions, pack_documents
 from factory.heads.head import BatchPosition, DataSplits, Encoded, Head, Option, register_head
 from factory.models.losses import IGNORE_INDEX
 from factory.tokenizers.tokenizer import NO_MAX_LENGTH
@@ -116,6 +117,7 @@ class MaskedLanguageModeling(Head):
         "mlm_probability": 0.15,
         "whole_word_masking": False,
         "mask_seed": 42,
+        **PACKING_KEYS,
     }
     shipped = ("masked_lm/train.txt", "masked_lm/validation.txt")
     empty_reason = "its text gives no block with a token to mask"
@@ -148,14 +150,28 @@ class MaskedLanguageModeling(Head):
         ids = tokenizer([e["text"] for e in examples], truncation=False, max_length=NO_MAX_LENGTH)[
             "input_ids"
         ]
-        stream = [t for doc in ids for t in doc]
         special = set(masking.special_ids)
-        blocks = [stream[i : i + max_length] for i in range(0, len(stream), max_length)]
-        rows = [{"input_ids": b, MASKING_KEY: index} for b in blocks if any(t not in special for t in b)]
+        # packing=true (the default) joins the documents and cuts full blocks, as run_mlm and this head
+        # always have; packing=false: a document per row, padded per batch.
+        rows = pack_documents(
+            ids,
+            max_length,
+            bool(settings.get("packing", True)),
+            bool(settings.get("packing_document_attention")),
+        )
+        rows = [{**r, MASKING_KEY: index} for r in rows if any(t not in special for t in r["input_ids"])]
         if "token_type_ids" in getattr(tokenizer, "model_input_names", ()):
             for row in rows:  # one segment per block
                 row["token_type_ids"] = [0] * len(row["input_ids"])
         return Encoded(rows)
+
+    def finish_batch(self, batch: dict[str, Any]) -> None:
+        if "position_ids" in batch:  # per-document attention: the positions replace the padding mask
+            del batch["attention_mask"]
+
+    def prepare_batch(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        check_document_positions(model, batch)
+        return batch
 
     def draw_batch(self, batch: dict[str, Any], where: BatchPosition) -> None:
         draw_masks(batch, self._maskings, where)
@@ -202,7 +218,10 @@ def draw_masks(batch: dict[str, Any], maskings: Sequence[Masking], where: BatchP
         return
     masking = maskings[int(index[0])]
     generator = torch.Generator().manual_seed(batch_seed(masking.seed, where, masking.varying))
-    ids, attention = batch["input_ids"], batch["attention_mask"]
+    ids = batch["input_ids"]
+    # A packed batch with per-document positions has no padding mask (the positions keep documents and
+    # padding apart); padding is a special token, never masked, so every position may be looked at.
+    attention = batch.get("attention_mask", torch.ones_like(ids))
     masked, labels = mask_tokens(ids.cpu(), attention.cpu(), masking, generator)
     batch["input_ids"], batch["labels"] = masked.to(ids.device), labels.to(ids.device)
 

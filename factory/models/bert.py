@@ -19,6 +19,7 @@ from factory.models.layers import (
     activation,
     attention_mask_for_sdpa,
     attention_with_probs,
+    document_attention_mask,
     keep_last,
     split_heads,
 )
@@ -219,6 +220,9 @@ class BertModel(BertPreTrainedModel):
                 f"Sequence of {past_len + t} tokens is longer than max_position_embeddings="
                 f"{self.config.max_position_embeddings}; truncate the input."
             )
+        attention_mask = document_attention_mask(
+            attention_mask, None if past_len else position_ids, self.config.is_decoder
+        )
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + t, device=input_ids.device)[None]
         emb = self.embeddings

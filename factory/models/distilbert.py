@@ -22,6 +22,7 @@ from factory.models.layers import (
     activation,
     attention_mask_for_sdpa,
     attention_with_probs,
+    document_attention_mask,
     split_heads,
 )
 from factory.models.losses import (
@@ -251,6 +252,7 @@ class DistilBertModel(DistilBertPreTrainedModel):
                 f"{self.config.max_position_embeddings}; truncate the input."
             )
         x = self.embeddings(input_ids, position_ids)
+        attention_mask = document_attention_mask(attention_mask, position_ids, causal=False)
         mask, _ = attention_mask_for_sdpa(attention_mask, t, t, causal=False)
         want_attn, want_hidden = wanted_outputs(self.config, output_attentions, output_hidden_states)
         hidden, attns = ([x] if want_hidden else None), ([] if want_attn else None)

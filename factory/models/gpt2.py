@@ -22,6 +22,7 @@ from factory.models.layers import (
     activation,
     attention_mask_for_sdpa,
     attention_with_probs,
+    document_attention_mask,
     keep_last,
     split_heads,
 )
@@ -253,6 +254,7 @@ class GPT2Model(GPT2PreTrainedModel):
                 f"attention_mask has shape {tuple(attention_mask.shape)}; expected (batch, cached + new "
                 f"tokens) = {(b, past_len + t)}: it covers the cached tokens too."
             )
+        attention_mask = document_attention_mask(attention_mask, None if past_len else position_ids, True)
         if position_ids is None:  # as HF: positions continue after the cache, padding or not
             position_ids = torch.arange(past_len, past_len + t, device=input_ids.device)[None]
         x = self.wte(input_ids) + self.wpe(position_ids)

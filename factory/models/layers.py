@@ -65,6 +65,8 @@ def attention_mask_for_sdpa(
     attend, or None when no masking (or only a square causal mask) is needed, so that SDPA can pick its
     fused kernels. The last `q_len` of `kv_len` keys are the current tokens (a cache holds the rest).
     """
+    if attention_mask is not None and attention_mask.dim() == 4:  # already built (packed documents)
+        return attention_mask, False
     padded = attention_mask is not None and not bool(attention_mask.all())
     if not padded:
         if not causal or q_len == 1:
@@ -84,6 +86,40 @@ def attention_mask_for_sdpa(
     # let it attend everywhere instead: its output is padding and is never read.
     mask = mask | ~mask.any(dim=-1, keepdim=True)
     return mask, False
+
+
+def document_ids(position_ids: torch.Tensor) -> torch.Tensor | None:
+    """Which packed document each token of (B, T) `position_ids` belongs to, as (B, T) ids counting from
+    0 in each row; None when no row's positions restart (one document per row).
+
+    A document starts wherever the positions do not go up by one, as transformers'
+    `find_packed_sequence_indices` decides, so the same inputs give the same attention in both.
+    """
+    first = position_ids[:, :1] - 1  # the first token continues "its" document
+    docs = (torch.diff(position_ids, prepend=first, dim=-1) != 1).cumsum(-1)
+    return None if not bool(docs[:, -1].any()) else docs
+
+
+def document_attention_mask(
+    attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None, causal: bool
+) -> torch.Tensor | None:
+    """The (B, 1, T, T) boolean mask that keeps attention inside each packed document, when positions
+    restart within a row and no `attention_mask` is given (transformers' rule for packed sequences, with
+    no cache: pass `position_ids=None` when there is one); else `attention_mask` unchanged.
+
+    `attention_mask_for_sdpa` passes a 4-D mask through, so a model computes this once, before its
+    layers, from the `position_ids` the caller gave (not the ones it defaults to: those never restart).
+    """
+    if attention_mask is not None or position_ids is None or position_ids.size(-1) < 2:
+        return attention_mask
+    docs = document_ids(position_ids)
+    if docs is None:
+        return None
+    mask = docs[:, None, :, None] == docs[:, None, None, :]  # (B, 1, T, T): same document
+    if causal:
+        t = position_ids.size(-1)
+        mask = mask & torch.ones(t, t, dtype=torch.bool, device=mask.device).tril()
+    return mask
 
 
 def attention(

@@ -24,6 +24,7 @@ from factory.models.layers import (
     activation,
     attention_mask_for_sdpa,
     attention_with_probs,
+    document_attention_mask,
     keep_last,
 )
 from factory.models.losses import (
@@ -457,6 +458,7 @@ class LlamaModel(LlamaPreTrainedModel):
                 f"attention_mask has shape {tuple(attention_mask.shape)}; expected (batch, cached + new "
                 f"tokens) = {(b, past_len + t)}: it covers the cached tokens too."
             )
+        attention_mask = document_attention_mask(attention_mask, None if past_len else position_ids, True)
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + t, device=input_ids.device)[None]
         x = self.embed_tokens(input_ids)  # (B, T, C)

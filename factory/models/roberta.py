@@ -20,7 +20,7 @@ from torch import nn
 from factory.checkpoints.weights import COMMON_RENAMES, CheckpointTable
 from factory.config import PretrainedConfig
 from factory.models.bert import BertLayer
-from factory.models.layers import ACTIVATIONS, keep_last
+from factory.models.layers import ACTIVATIONS, document_attention_mask, keep_last
 from factory.models.losses import (
     causal_lm_loss,
     masked_lm_loss,
@@ -206,6 +206,9 @@ class RobertaModel(RobertaPreTrainedModel):
                 f"positions (max_position_embeddings={self.config.max_position_embeddings} less the "
                 f"{self.config.pad_token_id + 1} before the first token); truncate the input."
             )
+        attention_mask = document_attention_mask(
+            attention_mask, None if past_len else position_ids, self.config.is_decoder
+        )
         if position_ids is None:
             position_ids = position_ids_from_input_ids(input_ids, self.config.pad_token_id, past_len)
         emb = self.embeddings

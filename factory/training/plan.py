@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from factory import registry
 from factory.build import build_config
 from factory.config import ConfigError, PretrainedConfig, did_you_mean, plain_data
+from factory.data.batching import BATCHING_KEYS, check_packing
 from factory.data.files import COMMON_KEYS
 from factory.heads.head import Head, get_head, heads
 from factory.models.modeling import check_fits_in_memory, estimate_num_parameters
@@ -40,7 +41,7 @@ TOP_KEYS = ("arch", "head", "init", "data", "optim", "trainer", "logger", "callb
 # The other top-level keys train.yaml declares (`hydra` is Hydra's own).
 OTHER_KEYS = ("task_name", "plugins", "dry_run", "run_dir", "resume", "hydra")
 # `data.*` keys the pipeline reads, whatever the head.
-PIPELINE_DATA_KEYS = ("batch_size", "max_length", "num_workers")
+PIPELINE_DATA_KEYS = ("batch_size", "max_length", "num_workers", *BATCHING_KEYS)
 
 
 @dataclass
@@ -132,6 +133,7 @@ def resolve(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Plan:
     check_fits_in_memory(model_cls, config, source="arch")  # before anything is allocated
     data = plain_data(cfg.data, "data")
     _check_data_keys(data, head)
+    check_packing(data, head)
     _check_data(data, config, user, pretrained is not None)
     optim = check_optim(cfg.optim)
     trainer = plain_data(cfg.trainer, "trainer")
