@@ -20,8 +20,9 @@ from factory.data.batching import (
     pack_documents,
     padded_length,
 )
-from factory.data.files import load_examples, texts_for_tokenizer
+from factory.data.files import texts_for_tokenizer
 from factory.data.module import FactoryDataModule
+from factory.data.sources import load_examples
 from factory.heads.head import DataSplits, Encoded
 from factory.models.layers import document_ids
 from factory.tokenizers.training import train_tokenizer

@@ -40,7 +40,7 @@ def no_data(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("data was read before the config was checked")
 
-    monkeypatch.setattr("factory.data.files.load_examples", refuse)
+    monkeypatch.setattr("factory.data.sources.load_examples", refuse)
 
 
 # ---- composition ---------------------------------------------------------------------------------------

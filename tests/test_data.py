@@ -16,8 +16,9 @@ import torch
 
 from factory.data import files as data
 from factory.data.datasets import generate
-from factory.data.files import DataError, DataSplits, default_data_files, load_examples, texts_for_tokenizer
+from factory.data.files import DataError, DataSplits, default_data_files, texts_for_tokenizer
 from factory.data.module import FactoryDataModule
+from factory.data.sources import load_examples
 from factory.tokenizers.tokenizer import AutoTokenizer, Tokenizer
 from factory.tokenizers.training import special_token_ids, train_tokenizer
 

@@ -354,7 +354,8 @@ def test_train_py_command_line(tmp_path):
 
 @pytest.mark.slow
 def test_init_pretrained_from_a_transformers_folder(tmp_path_factory, tmp_path):
-    from factory.data.files import load_examples, texts_for_tokenizer
+    from factory.data.files import texts_for_tokenizer
+    from factory.data.sources import load_examples
 
     folder = tmp_path_factory.mktemp("distilbert")
     tok = train_tokenizer("distilbert", texts_for_tokenizer("seqcls", load_examples("seqcls", {})), 300)
@@ -384,7 +385,8 @@ def test_init_pretrained_from_a_transformers_folder(tmp_path_factory, tmp_path):
 @pytest.fixture(scope="module")
 def bert_with_tokenizer(tmp_path_factory) -> Path:
     """A 4-layer BERT pretraining checkpoint (MLM head, pooler, token types) with its tokenizer."""
-    from factory.data.files import load_examples, texts_for_tokenizer
+    from factory.data.files import texts_for_tokenizer
+    from factory.data.sources import load_examples
 
     path = tmp_path_factory.mktemp("bert")
     tok = train_tokenizer("bert", texts_for_tokenizer("causal_lm", load_examples("causal_lm", {})), 300)
@@ -403,7 +405,7 @@ def student_overrides(folder: Path) -> list[str]:
 
 
 def test_init_pretrained_of_a_bert_folder_plans_a_distilbert(bert_with_tokenizer, monkeypatch):
-    monkeypatch.setattr("factory.data.files.load_examples", lambda *a, **k: pytest.fail("data was read"))
+    monkeypatch.setattr("factory.data.sources.load_examples", lambda *a, **k: pytest.fail("data was read"))
     overrides = student_overrides(bert_with_tokenizer)
     plan = resolve(compose_cfg(*overrides), overrides)
     assert plan.config.model_type == "distilbert" and plan.config.architectures is None

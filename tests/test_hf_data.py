@@ -13,8 +13,9 @@ import datasets
 import pytest
 
 from factory.data import cache as data_cache
-from factory.data.files import DataError, load_examples, texts_for_tokenizer
+from factory.data.files import DataError, texts_for_tokenizer
 from factory.data.module import FactoryDataModule
+from factory.data.sources import load_examples
 from factory.heads.head import get_head
 from factory.tokenizers.training import train_tokenizer
 

@@ -16,8 +16,8 @@ from safetensors.torch import load_file, save_file
 from torch.testing import assert_close
 
 from factory.config import ConfigError
-from factory.data.files import load_examples
 from factory.data.module import FactoryDataModule
+from factory.data.sources import load_examples
 from factory.heads.head import BatchPosition, get_head
 from factory.heads.masked_lm import Masking, mask_tokens
 from factory.inference.predictor import InferenceError, load_predictor

@@ -15,8 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from factory.data.files import DataError, load_examples, texts_for_tokenizer
+from factory.data.files import DataError, texts_for_tokenizer
 from factory.data.module import FactoryDataModule
+from factory.data.sources import load_examples
 from factory.heads.head import get_head
 from factory.models.bert import BertForMultipleChoice
 from factory.models.losses import mask_choices, multiple_choice_loss

@@ -16,8 +16,9 @@ import transformers
 from torch.testing import assert_close
 
 from factory import AutoModelForMaskedLM, AutoModelForNextSentencePrediction, AutoModelForPreTraining
-from factory.data.files import DataError, load_examples
+from factory.data.files import DataError
 from factory.data.module import FactoryDataModule
+from factory.data.sources import load_examples
 from factory.heads.head import BatchPosition, get_head
 from factory.heads.next_sentence import LABELS, read_documents, sentence_pairs
 from factory.inference.predictor import load_predictor

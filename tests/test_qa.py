@@ -14,7 +14,8 @@ import re
 import pytest
 import torch
 
-from factory.data.files import load_examples, texts_for_tokenizer
+from factory.data.files import texts_for_tokenizer
+from factory.data.sources import load_examples
 from factory.heads.qa import best_spans, encode_qa, normalize_answer, squad_em_f1
 from factory.tokenizers.training import train_tokenizer
 

@@ -359,7 +359,8 @@ def test_train_py_command_line(tmp_path):
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory) -> Path:
     """A 4-layer RoBERTa saved by transformers, with a tokenizer of ours, as a user's checkpoint."""
-    from factory.data.files import load_examples, texts_for_tokenizer
+    from factory.data.files import texts_for_tokenizer
+    from factory.data.sources import load_examples
 
     path = tmp_path_factory.mktemp("roberta")
     tok = train_tokenizer("roberta", texts_for_tokenizer("seqcls", load_examples("seqcls", {})), 300)

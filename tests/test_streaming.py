@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from factory.data import streaming
-from factory.data.files import DataError, load_examples, texts_for_tokenizer
+from factory.data.files import DataError, texts_for_tokenizer
 from factory.data.module import FactoryDataModule
+from factory.data.sources import load_examples
 from factory.tokenizers.training import train_tokenizer
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly hum".split()

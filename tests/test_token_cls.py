@@ -19,7 +19,8 @@ import torch
 from seqeval.metrics import f1_score, precision_score, recall_score
 
 from factory.data.datasets import generate_token_cls
-from factory.data.files import DataError, load_examples
+from factory.data.files import DataError
+from factory.data.sources import load_examples
 from factory.heads import get_head
 from factory.heads.token_cls import _group, align_labels, entity_scores, get_entities
 from factory.models.bert import BertForTokenClassification

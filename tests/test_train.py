@@ -147,7 +147,8 @@ def test_same_seed_same_run(tmp_path):
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A tiny BERT checkpoint with its tokenizer, as a user's local pretrained model would be."""
     from factory.build import build_model
-    from factory.data.files import load_examples, texts_for_tokenizer
+    from factory.data.files import texts_for_tokenizer
+    from factory.data.sources import load_examples
     from factory.tokenizers.training import special_token_ids, train_tokenizer
 
     path = tmp_path_factory.mktemp("pretrained")
@@ -217,9 +218,9 @@ def test_init_pretrained_starts_from_the_checkpoint(tiny_checkpoint, head, tmp_p
     ],
 )
 def test_init_pretrained_conflicts_fail_before_data(tiny_checkpoint, tmp_path, monkeypatch, more, pattern):
-    import factory.data.files
+    import factory.data.sources
 
-    monkeypatch.setattr(factory.data.files, "load_examples", lambda *a, **k: pytest.fail("data was read"))
+    monkeypatch.setattr(factory.data.sources, "load_examples", lambda *a, **k: pytest.fail("data was read"))
     with pytest.raises(ConfigError, match=pattern):
         cfg, overrides = pretrained_cfg(tiny_checkpoint, "seqcls", *more)
         train(cfg, run_dir=tmp_path, overrides=overrides)

@@ -1,10 +1,9 @@
 """Reading training data from local files, with errors that name file and line.
 
-`load_examples(head, data_cfg)` turns the files named in the `data` config (or the head's shipped default
-dataset) into lists of plain example dicts, checked before any training starts. What an example is
-belongs to the head (`factory.heads`): this module resolves the files and settings and offers the
-readers every head shares (CSV/TSV with a header, JSONL, a JSON list, plain text), which name the file,
-the line and the column of whatever is wrong.
+What an example is belongs to the head (`factory.heads`): this module resolves the data settings and the
+shipped files and offers the readers every head shares (CSV/TSV with a header, JSONL, a JSON list, plain
+text), which name the file, the line and the column of whatever is wrong. `factory.data.sources
+.load_examples` chooses between these files, a `datasets` source and a stream.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from typing import Any
 
 import torch
 
+from factory.data.errors import DataError
 from factory.heads.head import DATASETS_DIR, DataSplits, Head, get_head
 
 logger = logging.getLogger(__name__)
@@ -50,14 +50,10 @@ COMMON_KEYS: dict[str, Any] = {
     "num_proc": 1,
 }
 
-__all__ = ["DATASETS_DIR", "DataError", "DataSplits", "default_data_files", "load_examples"]
+__all__ = ["DATASETS_DIR", "DataError", "DataSplits", "default_data_files"]
 
 # The `data.*` keys that choose how data is read or cached, not what the rows are.
 PIPELINE_ONLY = ("streaming", "cache", "cache_dir", "num_proc")
-
-
-class DataError(ValueError):
-    """Data that cannot be used: the message names the file, and the line or column when there is one."""
 
 
 def data_keys(head: str | Head) -> tuple[str, ...]:
@@ -90,105 +86,7 @@ def settings_of(head: Head, data_cfg: Mapping[str, Any] | None) -> dict[str, Any
     return settings
 
 
-def load_examples(head: str | Head, data_cfg: Mapping[str, Any] | None = None) -> DataSplits:
-    """Read and check the train and validation examples of `head`.
-
-    Args:
-        head: a head name or `Head`.
-        data_cfg: the `data` config node (any mapping): `train_file`, `validation_file` (None: the head's
-            shipped default, both files together), `format` (None: from the file extension: .csv, .tsv,
-            .jsonl, .json, .txt), and the head's own keys (column names). Other keys are ignored.
-
-    Returns:
-        The examples of both splits, and for a classifying head the label names.
-
-    Raises:
-        DataError: a missing or empty file, a missing column, an unreadable row, a bad label or answer;
-            the message names the file and the line (or the JSON path) and the column.
-    """
-    head = get_head(head)
-    if type(head).read is Head.read:
-        from factory.heads.head import trainable_heads
-
-        raise DataError(f"head={head.name!r} has no data loader; valid heads: {trainable_heads()}.")
-    settings = settings_of(head, data_cfg)
-    train_file, validation_file = settings["train_file"], settings["validation_file"]
-    fraction = _validation_fraction(settings)
-    if settings["path"] is not None and (train_file is not None or validation_file is not None):
-        given = "data.train_file" if train_file is not None else "data.validation_file"
-        raise DataError(
-            f"data.path={settings['path']!r} and {given} are both set: read a dataset (data.path with "
-            "data.train_split/data.validation_split) or files (data.train_file/data.validation_file), not both."
-        )
-    if settings["streaming"]:
-        from factory.data.streaming import load_streaming
-
-        return load_streaming(head, settings)
-    if settings["path"] is not None:
-        return _load_dataset(head, settings, fraction)
-    if fraction is not None:
-        if train_file is None or validation_file is not None:
-            raise DataError(
-                f"data.validation_fraction={fraction} carves the validation split out of data.train_file: "
-                "give data.train_file and no data.validation_file (or drop data.validation_fraction)."
-            )
-        splits = head.read(train_file, train_file, settings)
-        splits.train, splits.validation = carve(
-            splits.train, fraction, settings["validation_seed"], train_file
-        )
-        validation_file = f"{train_file} (validation_fraction={fraction})"
-        splits.train_file, splits.validation_file = train_file, validation_file
-        _log_loaded(head, splits)
-        return splits
-    if train_file is None and validation_file is None:
-        train_file, validation_file = default_data_files(head)
-    elif train_file is None or validation_file is None:
-        missing = "data.train_file" if train_file is None else "data.validation_file"
-        given = "data.validation_file" if train_file is None else "data.train_file"
-        hint = " or data.validation_fraction=0.1 to carve one out of it" if train_file is not None else ""
-        raise DataError(
-            f"{given} is set but {missing} is not: name both files{hint}, or neither to use the shipped "
-            f"{head.name} dataset."
-        )
-    splits = head.read(train_file, validation_file, settings)
-    splits.train_file, splits.validation_file = train_file, validation_file
-    _log_loaded(head, splits)
-    return splits
-
-
-def _load_dataset(head: Head, settings: Mapping[str, Any], fraction: float | None) -> DataSplits:
-    """`load_examples` for `data.path`: the head reads the dataset's splits as it reads files."""
-    from factory.data import hf
-
-    loaded = hf.load(settings)
-    source = settings["path"] + (f" ({settings['name']})" if settings["name"] else "")
-    train = hf.DatasetSplit(hf.select_split(loaded, "train_split", settings), source, settings["train_split"])
-    if fraction is not None:
-        splits = head.read(train, train, settings)
-        splits.train, splits.validation = carve(splits.train, fraction, settings["validation_seed"], train)
-        validation = f"{train} (validation_fraction={fraction})"
-    else:
-        hint = " Name one with data.validation_split, or carve one out with data.validation_fraction=0.1."
-        split = hf.select_split(loaded, "validation_split", settings, hint)
-        validation = hf.DatasetSplit(split, source, settings["validation_split"])
-        splits = head.read(train, validation, settings)
-    splits.train_file, splits.validation_file = str(train), str(validation)
-    _log_loaded(head, splits)
-    return splits
-
-
-def _log_loaded(head: Head, splits: DataSplits) -> None:
-    logger.info(
-        "Loaded %s data: %d train examples from %s, %d validation examples from %s",
-        head.name,
-        len(splits.train),
-        splits.train_file,
-        len(splits.validation),
-        splits.validation_file,
-    )
-
-
-def _validation_fraction(settings: Mapping[str, Any]) -> float | None:
+def checked_validation_fraction(settings: Mapping[str, Any]) -> float | None:
     fraction = settings["validation_fraction"]
     if fraction is None:
         return None

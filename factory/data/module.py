@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from factory.data.batching import LengthGroupedSampler, padded_length
-from factory.data.files import DataError, load_examples, settings_of
+from factory.data.files import DataError, settings_of
+from factory.data.sources import load_examples
 from factory.heads.head import DataSplits, Encoded, Head, get_head
 from factory.tokenizers.training import pad_token_id
 from factory.training.resume import ResumableDataLoader
@@ -62,7 +63,7 @@ class FactoryDataModule(pl.LightningDataModule):
 
     Args:
         head: a head name or `factory.heads.Head`.
-        data_cfg: the `data` config (see `factory.data.files.load_examples`); the head's own keys
+        data_cfg: the `data` config (see `factory.data.sources.load_examples`); the head's own keys
             (`stride` for QA windows, ...) are read here too.
         tokenizer: a `factory.tokenizers.tokenizer.Tokenizer`.
         batch_size: rows per batch, for both splits.

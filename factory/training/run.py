@@ -374,8 +374,8 @@ def _train_in(cfg: DictConfig, plan: Plan, out: Path, resume: Any, ckpt_path: Pa
         logger.debug("glibc keeps freed memory for reuse (mmap and trim thresholds raised).")
     pl.seed_everything(plan.seed, workers=True)
 
-    from factory.data.files import load_examples
     from factory.data.module import FactoryDataModule
+    from factory.data.sources import load_examples
 
     splits = load_examples(plan.task, plan.data)
     tokenizer_dir = out / "tokenizer"  # as trained at the start: a resumed run reuses it
