@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from factory import ConfigError
@@ -315,6 +316,17 @@ def test_bad_pruner_and_sweeper_settings_name_the_key_and_the_choices():
     assert (
         type(make_pruner("hyperband", {"hyperband": {"reduction_factor": 2}})).__name__ == "HyperbandPruner"
     )
+    # The shipped settings of every pruner are Optuna's arguments.
+    with initialize_config_dir(config_dir=str(REPO / "conf" / "hydra" / "sweeper"), version_base="1.3"):
+        shipped = OmegaConf.to_container(compose("optuna").pruners)
+    kinds = {name: type(make_pruner(name, shipped)).__name__ for name in shipped}
+    assert kinds == {
+        "median": "MedianPruner",
+        "percentile": "PercentilePruner",
+        "successive_halving": "SuccessiveHalvingPruner",
+        "hyperband": "HyperbandPruner",
+        "none": "NopPruner",
+    }
     with pytest.raises(ConfigError, match="hydra.sweeper.direction='maximise'"):
         OptunaSweeper(direction="maximise")
     with pytest.raises(ConfigError, match="hydra.sweeper.n_trials=0"):
