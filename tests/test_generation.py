@@ -340,3 +340,23 @@ def test_ngram_blocking_is_transformers_processor():
         got = ban_repeated_ngrams(ids, scores.clone(), size)
         assert torch.equal(torch.isinf(got), torch.isinf(expected)), size
         assert torch.isinf(got).any() or size == 16, "the case must ban something"
+
+
+def test_vocabulary_rows_project_as_the_model_and_follow_its_weight():
+    """Decoding on a CPU reads the vocabulary projection from an (in, out) copy: the same logits, the
+    class's own forward again afterwards, and a new copy once the weight changes."""
+    from factory.inference.generation import vocabulary_rows
+
+    lm_head = torch.nn.Linear(16, 200)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), lm_head)  # only the projection is swapped
+    x = torch.randn(2, 3, 16)
+    want = model(x)
+    with torch.no_grad(), vocabulary_rows(model):
+        assert "forward" in vars(lm_head) and "forward" not in vars(model[0])
+        torch.testing.assert_close(model(x), want)
+    assert "forward" not in vars(lm_head)
+    with torch.no_grad():
+        lm_head.weight.mul_(2.0)  # in place: the kept copy is stale
+        want = model(x)
+        with vocabulary_rows(model):
+            torch.testing.assert_close(model(x), want)
