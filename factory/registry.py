@@ -23,6 +23,9 @@ from factory.config import ConfigError, did_you_mean
 
 _CONFIGS: dict[str, type] = {}
 _MODELS: dict[tuple[str, str], type] = {}
+# Model classes that serve no head of the factory but are part of an architecture's public API, as in
+# transformers (T5EncoderModel): exported by name, never chosen by a head.
+_EXTRA: dict[str, type] = {}
 HEADS: list[str] = []  # every head a model class is registered for, in registration order
 # Names every architecture answers to (configs, Hydra overrides, `config.num_hidden_layers`).
 COMMON_NAMES = (
@@ -184,9 +187,19 @@ def registered_models() -> list[tuple[str, str, Any]]:
     return [(t, h, c) for (t, h), c in sorted(_MODELS.items())]
 
 
+def register_public(cls: type) -> type:
+    """Class decorator: export a model class that serves no head (`T5EncoderModel`) by its name, after
+    checking the model contract."""
+    _refuse(cls, _model_problems(cls))
+    if cls.__name__ in _EXTRA or cls.__name__ in {c.__name__ for c in _MODELS.values()}:
+        raise RegistryError(f"A model class named {cls.__name__} is already registered.")
+    _EXTRA[cls.__name__] = cls
+    return cls
+
+
 def registered_classes() -> dict[str, type]:
-    """Every registered config and model class, by class name."""
-    classes = [*_CONFIGS.values(), *_MODELS.values()]
+    """Every registered config and model class, by class name (those of `register_public` too)."""
+    classes = [*_CONFIGS.values(), *_MODELS.values(), *_EXTRA.values()]
     return {c.__name__: c for c in classes}
 
 
@@ -195,3 +208,5 @@ def unregister(model_type: str) -> None:
     _CONFIGS.pop(model_type, None)
     for key in [k for k in _MODELS if k[0] == model_type]:
         del _MODELS[key]
+    for name in [n for n, c in _EXTRA.items() if c.config_class.model_type == model_type]:
+        del _EXTRA[name]

@@ -577,3 +577,11 @@ def test_train_py_t5_seq2seq_learns_the_shipped_data(tmp_path):
     )
     assert infer.returncode == 0, infer.stderr[-3000:]
     assert json.loads(infer.stdout) == {"generated_text": expected.strip()}
+
+
+def test_t5_encoder_model_is_exported_by_name():
+    """T5EncoderModel serves no head of the factory but is transformers' public class: `from factory
+    import T5EncoderModel` works, as the tutorials write it."""
+    import factory
+
+    assert factory.T5EncoderModel is T5EncoderModel and "T5EncoderModel" in factory.__all__

@@ -34,7 +34,7 @@ from factory.models.losses import (
 )
 from factory.models.modeling import PreTrainedModel
 from factory.models.outputs import ModelOutput
-from factory.registry import register_config, register_model
+from factory.registry import register_config, register_model, register_public
 from factory.tokenizers.training import TokenizerRecipe
 
 logger = logging.getLogger(__name__)
@@ -810,6 +810,7 @@ class T5ForConditionalGeneration(_EncoderDecoder):
         )
 
 
+@register_public
 class T5EncoderModel(T5PreTrainedModel):
     """The encoder alone (sentence embeddings, flan-t5 as a text encoder); a decoder in the file is dropped.
 
