@@ -114,6 +114,28 @@ def test_length_grouped_batches_hold_similar_lengths():
     assert sampler.batches() != batches  # the next epoch draws a new order
 
 
+def test_length_grouped_batches_split_over_ranks_whole():
+    """Under DDP each rank takes every other whole batch of the same draw: the ranks' rows are disjoint
+    but for the rows that fill the last batch up, each rank has as many full batches, and Lightning keeps
+    the sampler (it is a DistributedSampler) instead of wrapping it in a shuffling one."""
+    lengths = lengths_data()
+    ranks = [
+        LengthGroupedSampler(lengths, 4, torch.Generator().manual_seed(0), 10, num_replicas=2, rank=r)
+        for r in (0, 1)
+    ]
+    assert all(isinstance(s, torch.utils.data.DistributedSampler) for s in ranks)
+    batches = [s.batches() for s in ranks]
+    assert len(batches[0]) == len(batches[1]) == len(ranks[0]) // 4 == 26  # ceil(51 / 2) batches of 4
+    assert all(len(b) == 4 for bs in batches for b in bs)
+    rows = [i for bs in batches for b in bs for i in b]
+    assert set(rows) == set(range(len(lengths)))  # every row, a few twice to fill the batches
+    assert len(rows) - len(set(rows)) == 2 * 26 * 4 - 203
+    one = LengthGroupedSampler(lengths, 4, torch.Generator().manual_seed(0), 10).batches()
+    assert batches[0][0] == one[0]  # rank 0 starts with the longest batch, as one process does
+    with pytest.raises(ValueError, match="rank=2"):
+        LengthGroupedSampler(lengths, 4, num_replicas=2, rank=2)
+
+
 def grouped_module(tokenizer, lengths: list[int]) -> FactoryDataModule:
     dm = FactoryDataModule(
         "causal_lm", {"group_by_length": True}, tokenizer, batch_size=4, max_length=512, seed=3

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
 from factory.config import ConfigError
 
@@ -51,8 +51,15 @@ def check_batching(data_cfg: dict[str, Any]) -> None:
             raise ConfigError(f"data.{key}={value!r} is not valid: expected true or false.", key=key)
 
 
-class LengthGroupedSampler(Sampler[int]):
+class LengthGroupedSampler(DistributedSampler):
     """Row indices in an order whose consecutive `batch_size` chunks hold rows of similar length.
+
+    A `DistributedSampler`, so that Lightning keeps it under DDP instead of wrapping it in one of its own
+    (which reshuffles the rows and loses the grouping): every rank draws the same batches from the same
+    seeded generator and takes every `num_replicas`-th, starting at its `rank`. With several ranks a short
+    last batch is filled up with rows from the start of the epoch's order and the batches are repeated
+    from the start until each rank has as many, as `DistributedSampler` repeats rows (ranks that stepped
+    unequally would wait for each other forever).
 
     Args:
         lengths: each row's length (tokens).
@@ -61,6 +68,7 @@ class LengthGroupedSampler(Sampler[int]):
         generator: every draw comes from it (`ResumableDataLoader` saves and restores its state).
         megabatch_batches: batches per megabatch: more groups lengths more tightly, fewer keeps the
             order more random.
+        num_replicas, rank: the data-parallel ranks and this one's (default: one process).
     """
 
     def __init__(
@@ -69,17 +77,27 @@ class LengthGroupedSampler(Sampler[int]):
         batch_size: int,
         generator: torch.Generator | None = None,
         megabatch_batches: int = MEGABATCH_BATCHES,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
+        # Not DistributedSampler.__init__: it would ask torch.distributed for the ranks and keep a dataset.
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank={rank} is not valid for num_replicas={num_replicas}.")
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.generator = generator
         self.megabatch = batch_size * megabatch_batches
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch, self.shuffle, self.drop_last, self.seed = 0, True, False, 0  # DistributedSampler's
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        if self.num_replicas == 1:
+            return len(self.lengths)
+        batches = -(-len(self.lengths) // self.batch_size)
+        return -(-batches // self.num_replicas) * self.batch_size
 
     def batches(self) -> list[list[int]]:
-        """One epoch's batches, drawn from the generator."""
+        """One epoch's batches for this rank, drawn from the generator."""
         order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
         batches: list[list[int]] = []
         for start in range(0, len(order), self.megabatch):
@@ -88,6 +106,9 @@ class LengthGroupedSampler(Sampler[int]):
         # A short batch (the last of the last megabatch) must stay last: the DataLoader cuts our order
         # into chunks of batch_size.
         short = batches.pop() if batches and len(batches[-1]) < self.batch_size else None
+        if short is not None and self.num_replicas > 1:
+            batches.append(short + order[: self.batch_size - len(short)])
+            short = None
         if batches:
             shuffled = torch.randperm(len(batches), generator=self.generator).tolist()
             batches = [batches[i] for i in shuffled]
@@ -95,6 +116,10 @@ class LengthGroupedSampler(Sampler[int]):
             batches[0], batches[longest] = batches[longest], batches[0]
         if short is not None:
             batches.append(short)
+        if self.num_replicas > 1:
+            per_rank = len(self) // self.batch_size
+            batches = (batches * self.num_replicas)[: per_rank * self.num_replicas]
+            batches = batches[self.rank :: self.num_replicas]
         return batches
 
     def __iter__(self) -> Iterator[int]:

@@ -229,7 +229,13 @@ class FactoryDataModule(pl.LightningDataModule):
             # Rows of similar length together, in an order drawn from `generator` alone: the resumable
             # loader saves and restores that generator as it does a RandomSampler's.
             lengths = [len(r["input_ids"]) for r in rows]
-            sampler = LengthGroupedSampler(lengths, self.batch_size, generator=generator)
+            ranks = {}
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                ranks = {
+                    "num_replicas": torch.distributed.get_world_size(),
+                    "rank": torch.distributed.get_rank(),
+                }
+            sampler = LengthGroupedSampler(lengths, self.batch_size, generator=generator, **ranks)
         # The training loader's position in the epoch goes into checkpoints, for an exact resume.
         return (ResumableDataLoader if shuffle else DataLoader)(
             _ListDataset(rows),
