@@ -35,7 +35,7 @@ def run_train(tmp_path: Path, *overrides: str, run_dir: Path | None = None):
 @pytest.fixture
 def no_data(monkeypatch):
     monkeypatch.setattr(
-        "factory.data.files.load_examples",
+        "factory.data.sources.load_examples",
         lambda *a, **k: pytest.fail("data was read before the config check"),
     )
 
