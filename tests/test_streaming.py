@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -15,6 +19,8 @@ from factory.data.files import DataError, texts_for_tokenizer
 from factory.data.module import FactoryDataModule
 from factory.data.sources import load_examples
 from factory.tokenizers.training import train_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly hum".split()
 
@@ -233,7 +239,10 @@ def test_killed_streaming_run_resumes_to_the_same_weights(lm_files, tmp_path, mo
     assert_same_run(last(tmp_path / "killed"), last(tmp_path / "whole"))
 
 
-def test_each_rank_reads_its_own_shard(lm_files, gpt_tok, monkeypatch):
+def test_each_rank_reads_its_own_share_and_never_runs_out(lm_files, gpt_tok, monkeypatch):
+    """Under DDP each rank keeps every other example of every chunk, so even a stream shorter than a
+    chunk feeds both, and passes over the stream without end: a rank that ran out first would wait for
+    the other in its next collective forever."""
     monkeypatch.setattr(streaming, "CHUNK_EXAMPLES", 4)
     dm = module({**lm_files, "streaming": True}, gpt_tok, max_length=8)
     everything = list(dm.train_stream)
@@ -242,6 +251,25 @@ def test_each_rank_reads_its_own_shard(lm_files, gpt_tok, monkeypatch):
     ranks = []
     for rank in (0, 1):
         monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
-        ranks.append(list(dm.train_stream))
-    assert ranks[0] and ranks[1] and ranks[0] != ranks[1]
-    assert len(ranks[0]) + len(ranks[1]) == len(everything)
+        ranks.append(list(itertools.islice(iter(dm.train_stream), 3 * len(everything))))
+    assert len(ranks[0]) == len(ranks[1]) == 3 * len(everything)  # more than a pass: it goes round
+    assert ranks[0][:5] != ranks[1][:5]
+    monkeypatch.setattr(streaming, "CHUNK_EXAMPLES", 10_000)  # one chunk: both ranks still read
+    for rank in (0, 1):
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
+        assert list(itertools.islice(iter(dm.train_stream), 2))
+
+
+@pytest.mark.slow
+def test_a_stream_trains_on_two_ddp_ranks(tmp_path):
+    """train.py with two CPU ranks on the shipped causal-LM text, which is shorter than one chunk."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "train.py"), "head=causal_lm", "arch=gpt2", "data.streaming=true"]
+    cmd += ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.run.dir={run}"]
+    cmd += ["arch.num_hidden_layers=1", "arch.hidden_size=32", "arch.num_attention_heads=2"]
+    cmd += ["arch.intermediate_size=37", "trainer.max_steps=6", "trainer.val_check_interval=3"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run / "results.json").read_text())["global_step"] == 6
+    assert [r["rank"] for r in json.loads((run / "ranks.json").read_text())] == [0, 1]

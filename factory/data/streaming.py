@@ -6,8 +6,10 @@ with `streaming=True`: parquet, hub ids, ...). Each chunk goes through the head'
 so its checks, messages and packing are the head's (a causal LM packs each chunk's documents into blocks;
 a chunk's last, shorter block is padded as a short file's is). Nothing holds more than a chunk.
 
-Chunks are dealt round-robin to the shards: one shard per DDP rank and DataLoader worker, so every
-process reads a disjoint part of the stream. A tokenizer trained from scratch (`init=random`) learns from
+Chunks are dealt round-robin to the shards, one per DataLoader worker, so every worker reads a disjoint
+part of the stream. Under DDP each rank (and worker) reads every chunk and keeps its share of each
+chunk's examples, and passes over the stream without end, so that no rank runs out of batches before the
+others (they would wait for each other forever); `trainer.max_steps` ends the run. A tokenizer trained from scratch (`init=random`) learns from
 the first `SAMPLE_EXAMPLES` examples. The validation split is small and read whole, as without streaming.
 
 Only heads without a label set stream (causal_lm, masked_lm, seq2seq_lm, qa, multiple_choice): the label
@@ -197,20 +199,46 @@ class StreamingRows(IterableDataset):
     def __init__(self, head: Head, stream: RecordStream, tokenizer: Any, settings: Mapping[str, Any]):
         self.head, self.stream, self.tokenizer, self.settings = head, stream, tokenizer, dict(settings)
 
+    @staticmethod
+    def ranks() -> tuple[int, int]:
+        """`(rank, world size)` of the data-parallel processes."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
     def shard(self) -> tuple[int, int]:
         """`(shard, num_shards)` of this process and worker."""
-        rank, world = 0, 1
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        rank, world = self.ranks()
         info = torch.utils.data.get_worker_info()
         workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
         return rank * workers + worker, world * workers
 
+    def _rows(self, chunk: RecordChunk) -> list[dict[str, Any]]:
+        examples = self.head.read(chunk, chunk, self.settings).train
+        return self.head.encode(self.tokenizer, examples, self.settings, train=True).rows
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         shard, num_shards = self.shard()
-        for chunk in self.stream.chunks(shard, num_shards):
-            examples = self.head.read(chunk, chunk, self.settings).train
-            yield from self.head.encode(self.tokenizer, examples, self.settings, train=True).rows
+        if self.ranks()[1] == 1:
+            for chunk in self.stream.chunks(shard, num_shards):
+                yield from self._rows(chunk)
+            return
+        # Several ranks: each reads every chunk and keeps every num_shards-th of its examples, so no rank
+        # is left without data however small the stream, and passes over the stream without end. Ranks
+        # whose shards ran out at different batches would otherwise wait for each other in their next
+        # collective forever; a stream trains for trainer.max_steps, which ends the run.
+        while True:
+            found = False
+            for chunk in self.stream.chunks():
+                mine = chunk.records()[shard::num_shards]
+                if mine:
+                    found = True
+                    yield from self._rows(RecordChunk(str(chunk), mine))
+            if not found:
+                raise files.DataError(
+                    f"{self.stream.name} has fewer training examples than the {num_shards} processes "
+                    "(ranks x loader workers) that read it."
+                )
 
 
 class StreamingLoader(ResumableDataLoader):
