@@ -345,6 +345,15 @@ class BertLMPredictionHead(nn.Module):
         return self.decoder(x)  # (B, T, vocab)
 
 
+def _mlm_head_ties(self: BertPreTrainedModel) -> list[tuple[str, ...]]:
+    """`tied_groups` of every model with `cls.predictions`: the decoder's bias is the head's, and its
+    weight the word embeddings' unless the config unties them."""
+    groups = [("cls.predictions.bias", "cls.predictions.decoder.bias")]
+    if self.config.tie_word_embeddings:
+        groups.append(("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"))
+    return groups
+
+
 @register_model("causal_lm")
 class BertLMHeadModel(BertPreTrainedModel):
     """BERT as a decoder (`is_decoder=True` gives causal attention and a KV cache, as in HF)."""
@@ -355,11 +364,7 @@ class BertLMHeadModel(BertPreTrainedModel):
         self.cls = nn.ModuleDict(dict(predictions=BertLMPredictionHead(config)))
         self.post_init()
 
-    def tied_groups(self) -> list[tuple[str, ...]]:
-        groups = [("cls.predictions.bias", "cls.predictions.decoder.bias")]
-        if self.config.tie_word_embeddings:
-            groups.append(("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"))
-        return groups
+    tied_groups = _mlm_head_ties
 
     def forward(
         self,
@@ -449,11 +454,7 @@ class BertForMaskedLM(BertPreTrainedModel):
         self.cls = nn.ModuleDict(dict(predictions=BertLMPredictionHead(config)))
         self.post_init()
 
-    def tied_groups(self) -> list[tuple[str, ...]]:
-        groups = [("cls.predictions.bias", "cls.predictions.decoder.bias")]
-        if self.config.tie_word_embeddings:
-            groups.append(("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"))
-        return groups
+    tied_groups = _mlm_head_ties
 
     def forward(
         self,
@@ -582,11 +583,7 @@ class BertForPreTraining(BertPreTrainedModel):
         )
         self.post_init()
 
-    def tied_groups(self) -> list[tuple[str, ...]]:
-        groups = [("cls.predictions.bias", "cls.predictions.decoder.bias")]
-        if self.config.tie_word_embeddings:
-            groups.append(("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"))
-        return groups
+    tied_groups = _mlm_head_ties
 
     def forward(
         self,
