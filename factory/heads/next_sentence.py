@@ -18,10 +18,9 @@ import random
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
-import torch
-
 from factory.data import files
 from factory.heads.head import DataSplits, Encoded, Head, register_head
+from factory.heads.seqcls import classify
 
 LABELS = ("is_next", "not_next")  # by the model's logit index
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -152,14 +151,4 @@ def next_sentence(
     batch_size: int = 16,
 ) -> list[dict[str, Any]]:
     """`[{"label", "score"}]`: "is_next" or "not_next" for each (text, text_pair), with its probability."""
-    results: list[dict[str, Any]] = [{}] * len(texts)
-    enc = predictor.tokenizer(
-        list(texts), list(text_pairs), truncation=True, max_length=predictor.limit(max_length)
-    )
-    for index, batch in predictor.batches_by_length(enc, batch_size):
-        with torch.inference_mode():
-            logits = predictor.model(**batch).logits.float()  # (B, 2)
-        score, label = logits.softmax(-1).max(-1)
-        for i, k, s in zip(index, label.tolist(), score.tolist()):
-            results[i] = {"label": LABELS[k], "score": s}
-    return results
+    return classify(predictor, texts, text_pairs, max_length, batch_size, names=LABELS)

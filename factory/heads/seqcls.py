@@ -106,9 +106,11 @@ def classify(
     text_pairs: Sequence[str] | None = None,
     max_length: int | None = None,
     batch_size: int = 16,
+    names: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """`[{"label", "score"}]`: the most probable label (from id2label) and its softmax probability."""
-    id2label = predictor.model.config.id2label or {}
+    """`[{"label", "score"}]`: the most probable label (from id2label, or `names` by logit index, for a
+    head whose labels are fixed) and its softmax probability."""
+    id2label = dict(enumerate(names)) if names is not None else predictor.model.config.id2label or {}
     results: list[dict[str, Any]] = [{}] * len(texts)
     pairs = list(text_pairs) if text_pairs is not None else None
     enc = predictor.tokenizer(list(texts), pairs, truncation=True, max_length=predictor.limit(max_length))
