@@ -292,7 +292,7 @@ def test_masked_lm_packed_with_document_attention_draws_masks(bert_tokenizer):
     batch = next(iter(dm.train_dataloader()))
     from factory.heads.head import BatchPosition
 
-    dm.head.draw_batch(batch, BatchPosition(0, 0))
+    dm.head.draw_batch(batch, BatchPosition(0, 0), dm.draw_state(train=True))
     assert "attention_mask" not in batch and (batch["labels"] != -100).any()
 
 

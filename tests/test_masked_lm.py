@@ -116,12 +116,11 @@ def test_whole_word_masking_with_a_wordpiece_tokenizer():
     assert any(t.startswith("##") for t in tok.tokenize("unbelievable hippopotamus"))
     head = get_head("masked_lm")
     settings = {"max_length": 64, "mlm_probability": 0.5, "whole_word_masking": True, "mask_seed": 0}
-    index = head.encode(tok, [{"text": texts[-1]}], settings, train=True).rows[0]["masking"]
+    state = head.draw_state(tok, settings, train=True)
     ids = torch.tensor(tok([texts[-1]] * 64)["input_ids"])
     tokens = tok.convert_ids_to_tokens(ids[0].tolist())
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "masking": torch.full((64,), index)}
-    head.draw_batch(batch, BatchPosition(epoch=0, index=0))
-    assert "masking" not in batch
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    head.draw_batch(batch, BatchPosition(epoch=0, index=0), state)
     chosen = batch["labels"] != -100
     pieces = [t for t, token in enumerate(tokens) if token.startswith("##")]
     assert pieces and chosen[:, pieces].any()
@@ -155,17 +154,17 @@ def shipped():
     return tok, splits
 
 
-def _drawn(batch: dict, epoch: int, index: int, rank: int = 0) -> dict:
-    """`batch` masked as the Lightning module masks the `index`-th batch of `epoch`."""
+def _drawn(dm, batch: dict, epoch: int, index: int, rank: int = 0, train: bool = True) -> dict:
+    """`batch` masked as the Lightning module masks the `index`-th batch of `epoch` of `dm`'s split."""
     batch = {k: v.clone() for k, v in batch.items()}
-    get_head("masked_lm").draw_batch(batch, BatchPosition(epoch, index, rank))
+    get_head("masked_lm").draw_batch(batch, BatchPosition(epoch, index, rank), dm.draw_state(train))
     return batch
 
 
 def test_masks_are_keyed_by_seed_epoch_and_batch_index(shipped):
     tok, splits = shipped
     a, b, other = _data_module(tok, splits), _data_module(tok, splits), _data_module(tok, splits, seed=8)
-    first = [_drawn(next(iter(dm.train_dataloader())), 0, 0) for dm in (a, b, other)]
+    first = [_drawn(dm, next(iter(dm.train_dataloader())), 0, 0) for dm in (a, b, other)]
     assert torch.equal(first[0]["input_ids"], first[1]["input_ids"])  # same seed, same masks
     assert torch.equal(first[0]["labels"], first[1]["labels"])
     assert not torch.equal(first[0]["labels"], first[2]["labels"])  # another seed, other masks
@@ -174,17 +173,21 @@ def test_masks_are_keyed_by_seed_epoch_and_batch_index(shipped):
     # however often and in whatever order they are drawn (a resumed run), the same.
     rows = a.collate(a.train.rows[:8])
     assert "labels" not in rows  # the collate masks nothing: it knows no position
-    at = {where: _drawn(rows, *where)["labels"] for where in [(0, 3), (1, 3), (0, 4), (0, 3, 1)]}
+    at = {where: _drawn(a, rows, *where)["labels"] for where in [(0, 3), (1, 3), (0, 4), (0, 3, 1)]}
     assert len({tuple(labels.flatten().tolist()) for labels in at.values()}) == 4
-    assert torch.equal(_drawn(rows, 0, 3)["labels"], at[(0, 3)])
+    assert torch.equal(_drawn(a, rows, 0, 3)["labels"], at[(0, 3)])
     # Validation masks are the same every epoch.
     val = a.collate(a.validation.rows[:8])
-    assert torch.equal(_drawn(val, 0, 2)["labels"], _drawn(val, 5, 2)["labels"])
-    assert not torch.equal(_drawn(val, 0, 2)["labels"], _drawn(val, 0, 3)["labels"])
+    assert torch.equal(
+        _drawn(a, val, 0, 2, train=False)["labels"], _drawn(a, val, 5, 2, train=False)["labels"]
+    )
+    assert not torch.equal(
+        _drawn(a, val, 0, 2, train=False)["labels"], _drawn(a, val, 0, 3, train=False)["labels"]
+    )
     # A whole epoch as training draws it: 15% of the maskable tokens, never a special one or padding.
     chosen = maskable = 0
     for index, batch in enumerate(a.train_dataloader()):
-        drawn = _drawn(batch, 1, index)
+        drawn = _drawn(a, batch, 1, index)
         targets = drawn["labels"] != -100
         can = (batch["attention_mask"] == 1) & ~torch.isin(batch["input_ids"], torch.tensor(SPECIAL))
         assert not (targets & ~can).any()

@@ -83,7 +83,7 @@ def test_pretraining_batches_give_transformers_loss(shipped):
     row = dm.train.rows[0]
     first_sep = row["input_ids"].index(tok.sep_token_id)
     assert row["token_type_ids"][: first_sep + 1] == [0] * (first_sep + 1) and row["token_type_ids"][-1] == 1
-    get_head("pretraining").draw_batch(batch, BatchPosition(0, 0))
+    get_head("pretraining").draw_batch(batch, BatchPosition(0, 0), dm.draw_state(train=True))
     assert (batch["labels"] != -100).any() and set(batch["next_sentence_label"].tolist()) <= {0, 1}
     config = tiny_config("bert", vocab_size=len(tok), pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)

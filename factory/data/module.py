@@ -109,6 +109,7 @@ class FactoryDataModule(pl.LightningDataModule):
         self.train: Encoded | None = None
         self.validation = Encoded([])
         self.train_stream: Any = None  # with data.streaming=true: the training rows, read as they go
+        self.draw_states: dict[bool, Any] = {}  # the head's draw_state of each split, by `train`
 
     # -- labels -----------------------------------------------------------------------------------
 
@@ -157,6 +158,9 @@ class FactoryDataModule(pl.LightningDataModule):
             self.train, self.validation = encode_splits(self.head, self.tokenizer, splits, settings)
             check_rows(self.train.rows, "training", splits.train_file, self.head, self.max_length)
         check_rows(self.validation.rows, "validation", splits.validation_file, self.head, self.max_length)
+        self.draw_states = {
+            train: self.head.draw_state(self.tokenizer, settings, train) for train in (True, False)
+        }
         logger.info(
             "Encoded %s data: %s train rows, %d validation rows (max_length=%d)",
             self.head.name,
@@ -166,6 +170,12 @@ class FactoryDataModule(pl.LightningDataModule):
         )
 
     # -- batches ----------------------------------------------------------------------------------
+
+    def draw_state(self, train: bool) -> Any:
+        """What the head's `draw_batch` needs for the training (`train`) or the validation split."""
+        if not self.draw_states:
+            raise RuntimeError("Call setup() before drawing batches.")
+        return self.draw_states[train]
 
     def collate(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Pad a list of encoded rows to the longest (rounded up to `data.pad_to_multiple_of`, never over

@@ -107,8 +107,19 @@ class Head:
         """The batch as `model` takes it (a label convention the model class differs in, say)."""
         return batch
 
-    def draw_batch(self, batch: dict[str, Any], where: BatchPosition) -> None:
-        """Add what is drawn at random for each batch (masked_lm's masks), from where the batch stands.
+    def draw_state(self, tokenizer: Any, settings: Mapping[str, Any], train: bool) -> Any:
+        """What `draw_batch` needs for one split (masked_lm's masking), from the tokenizer and the data
+        settings; None when the head draws nothing.
+
+        The data module computes it once per split, in the training process, and hands it to every
+        `draw_batch`. The head keeps none of it: one head object serves every run of the process, and a
+        cache hit or a loader worker of a stream encodes in another process or not at all.
+        """
+        return None
+
+    def draw_batch(self, batch: dict[str, Any], where: BatchPosition, state: Any) -> None:
+        """Add what is drawn at random for each batch (masked_lm's masks), from where the batch stands
+        and the split's `draw_state`.
 
         Runs in the training process, before `prepare_batch`: the collate runs in loader workers, which
         know neither the epoch nor the batch's index, and draws keyed by the order batches happen to be

@@ -43,8 +43,6 @@ from factory.heads.head import BatchPosition, DataSplits, Encoded, Head, Option,
 from factory.models.losses import IGNORE_INDEX
 from factory.tokenizers.tokenizer import NO_MAX_LENGTH
 
-# The row key that tells `draw_batch` which split's masking applies (an index into the head's list).
-MASKING_KEY = "masking"
 CONTINUATION = "##"  # WordPiece's prefix of a token that continues a word
 
 
@@ -127,9 +125,6 @@ class MaskedLanguageModeling(Head):
     }
     methods = ("fill_mask",)
 
-    def __init__(self) -> None:
-        self._maskings: list[Masking] = []  # by the index rows carry under MASKING_KEY
-
     # ---- data -------------------------------------------------------------------------------------
     def read(self, train_file: str, validation_file: str, settings: Mapping[str, Any]) -> DataSplits:
         return DataSplits(_text_examples(train_file, settings), _text_examples(validation_file, settings))
@@ -141,16 +136,13 @@ class MaskedLanguageModeling(Head):
     def encode(
         self, tokenizer: Any, examples: Sequence[dict[str, Any]], settings: Mapping[str, Any], train: bool
     ) -> Encoded:
-        masking = masking_for(tokenizer, settings, train)
-        self._maskings.append(masking)
-        index = len(self._maskings) - 1
+        special = set(masking_for(tokenizer, settings, train).special_ids)
         max_length = settings["max_length"]
         # Each document as the template makes it ([CLS] ... [SEP]); packing cuts long ones, so no
         # truncation (an explicit max_length keeps the tokenizer from warning, as in causal_lm).
         ids = tokenizer([e["text"] for e in examples], truncation=False, max_length=NO_MAX_LENGTH)[
             "input_ids"
         ]
-        special = set(masking.special_ids)
         # packing=true (the default) joins the documents and cuts full blocks, as run_mlm and this head
         # always have; packing=false: a document per row, padded per batch.
         rows = pack_documents(
@@ -159,7 +151,7 @@ class MaskedLanguageModeling(Head):
             bool(settings.get("packing", True)),
             bool(settings.get("packing_document_attention")),
         )
-        rows = [{**r, MASKING_KEY: index} for r in rows if any(t not in special for t in r["input_ids"])]
+        rows = [r for r in rows if any(t not in special for t in r["input_ids"])]
         if "token_type_ids" in getattr(tokenizer, "model_input_names", ()):
             for row in rows:  # one segment per block
                 row["token_type_ids"] = [0] * len(row["input_ids"])
@@ -173,8 +165,11 @@ class MaskedLanguageModeling(Head):
         check_document_positions(model, batch)
         return batch
 
-    def draw_batch(self, batch: dict[str, Any], where: BatchPosition) -> None:
-        draw_masks(batch, self._maskings, where)
+    def draw_state(self, tokenizer: Any, settings: Mapping[str, Any], train: bool) -> Masking:
+        return masking_for(tokenizer, settings, train)
+
+    def draw_batch(self, batch: dict[str, Any], where: BatchPosition, state: Masking | None) -> None:
+        draw_masks(batch, state, where)
 
     # ---- validation -------------------------------------------------------------------------------
     def validation_step(self, model: Any, batch: Mapping[str, Any], out: Any) -> dict[str, Any]:
@@ -211,12 +206,10 @@ class MaskedLanguageModeling(Head):
         )
 
 
-def draw_masks(batch: dict[str, Any], maskings: Sequence[Masking], where: BatchPosition) -> None:
-    """Mask `batch` in place as its rows' split asks (`maskings[row[MASKING_KEY]]`), adding `labels`."""
-    index = batch.pop(MASKING_KEY, None)
-    if index is None:
+def draw_masks(batch: dict[str, Any], masking: Masking | None, where: BatchPosition) -> None:
+    """Mask `batch` in place as its split's `masking` asks, adding `labels` (nothing without one)."""
+    if masking is None:
         return
-    masking = maskings[int(index[0])]
     generator = torch.Generator().manual_seed(batch_seed(masking.seed, where, masking.varying))
     ids = batch["input_ids"]
     # A packed batch with per-document positions has no padding mask (the positions keep documents and

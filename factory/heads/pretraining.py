@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 from factory.heads.head import BatchPosition, DataSplits, Encoded, Head, register_head
-from factory.heads.masked_lm import MASKING_KEY, Masking, draw_masks, masking_for
+from factory.heads.masked_lm import Masking, draw_masks, masking_for
 from factory.heads.next_sentence import encode_pairs, pair_texts, read_pairs
 from factory.models.losses import IGNORE_INDEX
 
@@ -37,9 +37,6 @@ class Pretraining(Head):
     shipped = ("next_sentence/train.txt", "next_sentence/validation.txt")
     empty_reason = "it has no sentence pairs"
 
-    def __init__(self) -> None:
-        self._maskings: list[Masking] = []  # by the index rows carry under MASKING_KEY
-
     def read(self, train_file: str, validation_file: str, settings: Mapping[str, Any]) -> DataSplits:
         return read_pairs(train_file, validation_file, settings)
 
@@ -49,14 +46,14 @@ class Pretraining(Head):
     def encode(
         self, tokenizer: Any, examples: Sequence[dict[str, Any]], settings: Mapping[str, Any], train: bool
     ) -> Encoded:
-        self._maskings.append(masking_for(tokenizer, settings, train, head=self.name))
-        rows = encode_pairs(tokenizer, examples, settings["max_length"])
-        for row in rows:
-            row[MASKING_KEY] = len(self._maskings) - 1
-        return Encoded(rows)
+        masking_for(tokenizer, settings, train, head=self.name)  # a bad setting fails before encoding
+        return Encoded(encode_pairs(tokenizer, examples, settings["max_length"]))
 
-    def draw_batch(self, batch: dict[str, Any], where: BatchPosition) -> None:
-        draw_masks(batch, self._maskings, where)
+    def draw_state(self, tokenizer: Any, settings: Mapping[str, Any], train: bool) -> Masking:
+        return masking_for(tokenizer, settings, train, head=self.name)
+
+    def draw_batch(self, batch: dict[str, Any], where: BatchPosition, state: Masking | None) -> None:
+        draw_masks(batch, state, where)
 
     def validation_step(self, model: Any, batch: Mapping[str, Any], out: Any) -> dict[str, Any]:
         kept = super().validation_step(model, batch, out)

@@ -90,7 +90,7 @@ class FactoryModule(pl.LightningModule):
         self._step_start = time.perf_counter()
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        _, out = self._run(batch, batch_idx)
+        _, out = self._run(batch, batch_idx, train=True)
         loss = out.loss
         size = batch["input_ids"].size(0)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
@@ -98,11 +98,16 @@ class FactoryModule(pl.LightningModule):
         self.train_tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
         return loss
 
-    def _run(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> tuple[dict[str, Any], Any]:
-        """`(batch as the model took it, output with the head's loss)`: the head's draws and batch
-        preparation, the model, then the head's loss."""
+    def _run(
+        self, batch: Mapping[str, torch.Tensor], batch_idx: int, train: bool
+    ) -> tuple[dict[str, Any], Any]:
+        """`(batch as the model took it, output with the head's loss)`: the head's draws (with the
+        split's draw state, which the data module holds) and batch preparation, the model, then the
+        head's loss."""
         batch = dict(batch)
-        self.task.draw_batch(batch, BatchPosition(self.current_epoch, batch_idx, self.global_rank))
+        data = getattr(self._trainer, "datamodule", None)
+        state = data.draw_state(train) if data is not None else None
+        self.task.draw_batch(batch, BatchPosition(self.current_epoch, batch_idx, self.global_rank), state)
         batch = self.task.prepare_batch(self.model, batch)
         out = self(**batch)
         out.loss = self.task.loss(out, batch)
@@ -117,7 +122,7 @@ class FactoryModule(pl.LightningModule):
         self._outputs = []
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        batch, out = self._run(batch, batch_idx)
+        batch, out = self._run(batch, batch_idx, train=False)
         self._outputs.append(self.task.validation_step(self.model, batch, out))
 
     def on_validation_epoch_end(self) -> None:
