@@ -7,7 +7,7 @@
     nice -n -10 python bench/generate.py --quiet-wait 30   # on a shared machine
 
 A randomly initialised GPT2LMHeadModel of the gpt2 size is saved with `save_pretrained`; both sides load
-it. Ours is `factory.inference.generation.generate`, theirs `model.generate(do_sample=False)`; both use their KV
+it. Ours is `factory.generation.decode.generate`, theirs `model.generate(do_sample=False)`; both use their KV
 cache and never stop early (eos disabled), so each call makes exactly `--new-tokens` tokens per row, and
 the outputs must be equal token for token. Rounds alternate between the sides after a warm-up call;
 `tok/s` is new tokens (all rows) over the median call time, `ours/hf` the median of the per-round speed
@@ -31,7 +31,7 @@ def measure(shape: str, new_tokens: int, runs: int, quiet_wait: float, num_beams
     import transformers
 
     import factory
-    from factory.inference.generation import generate
+    from factory.generation.decode import generate
 
     b, t = (int(x) for x in shape.split("x"))
     with tempfile.TemporaryDirectory() as tmp:

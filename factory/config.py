@@ -21,20 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from factory.checkpoints.files import read_json
+from factory.contract.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
-
-
-class ConfigError(ValueError):
-    """A config value or key that is not valid; the message names the key, the value and the choices.
-
-    `key` is the offending field (when there is one), so callers can name the path the user typed.
-    """
-
-    def __init__(self, message: str, key: str | None = None) -> None:
-        super().__init__(message)
-        self.key = key
 
 
 def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
@@ -71,54 +63,6 @@ def plain_data(value: Any, path: str = "", *, fallback_unresolved: bool = False)
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     raise ConfigError(f"{path.lstrip('.')}={value!r} is not plain config data (a {type(value).__name__}).")
-
-
-class _LongInt:
-    """An integer literal too long for Python's int-string limit, kept aside to name its key."""
-
-    def __init__(self, digits: str) -> None:
-        self.digits = len(digits.lstrip("-"))
-
-
-def _parse_int(text: str) -> int | _LongInt:
-    try:
-        return int(text)
-    except ValueError:  # beyond sys.get_int_max_str_digits(): no config value is that large
-        return _LongInt(text)
-
-
-def _long_int_key(value: Any, path: str = "") -> tuple[str, int] | None:
-    if isinstance(value, _LongInt):
-        return path.lstrip(".") or "(top level)", value.digits
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for k, v in items:
-        found = _long_int_key(v, f"{path}.{k}" if isinstance(k, str) else f"{path}[{k}]")
-        if found:
-            return found
-    return None
-
-
-def read_json(path: Path, error: type[Exception]) -> Any:
-    """The JSON value in `path`; anything unreadable raises `error` naming the file (and key, if any).
-
-    Besides bad syntax: bytes that are not UTF-8, nesting too deep for the parser (RecursionError) and
-    integers past Python's int-string limit (ValueError) all pass `json.JSONDecodeError` by.
-    """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise error(f"{path} is not UTF-8 text: byte {e.object[e.start]:#04x} at offset {e.start}.") from None
-    try:
-        value = json.loads(text, parse_int=_parse_int)
-    except json.JSONDecodeError as e:
-        raise error(f"{path} is not valid JSON: {e}") from None
-    except RecursionError:
-        raise error(f"{path} is nested too deeply to be a config (thousands of levels).") from None
-    found = _long_int_key(value)
-    if found:
-        key, digits = found
-        raise error(f"{path}: {key} is an integer of {digits} digits; no valid value is that large.")
-    return value
 
 
 @dataclass

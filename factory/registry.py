@@ -1,7 +1,9 @@
-"""Which config class serves a `model_type`, and which model class serves a `(model_type, head)`.
+"""Which config class serves a `model_type`, which model class serves a `(model_type, head)`, and which
+task object a head name stands for.
 
-Architecture files fill the tables with the decorators below, next to their definitions; this module
-imports no architecture. A name that is not registered raises an error listing the valid ones.
+Architecture files and head files fill the tables with the decorators below, next to their definitions
+(`factory.models` and `factory.heads` import every file of theirs); this module imports no architecture
+and no head. A name that is not registered raises an error listing the valid ones.
 
 Registration checks the contract an architecture keeps with the rest of the factory, so that a missing
 piece fails at import, naming the class and the piece:
@@ -9,7 +11,7 @@ piece fails at import, naming the class and the piece:
 - a config class (a dataclass with HF's field names) has a `model_type`; maps every name of
   `COMMON_NAMES` to its fields, as a field of that name or through `aliases` (whose targets are
   fields); names the fields that set its depth in `depth_fields`; and has a `tokenizer_recipe` (a
-  `factory.tokenizers.training.TokenizerRecipe`) for `init=random`.
+  `factory.contract.recipe.TokenizerRecipe`) for `init=random`.
 - a model class has a registered `config_class`, a `base_model_prefix` (the attribute holding the
   backbone in head models) and a `checkpoint_table` (a `factory.checkpoints.weights.CheckpointTable`).
 """
@@ -19,7 +21,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from factory.config import ConfigError, did_you_mean
+from factory.config import did_you_mean
+from factory.contract.errors import RegistryError
+from factory.contract.recipe import TokenizerRecipe
+from factory.contract.task import PARTS, TaskData
 
 _CONFIGS: dict[str, type] = {}
 _MODELS: dict[tuple[str, str], type] = {}
@@ -36,13 +41,6 @@ COMMON_NAMES = (
     "intermediate_size",
     "vocab_size",
 )
-
-
-class RegistryError(ConfigError, KeyError):
-    """An unknown or duplicate architecture or head name, or a class that breaks the contract."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
 
 
 def _config_problems(cls: type) -> list[str]:
@@ -71,8 +69,6 @@ def _config_problems(cls: type) -> list[str]:
         bad = [f for f in depth if f not in fields]
         if bad:
             problems.append(f"depth_fields {tuple(depth)!r} names non-fields {bad}")
-    from factory.tokenizers.recipe import TokenizerRecipe
-
     if not isinstance(getattr(cls, "tokenizer_recipe", None), TokenizerRecipe):
         problems.append("no tokenizer_recipe (a TokenizerRecipe, for training a tokenizer at init=random)")
     return problems
@@ -210,3 +206,53 @@ def unregister(model_type: str) -> None:
         del _MODELS[key]
     for name in [n for n, c in _EXTRA.items() if c.config_class.model_type == model_type]:
         del _EXTRA[name]
+
+
+# ---- heads ----------------------------------------------------------------------------------------------
+_HEADS: dict[str, Any] = {}
+
+
+def register_head(cls: type) -> type:
+    """Class decorator: make an instance of `cls` (a head: the three parts of `factory.contract.task`)
+    the head named `cls.name`."""
+    missing = [part.__name__ for part in PARTS if not issubclass(cls, part)]
+    if missing:
+        raise RegistryError(f"Cannot register {cls.__name__} as a head: it is not a {' or '.join(missing)}.")
+    if not cls.name:
+        raise RegistryError(f"Cannot register {cls.__name__} as a head: it has no name to register under.")
+    if cls.name in _HEADS:
+        raise RegistryError(
+            f"head {cls.name!r} is already registered to {type(_HEADS[cls.name]).__name__}; cannot register "
+            f"{cls.__name__} under the same name."
+        )
+    _HEADS[cls.name] = cls()
+    return cls
+
+
+def unregister_head(name: str) -> None:
+    """Remove a head (for tests and interactive redefinition)."""
+    _HEADS.pop(name, None)
+
+
+def heads() -> dict[str, Any]:
+    """Every registered head by name."""
+    return dict(_HEADS)
+
+
+def get_head(head: Any) -> Any:
+    """The head named `head` (a head object is returned as is); an unknown name lists the valid ones."""
+    if not isinstance(head, str):
+        return head
+    if head not in _HEADS:
+        valid = sorted(_HEADS)
+        raise RegistryError(
+            f"head={head!r} is not valid.{did_you_mean(str(head), valid)} Valid heads: {valid}.", key="head"
+        )
+    return _HEADS[head]
+
+
+def trainable_heads() -> list[str]:
+    """The heads that read training data."""
+    return sorted(
+        name for name, h in _HEADS.items() if h.shipped is not None or type(h).read is not TaskData.read
+    )

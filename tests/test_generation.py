@@ -1,5 +1,5 @@
 # Run: python -m pytest tests/test_generation.py   (offline, CPU, a few seconds)
-"""factory.inference.generation against transformers' generate: greedy parity, KV cache, eos stop, sampling."""
+"""factory.generation.decode against transformers' generate: greedy parity, KV cache, eos stop, sampling."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import factory.models.bart  # noqa: F401  (explicit until every architecture is wired into factory.models)
 import factory.models.gpt2  # noqa: F401
 from factory.auto import AutoModelForCausalLM
-from factory.inference.generation import generate, process_logits
+from factory.generation.decode import generate, process_logits
 
 transformers = pytest.importorskip("transformers")
 
@@ -330,7 +330,7 @@ def test_beams_find_a_sequence_at_least_as_likely_as_greedy(gpt2):
 def test_ngram_blocking_is_transformers_processor():
     from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 
-    from factory.inference.generation import ban_repeated_ngrams
+    from factory.generation.decode import ban_repeated_ngrams
 
     torch.manual_seed(0)
     ids = torch.randint(0, 5, (6, 15))  # a small vocabulary, so n-grams repeat
@@ -345,7 +345,7 @@ def test_ngram_blocking_is_transformers_processor():
 def test_vocabulary_rows_project_as_the_model_and_follow_its_weight():
     """Decoding on a CPU reads the vocabulary projection from an (in, out) copy: the same logits, the
     class's own forward again afterwards, and a new copy once the weight changes."""
-    from factory.inference.generation import vocabulary_rows
+    from factory.generation.decode import vocabulary_rows
 
     lm_head = torch.nn.Linear(16, 200)
     model = torch.nn.Sequential(torch.nn.Linear(16, 16), lm_head)  # only the projection is swapped

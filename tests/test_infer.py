@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import factory.inference.generation
+import factory.generation.decode
 import factory.inference.predictor
 import factory.models.bart  # noqa: F401  (explicit until every architecture is wired into factory.models)
 import factory.models.gpt2  # noqa: F401
 from factory.build import build_model
+from factory.generation.options import sampling_mode
 from factory.heads import heads
-from factory.inference.decoding import sampling_mode
 from factory.inference.predictor import (
     COMMON_OPTIONS,
     INFER_OPTIONS,
@@ -194,13 +194,13 @@ def test_generation_stops_at_the_document_separator_of_training(predictors, monk
     # Training joins documents with eos, or [SEP] for BERT (no eos): that token ends a generation.
     p = predictors[arch, "causal_lm"]
     seen = {}
-    real = factory.inference.generation.generate
+    real = factory.generation.decode.generate
 
     def spy(*args, **kwargs):
         seen.update(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(factory.inference.generation, "generate", spy)
+    monkeypatch.setattr(factory.generation.decode, "generate", spy)
     p.generate(["the king"], max_new_tokens=2)
     assert seen["eos_token_id"] == p.tokenizer.convert_tokens_to_ids(eos)
 

@@ -1,6 +1,7 @@
 # python -m pytest tests/test_layout.py
-"""The package's shape: no import cycle among factory's modules, counting imports inside functions too
-(a cycle that only closes at call time still means two modules that cannot be understood apart)."""
+"""The package's shape: the layers factory's packages may import, written down once (`ALLOWED`), and no
+import cycle among its modules; imports inside functions count too (a cycle that only closes at call time
+still means two modules that cannot be understood apart)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,41 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "factory"
+
+# The allowed package dependencies, bottom to top: each package (or top-level module) of factory and
+# the others it may import. Everything a layer may import is below it, so no package-level cycle can
+# form. `factory/__init__.py` (the public API) may import anything.
+ALLOWED: dict[str, set[str]] = {
+    # The shared types and errors (DataSplits, Encoded, BatchPosition, Option, the head's three parts,
+    # TokenizerRecipe, every error class).
+    "contract": set(),
+    # Hub resolution, reading JSON and weights, the one atomic writer.
+    "checkpoints": {"contract"},
+    # Typed configs.
+    "config": {"contract", "checkpoints"},
+    # Which config, model class and head serve a name; imports no architecture and no head.
+    "registry": {"contract", "checkpoints", "config"},
+    # Tokenizers do not import models.
+    "tokenizers": {"contract", "checkpoints", "config", "registry"},
+    # Greedy, sampling and beam search, and the options that choose between them.
+    "generation": {"contract"},
+    # Models import only config, registry and their own layers (and the checkpoint tables).
+    "models": {"contract", "checkpoints", "config", "registry", "generation"},
+    "build": {"contract", "config", "registry"},
+    "auto": {"contract", "checkpoints", "config", "registry"},
+    # Data imports neither heads nor training: it asks a head's data part, which the contract defines.
+    "data": {"contract", "checkpoints", "config", "registry", "tokenizers"},
+    # Heads import neither training nor inference.
+    "heads": {"contract", "checkpoints", "config", "registry", "tokenizers", "generation", "models", "data"},
+    "inference": {
+        *("contract", "checkpoints", "config", "registry", "tokenizers", "generation", "models", "auto"),
+        "heads",
+    },
+    "training": {
+        *("contract", "checkpoints", "config", "registry", "tokenizers", "generation", "models", "auto"),
+        *("build", "data", "heads"),
+    },
+}
 
 
 def _module_names() -> dict[str, Path]:
@@ -96,3 +132,31 @@ def test_no_import_cycle_among_factory_modules():
         for c in cycles(graph)
     ]
     assert not shown, "Import cycles:\n" + "\n".join(shown)
+
+
+def package_of(module: str) -> str:
+    """`factory.data.files` -> `data`; `factory.registry` -> `registry`; `factory` -> `factory`."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def test_every_package_has_its_rule():
+    packages = {package_of(m) for m in import_graph()} - {"factory"}
+    assert packages == set(ALLOWED), f"write the rule of {sorted(packages ^ set(ALLOWED))} into ALLOWED"
+
+
+def test_packages_import_only_the_layers_below_them():
+    graph = import_graph()
+    broken = [
+        f"{a} (line {line}) imports {b}: {package_of(a)} may import only {sorted(ALLOWED[package_of(a)])}"
+        for a, edges in sorted(graph.items())
+        if package_of(a) != "factory"
+        for b, line in edges.items()
+        if package_of(b) != package_of(a) and package_of(b) not in ALLOWED[package_of(a)]
+    ]
+    assert not broken, "Imports against the layers:\n" + "\n".join(broken)
+
+
+def test_the_rules_have_no_cycle():
+    rules = {p: dict.fromkeys(ALLOWED[p], 0) for p in ALLOWED}
+    assert not cycles(rules), cycles(rules)

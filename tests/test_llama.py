@@ -16,7 +16,7 @@ from torch.testing import assert_close
 
 import factory
 from factory.config import ConfigError
-from factory.inference.generation import generate
+from factory.generation.decode import generate
 from factory.models.llama import LlamaConfig, inverse_frequencies
 from factory.registry import model_class
 from factory.training.run import train

@@ -118,7 +118,6 @@ class YesNo(Head):
     formats = ("jsonl",)
     data_keys: ClassVar[dict[str, Any]] = {"text_column": "text"}
     inputs = ("text",)
-    methods = ("yes_or_no",)
 
     def read(self, train_file: str, validation_file: str, settings: Mapping[str, Any]) -> DataSplits:
         def examples(path: str) -> list[dict[str, Any]]:
@@ -160,6 +159,7 @@ class YesNo(Head):
         return [{"yes": answer} for answer in yes_or_no(predictor, [r["text"] for r in records])]
 
 
+@YesNo.prediction
 def yes_or_no(predictor, texts: Sequence[str]) -> list[bool]:
     batch = predictor.collate(
         predictor.tokenizer(list(texts), truncation=True, max_length=predictor.limit(None))

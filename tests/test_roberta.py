@@ -198,7 +198,7 @@ def test_kv_cache_matches_full_forward_and_transformers(tmp_path):
 
 
 def test_greedy_generation_equals_transformers_generate(tmp_path):
-    from factory.inference.generation import generate
+    from factory.generation.decode import generate
 
     torch.manual_seed(0)
     hf = off_init(transformers.RobertaForCausalLM(hf_config("causal_lm", **CONFIGS["odd"])), seed=9)

@@ -115,7 +115,7 @@ def both(tmp_path_factory, model):
     ids=["plain", "min_new_and_forced_bos", "forced_eos_and_two_eos", "no_eos", "eos_stops", "min_new_eos"],
 )
 def test_greedy_generation_is_transformers_token_for_token(both, settings):
-    from factory.inference.generation import generate_seq2seq
+    from factory.generation.decode import generate_seq2seq
 
     ours, theirs = both
     batch = make_batch(ours.config, "seq2seq_lm", batch=4, length=9)
@@ -156,7 +156,7 @@ BEAMS = {
 
 def _early_eos(ours, src, mask, settings):
     """`settings` with "early" as the token row 0 emits third, so that beams end at different steps."""
-    from factory.inference.generation import generate_seq2seq
+    from factory.generation.decode import generate_seq2seq
 
     early = int(generate_seq2seq(ours, src, mask, max_new_tokens=12, eos_token_id=[])[0, 3])
     eos = settings.get("eos_token_id")
@@ -168,7 +168,7 @@ def _early_eos(ours, src, mask, settings):
 
 @pytest.mark.parametrize("case", list(BEAMS))
 def test_beam_search_is_transformers_token_for_token(both, case):
-    from factory.inference.generation import generate_seq2seq
+    from factory.generation.decode import generate_seq2seq
 
     ours, theirs = both
     batch = make_batch(ours.config, "seq2seq_lm", batch=4, length=9)
@@ -183,7 +183,7 @@ def test_beam_search_is_transformers_token_for_token(both, case):
 
 
 def test_beam_sampling_matches_transformers_under_the_same_seed(both):
-    from factory.inference.generation import generate_seq2seq
+    from factory.generation.decode import generate_seq2seq
 
     ours, theirs = both
     batch = make_batch(ours.config, "seq2seq_lm", batch=4, length=9)

@@ -20,7 +20,7 @@ from tokenizers import Tokenizer as RustTokenizer
 
 import factory.models.t5  # noqa: F401  (registers "t5")
 from factory.config import ConfigError
-from factory.inference.generation import generate_seq2seq
+from factory.generation.decode import generate_seq2seq
 from factory.models.t5 import T5Config, T5EncoderModel, T5ForConditionalGeneration, T5Model
 from factory.registry import model_class
 

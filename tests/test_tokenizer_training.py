@@ -11,9 +11,9 @@ import pytest
 
 from factory import registry
 from factory.config import PretrainedConfig
+from factory.contract.recipe import TokenizerRecipe
 from factory.data.files import default_data_files
 from factory.registry import register_config
-from factory.tokenizers.recipe import TokenizerRecipe
 from factory.tokenizers.tokenizer import AutoTokenizer
 from factory.tokenizers.training import BYTE_TOKENS, train_tokenizer
 

@@ -22,8 +22,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from factory.checkpoints.atomic import atomic_files
+from factory.checkpoints.files import read_json
 from factory.checkpoints.hub import HubOptions, resolve_file
-from factory.config import read_json
+from factory.contract.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +35,6 @@ BIN_INDEX = "pytorch_model.bin.index.json"
 _WEIGHT_FILE = re.compile(
     r"^(model(-\d+-of-\d+)?\.safetensors|pytorch_model(-\d+-of-\d+)?\.bin)(\.index\.json)?$"
 )
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be loaded as asked; the message names the keys and files involved."""
 
 
 @dataclass(frozen=True)

@@ -182,7 +182,7 @@ def check_packing(data_cfg: dict[str, Any], head: Any) -> None:
         return
     for key in ("packing", "packing_document_attention"):
         if data_cfg.get(key):
-            from factory.heads.head import heads
+            from factory.registry import heads
 
             packers = sorted(name for name, h in heads().items() if "packing" in h.data_keys)
             raise ConfigError(

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from factory.heads.head import DataSplits, Encoded, Head
+from factory.contract.task import DataSplits, Encoded, TaskData
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def _examples_digest(h: Any, examples: Sequence[Any], chunk: int = 4096) -> None
         h.update(pickle.dumps(list(examples[i : i + chunk]), protocol=4))
 
 
-def _head_digest(head: Head) -> str:
+def _head_digest(head: TaskData) -> str:
     try:
         source = Path(inspect.getsourcefile(type(head)) or "").read_bytes()
     except (OSError, TypeError):
@@ -88,7 +88,7 @@ def _head_digest(head: Head) -> str:
     return hashlib.sha256(source).hexdigest()
 
 
-def cache_key(head: Head, splits: DataSplits, settings: Mapping[str, Any], tokenizer: Any) -> str | None:
+def cache_key(head: TaskData, splits: DataSplits, settings: Mapping[str, Any], tokenizer: Any) -> str | None:
     """The entry's name for these splits, settings and tokenizer; None when the tokenizer has no digest."""
     from factory.data.files import PIPELINE_ONLY
 
@@ -107,7 +107,7 @@ def cache_key(head: Head, splits: DataSplits, settings: Mapping[str, Any], token
 
 
 def encode_splits(
-    head: Head, tokenizer: Any, splits: DataSplits, settings: Mapping[str, Any]
+    head: TaskData, tokenizer: Any, splits: DataSplits, settings: Mapping[str, Any]
 ) -> tuple[Encoded, Encoded]:
     """`(train, validation)` encoded by `head`, from the cache when an entry matches.
 

@@ -19,11 +19,14 @@ from typing import Any
 
 import torch
 
-from factory.data.errors import DataError
-from factory.heads.head import DATASETS_DIR, DataSplits, Head, get_head
+from factory.contract.errors import DataError
+from factory.contract.task import DataSplits, TaskData
+from factory.registry import get_head, trainable_heads
 
 logger = logging.getLogger(__name__)
 
+# The shipped datasets, one folder per head (`TaskData.shipped` names files below it).
+DATASETS_DIR = Path(__file__).resolve().parent / "datasets"
 FORMATS = ("csv", "tsv", "jsonl", "json", "text")
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".txt": "text"}
 
@@ -56,23 +59,21 @@ __all__ = ["DATASETS_DIR", "DataError", "DataSplits", "default_data_files"]
 PIPELINE_ONLY = ("streaming", "cache", "cache_dir", "num_proc")
 
 
-def data_keys(head: str | Head) -> tuple[str, ...]:
+def data_keys(head: str | TaskData) -> tuple[str, ...]:
     """The `data.*` keys `head` reads from its files."""
     return (*COMMON_KEYS, *get_head(head).data_keys)
 
 
-def default_data_files(head: str | Head) -> tuple[str, str]:
+def default_data_files(head: str | TaskData) -> tuple[str, str]:
     """The shipped `(train, validation)` files of `head`, as absolute paths."""
     head = get_head(head)
     if head.shipped is None:
-        from factory.heads.head import trainable_heads
-
         raise DataError(f"head={head.name!r} has no shipped dataset; valid heads: {trainable_heads()}.")
     train, validation = head.shipped
     return str(DATASETS_DIR / train), str(DATASETS_DIR / validation)
 
 
-def settings_of(head: Head, data_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+def settings_of(head: TaskData, data_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     """The data keys `head` reads, from `data_cfg` over their defaults, as plain strings and paths."""
     settings = {**COMMON_KEYS, **head.data_keys}
     for key in list(settings):
@@ -115,7 +116,7 @@ def carve(examples: list[Any], fraction: float, seed: int, path: str) -> tuple[l
     return train, validation
 
 
-def texts_for_tokenizer(head: str | Head, splits: DataSplits) -> Iterator[str]:
+def texts_for_tokenizer(head: str | TaskData, splits: DataSplits) -> Iterator[str]:
     """The training texts a tokenizer should learn from: only the train split (the head says which)."""
     return get_head(head).tokenizer_texts(splits)
 
@@ -123,7 +124,7 @@ def texts_for_tokenizer(head: str | Head, splits: DataSplits) -> Iterator[str]:
 # -- files ------------------------------------------------------------------------------------------
 
 
-def file_format(path: str, settings: Mapping[str, Any], head: Head) -> str:
+def file_format(path: str, settings: Mapping[str, Any], head: TaskData) -> str:
     """The format of `path`: `data.format`, else its extension, checked against what `head` reads."""
     valid = head.formats
     if _is_dataset(path):  # a `datasets` split gives records, as a JSONL file does
@@ -176,7 +177,7 @@ def text_line_of_byte(path: str, offset: int) -> int:
         return f.read(offset).count(b"\n") + 1
 
 
-def read_records(path: str, settings: Mapping[str, Any], head: Head) -> list[tuple[int, dict[str, Any]]]:
+def read_records(path: str, settings: Mapping[str, Any], head: TaskData) -> list[tuple[int, dict[str, Any]]]:
     """`(line, record)` pairs of a CSV/TSV/JSONL/JSON-list file."""
     fmt = file_format(path, settings, head)
     if _is_dataset(path):

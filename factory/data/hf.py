@@ -55,7 +55,7 @@ class DatasetSplit(str):
 
     def records(self) -> list[tuple[str, dict[str, Any]]]:
         """Every row as `("row <i>", record)`; class-label ids become their names (CoNLL's tags...)."""
-        from factory.data.errors import DataError
+        from factory.contract.errors import DataError
 
         rows = getattr(self, "_rows", None)  # read once: a head may read one split as both
         if rows is None:
@@ -135,7 +135,7 @@ def source_kind(path: str) -> str:
 
 
 def _builder(path: str) -> str:
-    from factory.data.errors import DataError
+    from factory.contract.errors import DataError
 
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in BUILDERS:
@@ -155,7 +155,7 @@ def load(settings: Mapping[str, Any], streaming: bool = False) -> dict[str, Any]
         DataError: an unreadable source, a hub id that is neither cached nor reachable (named, with the
             cache it looked in), a config name missing or unknown.
     """
-    from factory.data.errors import DataError
+    from factory.contract.errors import DataError
 
     path, name, revision = settings["path"], settings.get("name"), settings.get("revision")
     kind = source_kind(path)
@@ -225,7 +225,7 @@ def _to_iterable(loaded: Any) -> Any:
 
 def select_split(splits: Mapping[str, Any], key: str, settings: Mapping[str, Any], hint: str = "") -> Any:
     """`splits[data.<key>]`, or a DataError naming the split asked for and the splits there are."""
-    from factory.data.errors import DataError
+    from factory.contract.errors import DataError
 
     wanted = settings[key]
     if wanted not in splits:

@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from factory.contract.task import DataSplits, Encoded, TaskData
 from factory.data.batching import LengthGroupedSampler, padded_length
 from factory.data.files import DataError, settings_of
+from factory.data.loader import ResumableDataLoader
 from factory.data.sources import load_examples
-from factory.heads.head import DataSplits, Encoded, Head, get_head
+from factory.registry import get_head, trainable_heads
 from factory.tokenizers.training import pad_token_id
-from factory.training.resume import ResumableDataLoader
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class _ListDataset(torch.utils.data.Dataset):
         return self.rows[index]
 
 
-def check_rows(rows: Sequence[Any], split: str, path: str, head: Head, max_length: int) -> None:
+def check_rows(rows: Sequence[Any], split: str, path: str, head: TaskData, max_length: int) -> None:
     """Raise `DataError` naming the file when `split` encoded to no rows (training on nothing, or
     validating on nothing, would otherwise "succeed" with empty metrics)."""
     if rows:
@@ -80,7 +81,7 @@ class FactoryDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        head: str | Head,
+        head: str | TaskData,
         data_cfg: Mapping[str, Any] | None,
         tokenizer: Any,
         batch_size: int,
@@ -91,9 +92,7 @@ class FactoryDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         self.head = get_head(head)
-        if type(self.head).encode is Head.encode:
-            from factory.heads.head import trainable_heads
-
+        if type(self.head).encode is TaskData.encode:
             raise ValueError(f"head={self.head.name!r} has no data module; valid: {trainable_heads()}.")
         for name, value in (("batch_size", batch_size), ("max_length", max_length)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

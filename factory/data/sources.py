@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from factory.contract.task import DataSplits, TaskData
 from factory.data.files import (
     DataError,
     carve,
@@ -20,16 +21,16 @@ from factory.data.files import (
     default_data_files,
     settings_of,
 )
-from factory.heads.head import DataSplits, Head, get_head
+from factory.registry import get_head, trainable_heads
 
 logger = logging.getLogger(__name__)
 
 
-def load_examples(head: str | Head, data_cfg: Mapping[str, Any] | None = None) -> DataSplits:
+def load_examples(head: str | TaskData, data_cfg: Mapping[str, Any] | None = None) -> DataSplits:
     """Read and check the train and validation examples of `head`.
 
     Args:
-        head: a head name or `Head`.
+        head: a head name or `TaskData`.
         data_cfg: the `data` config node (any mapping): `train_file`, `validation_file` (None: the head's
             shipped default, both files together), `format` (None: from the file extension: .csv, .tsv,
             .jsonl, .json, .txt), and the head's own keys (column names). Other keys are ignored.
@@ -42,9 +43,7 @@ def load_examples(head: str | Head, data_cfg: Mapping[str, Any] | None = None) -
             the message names the file and the line (or the JSON path) and the column.
     """
     head = get_head(head)
-    if type(head).read is Head.read:
-        from factory.heads.head import trainable_heads
-
+    if type(head).read is TaskData.read:
         raise DataError(f"head={head.name!r} has no data loader; valid heads: {trainable_heads()}.")
     settings = settings_of(head, data_cfg)
     train_file, validation_file = settings["train_file"], settings["validation_file"]
@@ -91,7 +90,7 @@ def load_examples(head: str | Head, data_cfg: Mapping[str, Any] | None = None) -
     return splits
 
 
-def _load_dataset(head: Head, settings: Mapping[str, Any], fraction: float | None) -> DataSplits:
+def _load_dataset(head: TaskData, settings: Mapping[str, Any], fraction: float | None) -> DataSplits:
     """`load_examples` for `data.path`: the head reads the dataset's splits as it reads files."""
     from factory.data import hf
 
@@ -112,7 +111,7 @@ def _load_dataset(head: Head, settings: Mapping[str, Any], fraction: float | Non
     return splits
 
 
-def _log_loaded(head: Head, splits: DataSplits) -> None:
+def _log_loaded(head: TaskData, splits: DataSplits) -> None:
     logger.info(
         "Loaded %s data: %d train examples from %s, %d validation examples from %s",
         head.name,

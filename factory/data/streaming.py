@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset
 
+from factory.contract.task import DataSplits, TaskData
 from factory.data import files, hf
-from factory.heads.head import DataSplits, Head
-from factory.training.resume import ResumableDataLoader
+from factory.data.loader import ResumableDataLoader
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class StreamingSplits(DataSplits):
     stream: RecordStream | None = None
 
 
-def load_streaming(head: Head, settings: Mapping[str, Any]) -> StreamingSplits:
+def load_streaming(head: TaskData, settings: Mapping[str, Any]) -> StreamingSplits:
     """`load_examples` for `data.streaming=true`: the validation split read whole, a sample of the
     training split, and the stream of all of it."""
     settings = dict(settings)
@@ -196,7 +196,7 @@ def load_streaming(head: Head, settings: Mapping[str, Any]) -> StreamingSplits:
 class StreamingRows(IterableDataset):
     """The training rows of a stream, encoded chunk by chunk; each rank and worker reads its own shard."""
 
-    def __init__(self, head: Head, stream: RecordStream, tokenizer: Any, settings: Mapping[str, Any]):
+    def __init__(self, head: TaskData, stream: RecordStream, tokenizer: Any, settings: Mapping[str, Any]):
         self.head, self.stream, self.tokenizer, self.settings = head, stream, tokenizer, dict(settings)
 
     @staticmethod

@@ -19,13 +19,13 @@ from factory.heads.head import Head, register_head
 class Backbone(Head):
     name: ClassVar[str] = "base"
     inputs = ("text",)
-    methods = ("embed",)
 
     def predict(self, predictor: Any, records: Sequence[Mapping[str, Any]], opts: Mapping[str, Any]) -> list:
         vectors = embed(predictor, [r["text"] for r in records], opts["max_length"], opts["batch_size"])
         return [{"embedding": v} for v in vectors]
 
 
+@Backbone.prediction
 def embed(
     predictor: Any, texts: Sequence[str], max_length: int | None = None, batch_size: int = 16
 ) -> list[list[float]]:

@@ -5,7 +5,7 @@ Data: plain text (documents separated by blank lines) or JSONL with a text colum
 are the input ids with -100 on padding, not shifted: a model class with `labels_shifted_inside = False`
 (BART's, as in HF) gets them shifted here. Metrics: token-weighted validation loss and its perplexity.
 Inference: `{"prompt"}` gives `{"generated_text"}` (greedy, sampled or beam search, KV cache; the
-options and their rule are `factory.inference.decoding`'s).
+options and their rule are `factory.generation.options`'s).
 """
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ from typing import Any, ClassVar
 
 import torch.nn.functional as F
 
+from factory.contract.errors import InferenceError
 from factory.data import files
 from factory.data.batching import PACKING_KEYS, check_document_positions, pack_documents
+from factory.generation import decode
+from factory.generation.options import OPTIONS as GENERATION_OPTIONS
+from factory.generation.options import from_options, search_kwargs
 from factory.heads.head import DataSplits, Encoded, Head, Option, register_head
-from factory.inference import decoding, generation
 from factory.models.losses import IGNORE_INDEX
 from factory.tokenizers.tokenizer import NO_MAX_LENGTH
 
@@ -36,9 +39,8 @@ class CausalLanguageModeling(Head):
     inputs = ("prompt",)
     options: ClassVar[dict[str, Option]] = {
         "max_new_tokens": Option(int, 20, "causal_lm: tokens to generate at most"),
-        **decoding.OPTIONS,
+        **GENERATION_OPTIONS,
     }
-    methods = ("generate",)
 
     def config_values(self, splits: DataSplits | None) -> dict[str, Any]:
         return {"is_decoder": True}
@@ -118,7 +120,7 @@ class CausalLanguageModeling(Head):
 
     # ---- inference --------------------------------------------------------------------------------
     def check_options(self, opts: Mapping[str, Any]) -> None:
-        decoding.from_options(opts)
+        from_options(opts)
 
     def predict(self, predictor: Any, records: Sequence[Mapping[str, Any]], opts: Mapping[str, Any]) -> list:
         texts = generate(
@@ -126,7 +128,7 @@ class CausalLanguageModeling(Head):
             [r["prompt"] for r in records],
             max_new_tokens=opts["max_new_tokens"],
             batch_size=opts["batch_size"],
-            **decoding.from_options(opts),
+            **from_options(opts),
         )
         return [{"generated_text": t} for t in texts]
 
@@ -148,8 +150,6 @@ def prompt_ids(predictor: Any, prompt: str) -> list[int]:
         candidates = (tok.eos_token_id, tok.sep_token_id, tok.bos_token_id, tok.cls_token_id)
         start = next((t for t in candidates if t is not None), None)
         if start is None:
-            from factory.inference.predictor import InferenceError
-
             raise InferenceError(
                 "An empty prompt needs an eos or bos token to start from; this model has none."
             )
@@ -157,6 +157,7 @@ def prompt_ids(predictor: Any, prompt: str) -> list[int]:
     return ids
 
 
+@CausalLanguageModeling.prediction
 def generate(
     predictor: Any,
     prompts: Sequence[str],
@@ -173,8 +174,8 @@ def generate(
     early_stopping: bool | str = False,
 ) -> list[str]:
     """Each prompt followed by its continuation (KV cache; greedy, sampled or beam search, see
-    `factory.inference.decoding` for the rule)."""
-    search = decoding.search_kwargs(
+    `factory.generation.options` for the rule)."""
+    search = search_kwargs(
         do_sample,
         temperature,
         top_k,
@@ -194,7 +195,7 @@ def generate(
     texts: list[str] = [""] * len(rows)
     for group in _generation_batches(predictor, rows, batch_size):
         batch = predictor.collate({"input_ids": [rows[i] for i in group]}, left=True)
-        out = generation.generate(
+        out = decode.generate(
             predictor.model,
             batch["input_ids"],
             batch["attention_mask"],

@@ -37,6 +37,7 @@ import torch
 
 from factory import registry
 from factory.config import ConfigError
+from factory.contract.errors import InferenceError
 from factory.data import files
 from factory.data.batching import PACKING_KEYS, check_document_positions, pack_documents
 from factory.heads.head import BatchPosition, DataSplits, Encoded, Head, Option, register_head
@@ -123,7 +124,6 @@ class MaskedLanguageModeling(Head):
     options: ClassVar[dict[str, Option]] = {
         "fill_top_k": Option(int, 5, "masked_lm: fills to give for each mask token"),
     }
-    methods = ("fill_mask",)
 
     # ---- data -------------------------------------------------------------------------------------
     def read(self, train_file: str, validation_file: str, settings: Mapping[str, Any]) -> DataSplits:
@@ -263,6 +263,7 @@ def masking_for(tokenizer: Any, settings: Mapping[str, Any], train: bool, head: 
     )
 
 
+@MaskedLanguageModeling.prediction
 def fill_mask(
     predictor: Any,
     texts: Sequence[str],
@@ -275,8 +276,6 @@ def fill_mask(
     One mask gives `[{"score", "token", "token_str", "sequence"}]`, best first; several give one such
     list per mask, in order (each filled with the others left masked, as the pipeline does).
     """
-    from factory.inference.predictor import InferenceError
-
     tok = predictor.tokenizer
     mask_id = tok.mask_token_id
     if mask_id is None:

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from factory.contract.errors import InferenceError
 from factory.data import files
 from factory.heads.head import DataSplits, Encoded, Head, register_head
 from factory.models.losses import mask_choices, multiple_choice_loss
@@ -49,7 +50,6 @@ class MultipleChoice(Head):
     shipped = ("multiple_choice/train.jsonl", "multiple_choice/validation.jsonl")
     empty_reason = "it has no examples"
     inputs = ("context",)  # and "choices", a list, which `predict` checks (check_record reads strings)
-    methods = ("choose",)
 
     # ---- model ------------------------------------------------------------------------------------
     def loss(self, out: Any, batch: Mapping[str, Any]) -> torch.Tensor | None:
@@ -124,8 +124,6 @@ class MultipleChoice(Head):
 
     # ---- inference --------------------------------------------------------------------------------
     def predict(self, predictor: Any, records: Sequence[Mapping[str, Any]], opts: Mapping[str, Any]) -> list:
-        from factory.inference.predictor import InferenceError
-
         for i, record in enumerate(records):
             choices = record.get("choices")
             if not _is_choice_list(choices):
@@ -142,6 +140,7 @@ class MultipleChoice(Head):
         )
 
 
+@MultipleChoice.prediction
 def choose(
     predictor: Any,
     contexts: Sequence[str],

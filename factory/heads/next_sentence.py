@@ -108,7 +108,6 @@ class NextSentencePrediction(Head):
     shipped = ("next_sentence/train.txt", "next_sentence/validation.txt")
     empty_reason = "it has no sentence pairs"
     inputs = ("text", "text_pair")
-    methods = ("next_sentence",)
 
     def read(self, train_file: str, validation_file: str, settings: Mapping[str, Any]) -> DataSplits:
         return read_pairs(train_file, validation_file, settings)
@@ -143,6 +142,7 @@ class NextSentencePrediction(Head):
         )
 
 
+@NextSentencePrediction.prediction
 def next_sentence(
     predictor: Any,
     texts: Sequence[str],

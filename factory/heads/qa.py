@@ -63,7 +63,6 @@ class QuestionAnswering(Head):
         ),
         "max_answer_length": Option(int, 30, "qa: longest answer in tokens"),
     }
-    methods = ("answer",)
 
     # ---- data -------------------------------------------------------------------------------------
     def read(self, train_file: str, validation_file: str, settings: Mapping[str, Any]) -> DataSplits:
@@ -156,6 +155,7 @@ class QuestionAnswering(Head):
         )
 
 
+@QuestionAnswering.prediction
 def answer(
     predictor: Any,
     questions: Sequence[str],

@@ -7,7 +7,7 @@ from them (shifted right, as HF's `BartForConditionalGeneration`). Metrics: vali
 ROUGE-1/2/L F-measures (Google's `rouge_score`, with stemming) of greedy generations of the validation
 sources, at most as long as the batch's longest reference. Inference: `{"text"}` gives
 `{"generated_text"}` (encoder once, decoder cache; greedy, sampled or beam search, with the options and
-rule of `factory.inference.decoding`).
+rule of `factory.generation.options`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from typing import Any, ClassVar
 import torch
 
 from factory.data import files
+from factory.generation import decode
+from factory.generation.options import OPTIONS as GENERATION_OPTIONS
+from factory.generation.options import from_options, search_kwargs
 from factory.heads.head import DataSplits, Encoded, Head, Option, register_head
-from factory.inference import decoding, generation
 from factory.models.losses import IGNORE_INDEX
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
@@ -42,9 +44,8 @@ class Seq2SeqLanguageModeling(Head):
     options: ClassVar[dict[str, Option]] = {
         "max_target_tokens": Option(int, 64, "seq2seq_lm: tokens to generate at most"),
         "min_target_tokens": Option(int, 0, "seq2seq_lm: tokens to generate at least before eos"),
-        **decoding.OPTIONS,
+        **GENERATION_OPTIONS,
     }
-    methods = ("summarize",)
 
     # ---- data -------------------------------------------------------------------------------------
     def read(self, train_file: str, validation_file: str, settings: Mapping[str, Any]) -> DataSplits:
@@ -98,7 +99,7 @@ class Seq2SeqLanguageModeling(Head):
     def validation_step(self, model: Any, batch: Mapping[str, Any], out: Any) -> dict[str, Any]:
         # The loss per target token, as training sees it.
         tokens = int((batch["labels"] != IGNORE_INDEX).sum())
-        generated = generation.generate_seq2seq(
+        generated = decode.generate_seq2seq(
             model, batch["input_ids"], batch["attention_mask"], max_new_tokens=batch["labels"].size(1)
         )
         return {
@@ -126,7 +127,7 @@ class Seq2SeqLanguageModeling(Head):
             raise ValueError(f"max_target_tokens={opts['max_target_tokens']!r} is not valid: expected >= 1.")
         if opts["min_target_tokens"] < 0:
             raise ValueError(f"min_target_tokens={opts['min_target_tokens']!r} is not valid: expected >= 0.")
-        decoding.from_options(opts)
+        from_options(opts)
 
     def predict(self, predictor: Any, records: Sequence[Mapping[str, Any]], opts: Mapping[str, Any]) -> list:
         texts = summarize(
@@ -136,7 +137,7 @@ class Seq2SeqLanguageModeling(Head):
             min_new_tokens=opts["min_target_tokens"],
             max_length=opts["max_length"],
             batch_size=opts["batch_size"],
-            **decoding.from_options(opts),
+            **from_options(opts),
         )
         return [{"generated_text": t} for t in texts]
 
@@ -156,6 +157,7 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
     return {k: v / len(references) for k, v in totals.items()}
 
 
+@Seq2SeqLanguageModeling.prediction
 def summarize(
     predictor: Any,
     texts: Sequence[str],
@@ -167,15 +169,15 @@ def summarize(
 ) -> list[str]:
     """The generated target of each source text (encoder once, decoder cache).
 
-    `search` are `factory.inference.decoding.search_kwargs`' arguments (do_sample, temperature, top_k,
+    `search` are `factory.generation.search_kwargs`' arguments (do_sample, temperature, top_k,
     top_p, seed, num_beams, length_penalty, no_repeat_ngram_size, early_stopping); none is greedy.
     """
-    search = decoding.search_kwargs(**search)
+    search = search_kwargs(**search)
     tok = predictor.tokenizer
     results: list[str] = [""] * len(texts)
     enc = tok(list(texts), truncation=True, max_length=predictor.limit(max_length))
     for index, batch in predictor.batches_by_length({"input_ids": enc["input_ids"]}, batch_size):
-        ids = generation.generate_seq2seq(
+        ids = decode.generate_seq2seq(
             predictor.model,
             batch["input_ids"],
             batch["attention_mask"],

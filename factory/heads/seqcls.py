@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from factory.contract.errors import InferenceError
 from factory.data import files
 from factory.heads.head import DataSplits, Encoded, Head, register_head
 
@@ -41,7 +42,6 @@ class SequenceClassification(Head):
     empty_reason = "it has no examples"
     inputs = ("text",)
     optional_inputs = ("text_pair",)
-    methods = ("classify",)
 
     def config_values(self, splits: DataSplits | None) -> dict[str, Any]:
         return {"id2label": dict(enumerate(splits.labels))} if splits is not None and splits.labels else {}
@@ -88,8 +88,6 @@ class SequenceClassification(Head):
     def predict(self, predictor: Any, records: Sequence[Mapping[str, Any]], opts: Mapping[str, Any]) -> list:
         pairs = [r.get("text_pair") for r in records]
         if any(p is not None for p in pairs) and not all(isinstance(p, str) for p in pairs):
-            from factory.inference.predictor import InferenceError
-
             raise InferenceError("Give text_pair for every record of a batch or for none.", key="text_pair")
         return classify(
             predictor,
@@ -100,6 +98,7 @@ class SequenceClassification(Head):
         )
 
 
+@SequenceClassification.prediction
 def classify(
     predictor: Any,
     texts: Sequence[str],

@@ -47,7 +47,6 @@ class TokenClassification(Head):
     shipped = ("token_cls/train.conll", "token_cls/validation.conll")
     empty_reason = "it has no sentences"
     inputs = ("text",)
-    methods = ("tag_entities",)
 
     def config_values(self, splits: DataSplits | None) -> dict[str, Any]:
         return {"id2label": dict(enumerate(splits.labels))} if splits is not None and splits.labels else {}
@@ -267,6 +266,7 @@ def entity_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) 
 
 
 # ---- inference --------------------------------------------------------------------------------------------
+@TokenClassification.prediction
 def tag_entities(
     predictor: Any, texts: Sequence[str], max_length: int | None = None, batch_size: int = 16
 ) -> list[list[dict[str, Any]]]:

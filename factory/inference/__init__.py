@@ -1,1 +1,2 @@
-"""Inference: the predictor over a model folder, generation, and the `infer.py` command line."""
+"""Inference: the predictor over a model folder and the `infer.py` command line (generation itself is
+`factory.generation`)."""

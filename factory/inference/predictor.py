@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import types
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -27,7 +28,8 @@ import factory.models  # noqa: F401  (registers the architectures)
 from factory import registry
 from factory.auto import AutoConfig
 from factory.checkpoints.atomic import atomic_files
-from factory.config import CONFIG_NAME, ConfigError, did_you_mean
+from factory.config import CONFIG_NAME, did_you_mean
+from factory.contract.errors import InferenceError
 from factory.heads.head import Head, Option, get_head, heads
 from factory.tokenizers.tokenizer import AutoTokenizer, Tokenizer
 
@@ -78,10 +80,6 @@ INFER_OPTIONS: dict[str, Option] = _options()
 # How many batches of an input file are read, sorted by length and predicted at once.
 SORT_WINDOW_BATCHES = 64
 INFER_DEFAULTS: dict[str, Any] = {k: o.default for k, o in INFER_OPTIONS.items()}
-
-
-class InferenceError(ConfigError):
-    """A bad command-line key or value, a bad input record, or a model folder that cannot serve it."""
 
 
 # ---- loading ----------------------------------------------------------------------------------------
@@ -199,24 +197,26 @@ class Predictor:
         self.head: str = type(model).head
         self.task: Head = get_head(self.head)
         self.model_inputs = set(inspect.signature(model.forward).parameters)
+        # The head's inference functions take the predictor first: `p.classify(texts)` is
+        # `factory.heads.seqcls.classify(p, texts)`, bound here so that help() and dir() show them.
+        for function in self.task.methods:
+            setattr(self, function.__name__, types.MethodType(function, self))
 
     def __getattr__(self, name: str) -> Any:
-        # A head's inference functions take the predictor first: `p.classify(texts)` is
-        # `factory.heads.seqcls.classify(p, texts)`. Another head's method names the right one.
+        # Only names this predictor's head does not serve get here: another head's method names the
+        # right one.
         if name.startswith("_") or "task" not in self.__dict__:
             raise AttributeError(name)
-        owner = next((h for h in heads().values() if name in h.methods), None)
+        owner = next((h for h in heads().values() if name in {m.__name__ for m in h.methods}), None)
         if owner is None:
             raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
-        if owner is not self.task:
-            right = f"use {self.task.methods[0]}()" if self.task.methods else "it has no prediction method"
-            raise InferenceError(
-                f"{name}() needs a {owner.name} model, but {self.path or 'this model'} is a "
-                f"{type(self.model).__name__} ({self.head} head); {right}.",
-                key="model",
-            )
-        function = getattr(inspect.getmodule(type(owner)), name)
-        return lambda *args, **kwargs: function(self, *args, **kwargs)
+        methods = self.task.methods
+        right = f"use {methods[0].__name__}()" if methods else "it has no prediction method"
+        raise InferenceError(
+            f"{name}() needs a {owner.name} model, but {self.path or 'this model'} is a "
+            f"{type(self.model).__name__} ({self.head} head); {right}.",
+            key="model",
+        )
 
     # -- what every head's inference uses -------------------------------------------------------------
 

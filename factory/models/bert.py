@@ -14,6 +14,7 @@ from torch import nn
 
 from factory.checkpoints.weights import COMMON_RENAMES, CheckpointTable
 from factory.config import PretrainedConfig
+from factory.contract.recipe import TokenizerRecipe
 from factory.models.layers import (
     ACTIVATIONS,
     activation,
@@ -36,7 +37,6 @@ from factory.models.losses import (
 from factory.models.modeling import PreTrainedModel, probes, wanted_outputs
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
-from factory.tokenizers.training import TokenizerRecipe
 
 
 @register_config

@@ -19,6 +19,7 @@ from torch import nn
 
 from factory.checkpoints.weights import CheckpointTable
 from factory.config import PretrainedConfig
+from factory.contract.recipe import TokenizerRecipe
 from factory.models.layers import (
     ACTIVATIONS,
     activation,
@@ -36,7 +37,6 @@ from factory.models.losses import (
 from factory.models.modeling import PreTrainedModel, probes, wanted_outputs
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
-from factory.tokenizers.recipe import TokenizerRecipe
 
 # The rope_parameters keys each rope_type reads (transformers' modeling_rope_utils), besides rope_type and
 # rope_theta. "dynamic", "yarn" and "longrope" are not implemented: they are refused by name.

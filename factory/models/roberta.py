@@ -19,6 +19,7 @@ from torch import nn
 
 from factory.checkpoints.weights import COMMON_RENAMES, CheckpointTable
 from factory.config import PretrainedConfig
+from factory.contract.recipe import TokenizerRecipe
 from factory.models.bert import BertLayer
 from factory.models.layers import ACTIVATIONS, document_attention_mask, keep_last
 from factory.models.losses import (
@@ -32,7 +33,6 @@ from factory.models.losses import (
 from factory.models.modeling import PreTrainedModel, probes, wanted_outputs
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
-from factory.tokenizers.training import TokenizerRecipe
 
 # <mask> swallows the space before it and takes the last id, as in roberta-base's vocabulary.
 _MASK_TOKEN = {"content": "<mask>", "lstrip": True, "rstrip": False, "normalized": False}

@@ -25,6 +25,7 @@ from torch import nn
 from factory.checkpoints.hub import HubOptions
 from factory.checkpoints.weights import CheckpointTable, checkpoint_files
 from factory.config import PretrainedConfig
+from factory.contract.recipe import TokenizerRecipe
 from factory.models.layers import ACTIVATIONS, activation, attention, split_heads
 from factory.models.losses import (
     question_answering_loss,
@@ -35,7 +36,6 @@ from factory.models.losses import (
 from factory.models.modeling import PreTrainedModel
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model, register_public
-from factory.tokenizers.training import TokenizerRecipe
 
 logger = logging.getLogger(__name__)
 

@@ -138,9 +138,8 @@ def _read_json(path: str | None) -> dict[str, Any]:
 
 def _tokenizer_class_of(model_type: Any) -> str | None:
     """The tokenizer class of a registered architecture's recipe, for a folder whose config names none."""
-    # Imported here: the registry is filled by the architecture files, which import torch, and this
-    # module stays light for the cases (nearly all) where tokenizer_config.json names its class.
-    import factory.models  # noqa: F401  (registers the architectures)
+    # Imported here: this module stays light for the cases (nearly all) where tokenizer_config.json names
+    # its class. The architectures are registered by then: importing factory imports them all.
     from factory import registry
 
     if not isinstance(model_type, str) or model_type not in registry.model_types():
@@ -975,7 +974,6 @@ def tokenizer_class(name: str) -> type[Tokenizer] | None:
     As in transformers 5, the `...Fast` name is the same class. Each loads any tokenizer.json folder
     exactly as `AutoTokenizer` does (same ids), warning when the folder names another family.
     """
-    import factory.models  # noqa: F401  (registers the architectures)
     from factory import registry
 
     family = name.removesuffix("Fast")

@@ -41,7 +41,7 @@ from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as RustTokenizer
 
 from factory import registry
-from factory.tokenizers.recipe import TokenizerRecipe, template_tokens
+from factory.contract.recipe import TokenizerRecipe, template_tokens
 from factory.tokenizers.tokenizer import NO_MAX_LENGTH, Tokenizer
 
 logger = logging.getLogger(__name__)

@@ -32,6 +32,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from factory.contract.errors import NonFiniteError
+
 logger = logging.getLogger(__name__)
 
 # Long enough for rank 0 to write a large checkpoint while the others wait at the barrier after it.
@@ -40,10 +42,6 @@ HINT = (
     "Lower optim.lr, set trainer.gradient_clip_val, raise optim.warmup_steps, or train in "
     "trainer.precision=32-true or bf16-mixed (16-mixed overflows more easily)."
 )
-
-
-class NonFiniteError(RuntimeError):
-    """Training produced a non-finite loss or non-finite weights."""
 
 
 # A process ended by a signal exits 128 + the signal's number in shells and batch systems.

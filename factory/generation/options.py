@@ -1,5 +1,5 @@
 """What the heads that generate text (causal_lm, seq2seq_lm) share: their `infer.py` options for choosing
-tokens, and the rule that turns those options into `factory.inference.generation` arguments.
+tokens, and the rule that turns those options into `factory.decode.decode` arguments.
 
 The rule (Python API and command line alike): `do_sample=False` is greedy decoding, or beam search with
 `num_beams > 1`; `do_sample=True` samples (beam sampling with `num_beams > 1`). Left unset (None),
@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from factory.heads.head import Option
-from factory.inference import generation
+from factory.contract.task import Option
+from factory.generation import decode
 
 OPTIONS: dict[str, Option] = {
     "do_sample": Option(bool, None, "generation: true samples, false is greedy/beam; unset: see temperature"),
@@ -39,14 +39,14 @@ def sampling_mode(
         ValueError: a negative or non-finite temperature, do_sample=True with temperature 0, or a bad
             top_k / top_p (named with its value).
     """
-    generation.check_sampling_args(False, 1.0 if temperature is None else temperature, top_k, top_p)
+    decode.check_sampling_args(False, 1.0 if temperature is None else temperature, top_k, top_p)
     if do_sample is None:
         do_sample = (temperature is not None and temperature > 0) or (
             temperature is None and (top_k is not None or top_p is not None)
         )
     if temperature is None or not do_sample:
         temperature = 1.0  # greedy and beam search ignore it, as in transformers
-    generation.check_sampling_args(do_sample, temperature, top_k, top_p)
+    decode.check_sampling_args(do_sample, temperature, top_k, top_p)
     return do_sample, temperature
 
 
@@ -70,7 +70,7 @@ def search_kwargs(
     no_repeat_ngram_size: int = 0,
     early_stopping: bool | str = False,
 ) -> dict[str, Any]:
-    """The `generation.generate`/`generate_seq2seq` keyword arguments of these settings, validated.
+    """The `decode.generate`/`generate_seq2seq` keyword arguments of these settings, validated.
 
     Raises:
         ValueError: a bad value, named with the argument.
@@ -87,7 +87,7 @@ def search_kwargs(
         "no_repeat_ngram_size": no_repeat_ngram_size,
         "early_stopping": parse_early_stopping(early_stopping),
     }
-    generation.Search(**kwargs)  # every check, before any model runs
+    decode.Search(**kwargs)  # every check, before any model runs
     return kwargs
 
 
