@@ -1,23 +1,12 @@
-"""factory: BERT, GPT-2 and BART in plain PyTorch, with Hugging Face checkpoints both ways.
+"""factory: transformer models in plain PyTorch, with Hugging Face checkpoints both ways.
 
 Each architecture's config and model classes (`BertConfig`, `GPT2LMHeadModel`, ...) are served from the
-registry, so a new architecture file is exported without being named here.
+registry, and each head's Auto class (`AutoModelForSequenceClassification`, ...) from the head that names
+it, so a new architecture or head file is exported without being named here.
 """
 
 from factory import models, registry  # noqa: F401  (importing models registers the architectures)
-from factory.auto import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
-    AutoModelForMultipleChoice,
-    AutoModelForNextSentencePrediction,
-    AutoModelForPreTraining,
-    AutoModelForQuestionAnswering,
-    AutoModelForSeq2SeqLM,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-)
+from factory.auto import AutoConfig, auto_classes
 from factory.checkpoints.weights import CheckpointError, CheckpointTable
 from factory.config import ConfigError, PretrainedConfig
 from factory.heads.head import Head, register_head
@@ -51,29 +40,20 @@ def _tokenizer_names() -> list[str]:
 
 def __getattr__(name: str) -> type:
     # transformers' tokenizer class names (BertTokenizer, GPT2TokenizerFast, ...) of every architecture.
-    cls = _architecture_classes().get(name) or tokenizer_class(name)
+    # The Auto classes the heads name (AutoModelForSequenceClassification, ...).
+    cls = _architecture_classes().get(name) or auto_classes().get(name) or tokenizer_class(name)
     if cls is None:
         raise AttributeError(f"module 'factory' has no attribute {name!r}")
     return cls
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_architecture_classes(), *_tokenizer_names()})
+    return sorted({*globals(), *_architecture_classes(), *auto_classes(), *_tokenizer_names()})
 
 
 __all__ = [
     "HEADS",
     "AutoConfig",
-    "AutoModel",
-    "AutoModelForCausalLM",
-    "AutoModelForMaskedLM",
-    "AutoModelForMultipleChoice",
-    "AutoModelForNextSentencePrediction",
-    "AutoModelForPreTraining",
-    "AutoModelForQuestionAnswering",
-    "AutoModelForSeq2SeqLM",
-    "AutoModelForSequenceClassification",
-    "AutoModelForTokenClassification",
     "AutoTokenizer",
     "CheckpointError",
     "CheckpointTable",
@@ -89,5 +69,6 @@ __all__ = [
     "register_head",
     "register_model",
     "registered_models",
+    *sorted(auto_classes()),
     *sorted(_architecture_classes()),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any, ClassVar
@@ -68,41 +69,22 @@ class _AutoModel:
         return cls.model_class(config).from_pretrained(name_or_path, config=config, **hub, **load)
 
 
-class AutoModel(_AutoModel):
-    head = "base"
+def auto_classes() -> dict[str, type]:
+    """The `AutoModelFor...` class of every registered head that names one (`auto_class`), by name:
+    made here from the head's name, so a head file declares its Auto class without touching this one."""
+    return {
+        h.auto_class: _auto_class(h.auto_class, h.name) for h in registry.heads().values() if h.auto_class
+    }
 
 
-class AutoModelForSequenceClassification(_AutoModel):
-    head = "seqcls"
+@functools.cache
+def _auto_class(name: str, head: str) -> type:
+    doc = f"Builds or loads the model class that serves head {head!r} for a config's `model_type`."
+    return type(name, (_AutoModel,), {"head": head, "__module__": __name__, "__doc__": doc})
 
 
-class AutoModelForQuestionAnswering(_AutoModel):
-    head = "qa"
-
-
-class AutoModelForCausalLM(_AutoModel):
-    head = "causal_lm"
-
-
-class AutoModelForTokenClassification(_AutoModel):
-    head = "token_cls"
-
-
-class AutoModelForMaskedLM(_AutoModel):
-    head = "masked_lm"
-
-
-class AutoModelForSeq2SeqLM(_AutoModel):
-    head = "seq2seq_lm"
-
-
-class AutoModelForMultipleChoice(_AutoModel):
-    head = "multiple_choice"
-
-
-class AutoModelForNextSentencePrediction(_AutoModel):
-    head = "next_sentence"
-
-
-class AutoModelForPreTraining(_AutoModel):
-    head = "pretraining"
+def __getattr__(name: str) -> type:
+    cls = auto_classes().get(name)
+    if cls is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return cls

@@ -139,6 +139,9 @@ class TaskTraining:
     metrics: ClassVar[tuple[str, ...]] = ()
     # Whether the model's output is a distribution over the vocabulary at every position (memory).
     vocab_logits: ClassVar[bool] = False
+    # The name of the factory Auto class that builds this head's models, as transformers names it
+    # (`AutoModelForMaskedLM`); factory exports it. None: models are built through the registry only.
+    auto_class: ClassVar[str | None] = None
 
     def config_values(self, splits: DataSplits | None) -> dict[str, Any]:
         """Values this head sets on the model config (`is_decoder`, label maps from the data)."""

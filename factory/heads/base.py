@@ -18,6 +18,7 @@ from factory.heads.head import Head, register_head
 @register_head
 class Backbone(Head):
     name: ClassVar[str] = "base"
+    auto_class = "AutoModel"
     inputs = ("text",)
 
     def predict(self, predictor: Any, records: Sequence[Mapping[str, Any]], opts: Mapping[str, Any]) -> list:

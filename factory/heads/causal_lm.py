@@ -30,6 +30,7 @@ from factory.tokenizers.tokenizer import NO_MAX_LENGTH
 @register_head
 class CausalLanguageModeling(Head):
     name: ClassVar[str] = "causal_lm"
+    auto_class = "AutoModelForCausalLM"
     metrics = ("val/loss", "val/perplexity")
     vocab_logits = True
     formats = ("text", "jsonl")

@@ -108,6 +108,7 @@ def batch_seed(seed: int, where: BatchPosition, varying: bool = True) -> int:
 @register_head
 class MaskedLanguageModeling(Head):
     name: ClassVar[str] = "masked_lm"
+    auto_class = "AutoModelForMaskedLM"
     metrics = ("val/loss", "val/perplexity", "val/accuracy")
     vocab_logits = True
     formats = ("text", "jsonl")

@@ -40,6 +40,7 @@ PAD_TYPE = -1  # token type of in-choice padding in a flattened row: the attenti
 @register_head
 class MultipleChoice(Head):
     name: ClassVar[str] = "multiple_choice"
+    auto_class = "AutoModelForMultipleChoice"
     metrics = ("val/accuracy", "val/loss")
     formats = ("jsonl", "json")
     data_keys: ClassVar[dict[str, Any]] = {

@@ -102,6 +102,7 @@ def pair_texts(splits: DataSplits) -> Iterator[str]:
 @register_head
 class NextSentencePrediction(Head):
     name: ClassVar[str] = "next_sentence"
+    auto_class = "AutoModelForNextSentencePrediction"
     metrics = ("val/accuracy", "val/loss")
     formats = ("text",)
     data_keys: ClassVar[dict[str, Any]] = {"pair_seed": 0}

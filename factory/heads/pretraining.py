@@ -25,6 +25,7 @@ from factory.models.losses import IGNORE_INDEX
 @register_head
 class Pretraining(Head):
     name: ClassVar[str] = "pretraining"
+    auto_class = "AutoModelForPreTraining"
     metrics = ("val/loss", "val/mlm_accuracy", "val/nsp_accuracy")
     vocab_logits = True
     formats = ("text",)

@@ -44,6 +44,7 @@ QA_MAX_LENGTH, QA_STRIDE = 384, 128  # run_qa's default window and stride
 @register_head
 class QuestionAnswering(Head):
     name: ClassVar[str] = "qa"
+    auto_class = "AutoModelForQuestionAnswering"
     metrics = ("val/exact_match", "val/f1", "val/loss")
     formats = ("json", "jsonl")
     data_keys: ClassVar[dict[str, Any]] = {

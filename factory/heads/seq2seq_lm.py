@@ -30,6 +30,7 @@ ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 @register_head
 class Seq2SeqLanguageModeling(Head):
     name: ClassVar[str] = "seq2seq_lm"
+    auto_class = "AutoModelForSeq2SeqLM"
     metrics = ("val/rougeL", "val/rouge1", "val/rouge2", "val/loss")
     vocab_logits = True
     formats = ("csv", "tsv", "jsonl", "json")

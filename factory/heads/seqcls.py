@@ -31,6 +31,7 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 @register_head
 class SequenceClassification(Head):
     name: ClassVar[str] = "seqcls"
+    auto_class = "AutoModelForSequenceClassification"
     metrics = ("val/accuracy", "val/f1", "val/loss")
     formats = ("csv", "tsv", "jsonl", "json")
     data_keys: ClassVar[dict[str, Any]] = {

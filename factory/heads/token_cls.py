@@ -41,6 +41,7 @@ WORD = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]")
 @register_head
 class TokenClassification(Head):
     name: ClassVar[str] = "token_cls"
+    auto_class = "AutoModelForTokenClassification"
     metrics = ("val/f1", "val/precision", "val/recall", "val/accuracy", "val/loss")
     formats = ("conll", "jsonl")
     data_keys: ClassVar[dict[str, Any]] = {"tokens_column": "tokens", "tags_column": "tags"}
