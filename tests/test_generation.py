@@ -59,10 +59,29 @@ def _hf_configs():
     }
 
 
-@pytest.fixture(scope="module", params=["gpt2", "bert", "bart"])
+def _llama_like(config_cls, model_cls):
+    config = config_cls(
+        max_position_embeddings=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=37,
+        initializer_range=0.5,
+        **_SPECIAL,
+    )
+    return model_cls, config
+
+
+@pytest.fixture(scope="module", params=["gpt2", "bert", "bart", "llama", "qwen2"])
 def pair(request, tmp_path_factory):
     """(transformers model, our model loaded from what transformers saved), same weights."""
-    cls, config = _hf_configs()[request.param]
+    configs = {
+        **_hf_configs(),
+        "llama": _llama_like(transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "qwen2": _llama_like(transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+    }
+    cls, config = configs[request.param]
     torch.manual_seed(0)
     hf = cls(config).eval()
     folder = tmp_path_factory.mktemp(request.param)
@@ -360,3 +379,81 @@ def test_vocabulary_rows_project_as_the_model_and_follow_its_weight():
         want = model(x)
         with vocabulary_rows(model):
             torch.testing.assert_close(model(x), want)
+
+
+# ---- model.generate(...) as transformers users write it ---------------------------------------------------
+def _seq2seq_pair(name: str, tmp_path_factory):
+    from factory.auto import AutoModelForSeq2SeqLM
+
+    dims = dict(vocab_size=99, pad_token_id=1, eos_token_id=2, decoder_start_token_id=0)
+    if name == "bart":
+        config = transformers.BartConfig(
+            max_position_embeddings=64,
+            d_model=32,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=37,
+            decoder_ffn_dim=37,
+            init_std=0.5,
+            bos_token_id=0,
+            forced_eos_token_id=2,
+            **dims,
+        )
+        cls = transformers.BartForConditionalGeneration
+    else:
+        config = transformers.T5Config(
+            d_model=32, d_kv=16, d_ff=37, num_layers=2, num_heads=2, initializer_factor=5.0, **dims
+        )
+        cls = transformers.T5ForConditionalGeneration
+    torch.manual_seed(0)
+    hf = cls(config).eval()
+    folder = tmp_path_factory.mktemp(name)
+    hf.save_pretrained(folder)
+    return hf, AutoModelForSeq2SeqLM.from_pretrained(folder)
+
+
+GENERATE_ARGS = [
+    {"max_new_tokens": 8},
+    {"max_new_tokens": 8, "num_beams": 3},
+    {"max_new_tokens": 6, "num_beams": 2, "length_penalty": 0.5, "no_repeat_ngram_size": 2},
+    {"max_length": 12},
+    {},  # transformers' default length
+]
+
+
+@pytest.mark.parametrize(
+    "kwargs", GENERATE_ARGS, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "default"
+)
+def test_model_generate_gives_transformers_tokens_for_causal_lms(pair, kwargs):
+    hf, ours = pair
+    assert type(ours).can_generate()
+    for ids, mask in ((PROMPT, None), (BATCH, BATCH_MASK)):
+        want = hf.generate(ids, attention_mask=mask, **kwargs)
+        assert torch.equal(ours.generate(ids, attention_mask=mask, **kwargs), want), kwargs
+        assert torch.equal(ours.generate(inputs=ids, attention_mask=mask, **kwargs), want)
+
+
+@pytest.mark.parametrize("name", ["bart", "t5"])
+def test_model_generate_gives_transformers_tokens_for_encoder_decoders(name, tmp_path_factory):
+    hf, ours = _seq2seq_pair(name, tmp_path_factory)
+    source = torch.tensor([[5, 6, 7, 8, 9, 2], [20, 21, 22, 2, 1, 1]])
+    mask = (source != 1).long()
+    for kwargs in GENERATE_ARGS:
+        want = hf.generate(source, attention_mask=mask, **kwargs)
+        assert torch.equal(ours.generate(source, attention_mask=mask, **kwargs), want), kwargs
+
+
+def test_generate_is_refused_by_models_that_do_not_generate():
+    from factory.auto import AutoConfig, AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_config(AutoConfig.for_model("bert", **_TINY_BERT))
+    assert not type(model).can_generate()
+    with pytest.raises(AttributeError, match=r"BertForSequenceClassification does not generate text"):
+        model.generate(PROMPT)
+
+
+_TINY_BERT = dict(
+    num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=37, vocab_size=99
+)

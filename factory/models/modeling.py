@@ -13,6 +13,7 @@ from torch import nn
 from factory.checkpoints.hub import HubOptions
 from factory.checkpoints.weights import CheckpointTable, load_into, save_state
 from factory.config import ConfigError, PretrainedConfig
+from factory.generation.model import GenerationMixin
 from factory.models.outputs import ModelOutput
 
 logger = logging.getLogger(__name__)
@@ -125,8 +126,9 @@ def probes(out: ModelOutput) -> dict[str, tuple[torch.Tensor, ...]]:
     return {k: getattr(out, k) for k in PROBE_FIELDS if getattr(out, k) is not None}
 
 
-class PreTrainedModel(nn.Module):
-    """A model whose parameter names are those of the HF checkpoints of its architecture.
+class PreTrainedModel(GenerationMixin, nn.Module):
+    """A model whose parameter names are those of the HF checkpoints of its architecture; the models of
+    the heads that generate text have transformers' `generate` (`factory.generation.model`).
 
     Subclasses set `config_class`, `base_model_prefix` (the attribute holding the backbone in head
     models, as in HF), `checkpoint_table`, and implement `_init_weights(module)` (HF's scheme, applied to
