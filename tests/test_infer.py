@@ -327,6 +327,22 @@ def test_run_reads_and_writes_jsonl(model_dirs, tmp_path):
     assert all(r["context"][o["start"] : o["end"]] == o["answer"] for r, o in zip(rows, out))
 
 
+def test_output_lines_carry_the_record_id_and_echo_the_input(model_dirs, tmp_path):
+    src = tmp_path / "in.jsonl"
+    rows = [{"id": 7, "text": "a great movie"}, {"text": "bad"}, {"id": "x-3", "text": "the king"}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for echo in (False, True):
+        out = io.StringIO()
+        run(dict(model=str(model_dirs["bert", "seqcls"]), input=str(src), echo=echo), out)
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert [line.get("id") for line in lines] == [7, None, "x-3"]
+        assert all({"label", "score"} <= set(line) for line in lines)
+        if echo:
+            assert [line["input"] for line in lines] == [{"text": r["text"]} for r in rows]
+        else:
+            assert all("input" not in line for line in lines)
+
+
 @pytest.mark.parametrize(
     "lines, message",
     [
@@ -499,6 +515,12 @@ def test_cli_jsonl_in_and_out(model_dirs, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout == ""
     assert [set(json.loads(line)) for line in dst.read_text().splitlines()] == [{"label", "score"}] * 3
+    # An id is passed through, echo=true repeats the record: a file of results joins back to its inputs.
+    src.write_text(json.dumps({"id": "r1", "text": "bad"}) + "\n")
+    proc = _infer(f"model={model_dirs['gpt2', 'seqcls']}", f"input={src}", "echo=true")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = json.loads(proc.stdout)
+    assert line["id"] == "r1" and line["input"] == {"text": "bad"} and {"label", "score"} <= set(line)
 
 
 @pytest.mark.slow

@@ -36,6 +36,7 @@ from factory.tokenizers.tokenizer import AutoTokenizer, Tokenizer
 logger = logging.getLogger(__name__)
 
 MODEL_SUBDIR = "model"  # where a run dir keeps its exported model
+ID_KEY = "id"  # a record's key that its output line repeats, to join results back to their inputs
 
 
 # The keys of `infer.py` every head shares, in the order `--help` lists them; each head adds its own
@@ -45,6 +46,7 @@ COMMON_OPTIONS: dict[str, Option] = {
     "revision": Option(str, None, "hub ids: branch, tag or commit (default main)"),
     "input": Option(str, None, "JSONL file, one record per line with the keys its head reads"),
     "output": Option(str, None, "JSONL file for the predictions; default stdout"),
+    "echo": Option(bool, False, "true: each output line also holds its input record (under 'input')"),
     "max_length": Option(
         int, None, "tokens per input (per window where a head cuts windows); default: the model's limit"
     ),
@@ -546,6 +548,19 @@ def _checked_records(path: str, predictor: Predictor) -> Iterator[tuple[str, dic
         yield f"{path}:{number}", record
 
 
+def _joinable(result: Any, record: Mapping[str, Any], echo: bool) -> Any:
+    """`result` with what joins it back to its record: the record's `id` (passed through whenever it has
+    one) and, with `echo`, the record itself; a result that is not an object goes under "prediction"."""
+    extra: dict[str, Any] = {}
+    if ID_KEY in record:
+        extra[ID_KEY] = record[ID_KEY]
+    if echo:
+        extra["input"] = {k: v for k, v in record.items() if k != ID_KEY}
+    if not extra:
+        return result
+    return {**extra, **result} if isinstance(result, dict) else {**extra, "prediction": result}
+
+
 def _is_finite(value: Any) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
@@ -569,7 +584,7 @@ def _write_predictions(
     # long and short lines of a file then pad to their neighbours' lengths, not to each other's.
     for batch in _batched(records, opts["batch_size"] * SORT_WINDOW_BATCHES):
         results = predictor.predict_batch([record for _, record in batch], **opts)
-        for (where, _), result in zip(batch, results):
+        for (where, record), result in zip(batch, results):
             if not _is_finite(result):
                 # json.dumps would write NaN, which is not JSON and no prediction; find out why.
                 bad = _nonfinite_weights(predictor.model)
@@ -582,7 +597,7 @@ def _write_predictions(
                 raise InferenceError(
                     f"{where}: the prediction is not finite ({result}): {cause}.", key="model"
                 )
-            out.write(json.dumps(result, ensure_ascii=False) + "\n")
+            out.write(json.dumps(_joinable(result, record, opts["echo"]), ensure_ascii=False) + "\n")
         count += len(batch)
         out.flush()  # a long file shows progress line by line
     return count
