@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import re
 
 import pytest
@@ -387,3 +388,15 @@ def test_layer_choice_applies_to_both_bart_stacks(tmp_path):
     )
     assert info["kept_layers"] == {"encoder.layers": [2, 3], "decoder.layers": [1, 2]}
     assert_close(model.decoder.layers[0].fc1.weight, hf.decoder.layers[1].fc1.weight)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_saved_weights_follow_the_umask_as_every_other_file(tmp_path, bert_dir, umask):
+    model = BertForSequenceClassification.from_pretrained(bert_dir)
+    before = os.umask(umask)
+    try:
+        model.save_pretrained(tmp_path / "out")
+    finally:
+        os.umask(before)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask), modes

@@ -540,7 +540,12 @@ def save_state(
         names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     with atomic_files(folder) as temp:
         for name, shard in zip(names, shards):
-            save_file(shard, temp(name), metadata={"format": "pt"})
+            path = temp(name)
+            # safetensors writes a file of its own, mode 0600: keep the one the umask gave the temporary,
+            # as every other file of the folder has.
+            mode = os.stat(path).st_mode & 0o777
+            save_file(shard, path, metadata={"format": "pt"})
+            os.chmod(path, mode)
         if len(shards) > 1:
             index = {
                 "metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
