@@ -1,4 +1,5 @@
-"""factory: transformer models in plain PyTorch, with Hugging Face checkpoints both ways.
+"""factory: transformer models (BERT, RoBERTa, DistilBERT, GPT-2, BART, T5, Llama, Qwen2) in plain PyTorch,
+with Hugging Face checkpoints both ways.
 
 Each architecture's config and model classes (`BertConfig`, `GPT2LMHeadModel`, ...) are served from the
 registry, and each head's Auto class (`AutoModelForSequenceClassification`, ...) from the head that names
