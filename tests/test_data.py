@@ -236,6 +236,25 @@ def test_unknown_validation_label_names_file_and_line(tmp_path):
     assert "['x', 'y']" in message
 
 
+@pytest.mark.parametrize("value", ["0.5", "1.0", "-2.", ".5", "1e-3", "3E2"])
+def test_float_labels_in_a_csv_are_refused_as_in_jsonl(tmp_path, value):
+    message = seqcls_error(tmp_path, f"text,label\na,1\nb,{value}\n")
+    assert (
+        f"t.csv, line 3: column 'label' holds {value!r}; a label must be a name or an integer id" in message
+    )
+    good = '{"text": "a", "label": 1}\n'
+    jsonl = seqcls_error(tmp_path, good + '{"text": "b", "label": 0.5}\n', dev=good, name="t.jsonl")
+    assert "t.jsonl, line 2: column 'label' holds 0.5; a label must be a name or an integer id" in jsonl
+
+
+def test_label_names_that_merely_hold_digits_stay_names(tmp_path):
+    from factory.data.sources import load_examples
+
+    train = write(tmp_path, "t.csv", "text,label\na,4 stars\nb,v1.2\nc,4 stars\n")
+    splits = load_examples("seqcls", {"train_file": train, "validation_file": train})
+    assert splits.labels == ["4 stars", "v1.2"]
+
+
 def test_validation_id_beyond_training_ids(tmp_path):
     message = seqcls_error(tmp_path, "text,label\na,0\nb,1\n", dev="text,label\nc,2\n")
     assert "dev.csv, line 2: label '2'" in message and "['0', '1']" in message

@@ -14,6 +14,7 @@ Metrics: accuracy and macro-F1 (scikit-learn's convention). Inference: `{"text"[
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -149,6 +150,9 @@ def _check_header(path: str, records: list[tuple[int, dict[str, Any]]], settings
             )
 
 
+_DECIMAL = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+[eE][+-]?\d+|\d+\.\d*[eE][+-]?\d+)")
+
+
 def _label_key(path: str, line: int, value: Any, column: str) -> int | str:
     """A label as read: an int (JSON ints and digit strings) or a name."""
     if isinstance(value, bool) or value is None or isinstance(value, (float, list, dict)):
@@ -165,7 +169,13 @@ def _label_key(path: str, line: int, value: Any, column: str) -> int | str:
     try:
         return int(text)
     except ValueError:
-        return text
+        pass
+    if _DECIMAL.fullmatch(text):  # "0.5" in a CSV is the number a JSON file would hold, not a name
+        raise files.DataError(
+            f"{files.where(path, line)}: column {column!r} holds {text!r}; a label must be a name or an "
+            "integer id (a number with a fraction or an exponent is neither)."
+        )
+    return text
 
 
 def _label_names(records: list[tuple[int, dict[str, Any]]], path: str, column: str) -> list[str]:
