@@ -207,6 +207,49 @@ def test_best_span_over_windows(tokenizers, family):
     assert best[0]["score"] == pytest.approx(10.0) and best[1]["score"] == pytest.approx(8.0)
 
 
+def pipeline_scores(starts, ends, windows, row, cls_id, max_answer_length=30):
+    """transformers' question-answering pipeline's postprocess (v4.x `QuestionAnsweringPipeline` and
+    `decode_spans`), written out with numpy: the probability of every (start, end) span of one window."""
+    import numpy as np
+
+    n = len(windows["context_mask"][row])
+    p_mask = np.array([0 if m else 1 for m in windows["context_mask"][row]])
+    p_mask[np.array(windows["input_ids"][row][:n]) == cls_id] = 0  # the CLS token stays unmasked
+    undesired = np.abs(p_mask - 1)
+    probs = []
+    for logits in (np.array(starts[row][:n]), np.array(ends[row][:n])):
+        logits = np.where(undesired == 0, -10000.0, logits)
+        p = np.exp(logits - logits.max())
+        p = p / p.sum()
+        p[0] = 0.0
+        probs.append(p)
+    outer = np.tril(np.triu(np.outer(*probs)), max_answer_length - 1)
+    keep = undesired.astype(bool)
+    outer[~keep] = 0.0
+    outer[:, ~keep] = 0.0
+    return outer
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_answer_scores_are_the_pipelines_probabilities(tokenizers, family):
+    from factory.heads.qa import probable_spans
+
+    tok = tokenizers[family]
+    contexts = [LONG_CONTEXT, "Anna was born in Paris in 1999."]
+    windows = encode_qa(tok, [QUESTION, "Where was Anna born?"], contexts, max_length=48, stride=16)
+    g = torch.Generator().manual_seed(0)
+    starts = torch.randn(len(windows["input_ids"]), 60, generator=g) * 3
+    ends = torch.randn(len(windows["input_ids"]), 60, generator=g) * 3
+    spans = probable_spans(starts, ends, windows, contexts, 30, tok.cls_token_id)
+    for example, span in enumerate(spans):
+        rows = [r for r, x in enumerate(windows["example_index"]) if x == example]
+        best = max(
+            pipeline_scores(starts.tolist(), ends.tolist(), windows, r, tok.cls_token_id).max() for r in rows
+        )
+        assert 0 < span["score"] <= 1 and span["score"] == pytest.approx(best, rel=1e-9)
+        assert contexts[example][span["start"] : span["end"]] == span["text"] and span["text"]
+
+
 def _window_text(windows, row, context):
     spans = [o for o, m in zip(windows["offset_mapping"][row], windows["context_mask"][row]) if m]
     return context[spans[0][0] : spans[-1][1]]

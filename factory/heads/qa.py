@@ -12,8 +12,9 @@ Data: SQuAD-format JSON (`{"data": [{"paragraphs": [{"context", "qas": [{"id", "
 SQuAD's list form or in the `datasets` form `{"text": [...], "answer_start": [...]}`. Examples are
 `{"id", "question", "context", "answers": {"text": [...], "answer_start": [...]}}` (the `datasets` form,
 as HF's run_qa reads it); every answer is checked to be the context span it claims. Metrics: SQuAD exact
-match and F1 of the best span over each example's windows. Inference: `{"question", "context"}` gives
-`{"answer", "score", "start", "end"}`.
+match and F1 of the best span over each example's windows (run_qa's logit sums). Inference:
+`{"question", "context"}` gives `{"answer", "score", "start", "end"}`, the span chosen and scored as
+transformers' question-answering pipeline does, `score` a probability.
 
 `encode_qa`, `best_spans` and `squad_em_f1` take logits as tensors, numpy arrays or lists.
 """
@@ -166,9 +167,11 @@ def answer(
     max_answer_length: int = 30,
     batch_size: int = 16,
 ) -> list[dict[str, Any]]:
-    """`[{"answer", "score", "start", "end"}]`: the best span over all windows of each context.
+    """`[{"answer", "score", "start", "end"}]`: the most probable span over all windows of each context,
+    as transformers' question-answering pipeline scores it (see `probable_spans`).
 
-    `context[start:end] == answer`; `score` is start logit + end logit (run_qa's ranking score).
+    `context[start:end] == answer`; `score` is the span's probability, start times end, each a softmax
+    over its window's context tokens.
     """
     import torch
 
@@ -188,7 +191,8 @@ def answer(
             index, width, out.start_logits.float().tolist(), out.end_logits.float().tolist()
         ):
             starts[i], ends[i] = s[:w], e[:w]  # without the batch's padding
-    spans = best_spans(starts, ends, windows, list(contexts), max_answer_length=max_answer_length)
+    cls_id = predictor.tokenizer.cls_token_id
+    spans = probable_spans(starts, ends, windows, list(contexts), max_answer_length, cls_id)
     return [
         {
             "answer": s["text"],
@@ -384,6 +388,56 @@ def best_spans(
                         "start": char_start,
                         "end": char_end,
                     }
+    return best
+
+
+def probable_spans(
+    start_logits: Any,
+    end_logits: Any,
+    windows: Mapping[str, Sequence],
+    contexts: Sequence[str],
+    max_answer_length: int = 30,
+    cls_token_id: int | None = None,
+) -> list[dict[str, Any]]:
+    """The most probable answer span of each example over its windows, as transformers'
+    question-answering pipeline finds it: in each window a softmax over the context tokens (and the CLS
+    token, whose own probability is then set to 0) for the start and for the end; a span's score is
+    start probability times end probability (start <= end, at most `max_answer_length` tokens); the best
+    score over the windows wins. Users read the score as a probability, which a logit sum is not.
+
+    Arguments and result as `best_spans`', the score being that probability (0 with no valid span).
+    """
+    import torch
+
+    start_rows, end_rows = _rows(start_logits), _rows(end_logits)
+    best: list[dict[str, Any]] = [{"text": "", "score": 0.0, "start": 0, "end": 0} for _ in contexts]
+    for row, example in enumerate(windows["example_index"]):
+        offsets, mask = windows["offset_mapping"][row], windows["context_mask"][row]
+        n = len(mask)
+        desired = torch.tensor(mask, dtype=torch.bool)
+        if cls_token_id is not None:
+            desired |= torch.tensor(windows["input_ids"][row][:n]) == cls_token_id
+        probs = []
+        for logits in (start_rows[row][:n], end_rows[row][:n]):
+            masked = torch.where(desired, torch.tensor(logits, dtype=torch.float64), -10000.0)
+            p = masked.softmax(-1)
+            p[0] = 0.0  # the pipeline's no-answer position never wins a span
+            probs.append(p)
+        scores = torch.outer(*probs).triu().tril(max_answer_length - 1)  # (start, end): start <= end
+        empty = torch.tensor([offsets[i][0] == offsets[i][1] for i in range(n)])
+        usable = desired & ~empty
+        scores[~usable] = 0.0
+        scores[:, ~usable] = 0.0
+        score, flat = scores.flatten().max(0)
+        if float(score) > best[example]["score"]:
+            s, e = divmod(int(flat), n)
+            char_start, char_end = offsets[s][0], offsets[e][1]
+            best[example] = {
+                "text": contexts[example][char_start:char_end],
+                "score": float(score),
+                "start": char_start,
+                "end": char_end,
+            }
     return best
 
 
