@@ -25,6 +25,8 @@ ALLOWED: dict[str, set[str]] = {
     "registry": {"contract", "checkpoints", "config"},
     # Tokenizers do not import models.
     "tokenizers": {"contract", "checkpoints", "config", "registry"},
+    # Importing the user's code that registers architectures and heads, only when the user names it.
+    "plugins": {"contract"},
     # Greedy, sampling and beam search, and the options that choose between them.
     "generation": {"contract"},
     # Models import only config, registry and their own layers (and the checkpoint tables).
@@ -37,11 +39,11 @@ ALLOWED: dict[str, set[str]] = {
     "heads": {"contract", "checkpoints", "config", "registry", "tokenizers", "generation", "models", "data"},
     "inference": {
         *("contract", "checkpoints", "config", "registry", "tokenizers", "generation", "models", "auto"),
-        "heads",
+        *("heads", "plugins"),
     },
     "training": {
         *("contract", "checkpoints", "config", "registry", "tokenizers", "generation", "models", "auto"),
-        *("build", "data", "heads"),
+        *("build", "data", "heads", "plugins"),
     },
 }
 

@@ -230,6 +230,21 @@ def test_an_outside_architecture_and_head_train_through_train_py(tmp_path):
     config = json.loads((run / "model" / "config.json").read_text())
     assert config["architectures"] == ["TinyMlpForYesNo"] and config["depth"] == 1  # its own field wins
 
+    # infer.py serves it with the same plugins; the run dir's own are offered by name, never imported.
+    infer = [sys.executable, str(REPO / "infer.py"), f"model={run}", "text=yes red blue"]
+    proc = subprocess.run(infer, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "plugins=[tests.test_plugins:register]" in proc.stderr and "tiny_mlp" in proc.stderr
+    proc = subprocess.run(
+        [*infer, "plugins=[tests.test_plugins:register]"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout) == {"yes": True}
+
     # Back in this process: the saved folder loads and the head's own inference answers.
     register()
     try:

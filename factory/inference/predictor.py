@@ -29,8 +29,9 @@ from factory import registry
 from factory.auto import AutoConfig
 from factory.checkpoints.atomic import atomic_files
 from factory.config import CONFIG_NAME, did_you_mean
-from factory.contract.errors import InferenceError
+from factory.contract.errors import InferenceError, RegistryError
 from factory.heads.head import Head, Option, get_head, heads
+from factory.plugins import import_plugins
 from factory.tokenizers.tokenizer import AutoTokenizer, Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,9 @@ ID_KEY = "id"  # a record's key that its output line repeats, to join results ba
 # (`Head.options`) after these. conf/infer.yaml mirrors them all (tested).
 COMMON_OPTIONS: dict[str, Option] = {
     "model": Option(str, None, "run dir (uses <run>/model), model dir or hub id; required"),
+    "plugins": Option(
+        str, None, "modules (pkg.mod or pkg.mod:function) that register the model's architecture or head"
+    ),
     "revision": Option(str, None, "hub ids: branch, tag or commit (default main)"),
     "input": Option(str, None, "JSONL file, one record per line with the keys its head reads"),
     "output": Option(str, None, "JSONL file for the predictions; default stdout"),
@@ -84,6 +88,24 @@ SORT_WINDOW_BATCHES = 64
 INFER_DEFAULTS: dict[str, Any] = {k: o.default for k, o in INFER_OPTIONS.items()}
 
 
+def refresh_options() -> None:
+    """Recompute the keys after plugins registered heads of their own (their record keys and options)."""
+    INFER_OPTIONS.clear()
+    INFER_OPTIONS.update(_options())
+    INFER_DEFAULTS.clear()
+    INFER_DEFAULTS.update({k: o.default for k, o in INFER_OPTIONS.items()})
+
+
+def use_plugins(names: str | Sequence[str] | None) -> list[str]:
+    """Import the plugins the user named (`plugins=[a,b]`, `plugins=a` or a list), then refresh the keys."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.strip().removeprefix("[").removesuffix("]").split(",") if n.strip()]
+    imported = import_plugins(names)
+    if imported:
+        refresh_options()
+    return imported
+
+
 # ---- loading ----------------------------------------------------------------------------------------
 
 
@@ -122,18 +144,37 @@ def resolve_model_dir(model: str | os.PathLike, revision: str | None = None) -> 
 
 
 def load_predictor(
-    model: str | os.PathLike, device: str | torch.device = "cpu", revision: str | None = None
+    model: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    revision: str | None = None,
+    plugins: str | Sequence[str] | None = None,
 ) -> Predictor:
-    """A `Predictor` for the model in a run dir, model dir or hub id; the head comes from config.json."""
+    """A `Predictor` for the model in a run dir, model dir or hub id; the head comes from config.json.
+
+    `plugins` are imported first, as training imports them: the modules that register the model's
+    architecture or head when factory does not have them. A run dir's own plugins are never imported
+    on its word; when the model needs them, the error names them.
+    """
+    use_plugins(plugins)
     folder = resolve_model_dir(model, revision)
-    config = AutoConfig.from_pretrained(folder)
-    if not config.architectures:
+    try:
+        config = AutoConfig.from_pretrained(folder)
+        if not config.architectures:
+            raise InferenceError(
+                f"{folder / CONFIG_NAME} has no 'architectures' entry, so the head is unknown; valid "
+                f"classes: {sorted(c.__name__ for _, _, c in registry.registered_models())}.",
+                key="architectures",
+            )
+        cls = registry.model_class_by_name(config.architectures[0])
+    except RegistryError as e:  # an architecture or head factory does not have: a plugin's?
+        named = _run_dir_plugins(folder)
+        if not named:
+            raise
         raise InferenceError(
-            f"{folder / CONFIG_NAME} has no 'architectures' entry, so the head is unknown; valid classes: "
-            f"{sorted(c.__name__ for _, _, c in registry.registered_models())}.",
-            key="architectures",
-        )
-    cls = registry.model_class_by_name(config.architectures[0])
+            f"{e} The run that wrote {folder} imported plugins {named}: if you trust that code, give "
+            f"plugins=[{','.join(named)}] to import it.",
+            key="plugins",
+        ) from None
     if cls.config_class is not type(config):
         raise InferenceError(
             f"{folder / CONFIG_NAME}: architectures={config.architectures} does not match "
@@ -146,6 +187,22 @@ def load_predictor(
     tokenizer = AutoTokenizer.from_pretrained(folder)
     logger.info("Loaded %s (%s head) from %s", cls.__name__, cls.head, folder)
     return Predictor(net, tokenizer, folder)
+
+
+def _run_dir_plugins(folder: Path) -> list[str]:
+    """The plugins named in the config of the run that exported `folder` (`<run>/model`), if any."""
+    config = folder.parent / ".hydra" / "config.yaml"
+    if folder.name != MODEL_SUBDIR or not config.is_file():
+        return []
+    import yaml  # only on this error path: a cold start never pays for it
+
+    try:
+        values = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    named = values.get("plugins") if isinstance(values, dict) else None
+    named = [named] if isinstance(named, str) else named
+    return [str(n) for n in named] if isinstance(named, list) else []
 
 
 def _check_all_loaded(folder: Path, class_name: str, info: Mapping[str, Any]) -> None:
@@ -358,6 +415,11 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
         InferenceError: not `key=value`, an unknown key (with a did-you-mean and the valid keys), a key
             given twice, or a value of the wrong type.
     """
+    # Plugins first: a plugin's head adds the record keys and options the other arguments may use.
+    for arg in argv:
+        key, sep, raw = arg.partition("=")
+        if sep and key.lstrip("+") == "plugins":
+            use_plugins(raw)
     valid = list(INFER_OPTIONS)
     options: dict[str, Any] = {}
     for arg in argv:
@@ -471,7 +533,9 @@ def run(options: Mapping[str, Any], stdout: TextIO) -> int:
         # on a busy machine its threads wait on each other at every op (10-100x slower, measured).
         threads = 1
     with _torch_threads(threads):
-        predictor = load_predictor(opts["model"], device=opts["device"], revision=opts["revision"])
+        predictor = load_predictor(
+            opts["model"], device=opts["device"], revision=opts["revision"], plugins=opts["plugins"]
+        )
         if record is not None:
             given = " ".join(f"{k}=" for k in record)
             try:
