@@ -23,12 +23,12 @@ def main(argv: list[str]) -> int:
 
         print(usage())
         return 0
-    from factory.checkpoints.weights import CheckpointError
+    from factory.contract.errors import USER_ERRORS
     from factory.inference.predictor import parse_args, run
 
     try:
         run(parse_args(argv), sys.stdout)
-    except (ValueError, OSError, CheckpointError) as e:  # ConfigError and InferenceError are ValueErrors
+    except (*USER_ERRORS, ValueError) as e:  # ValueError: a bad value torch or a tokenizer refuses
         print(f"infer.py: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -37,3 +37,16 @@ class CheckpointError(RuntimeError):
 
 class NonFiniteError(RuntimeError):
     """Training produced a non-finite loss or non-finite weights."""
+
+
+# What an entry point (train.py, infer.py) turns into its message and exit status 1, never a traceback:
+# every class above (RegistryError and InferenceError are ConfigErrors), and the operating system's
+# refusals (a missing file, a full disk, a permission) and undecodable text.
+USER_ERRORS: tuple[type[Exception], ...] = (
+    ConfigError,
+    DataError,
+    CheckpointError,
+    NonFiniteError,
+    OSError,
+    UnicodeError,
+)
