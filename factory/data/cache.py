@@ -55,20 +55,29 @@ def default_cache_dir() -> Path:
 
 
 def tokenizer_digest(tokenizer: Any) -> str | None:
-    """A hash of the tokenizer's `tokenizer.json` and config; None when it cannot be read (no caching)."""
+    """A hash of the tokenizer's `tokenizer.json` and config; None when it cannot be read (no caching).
+
+    Equal for a tokenizer and the same one saved and loaded again (a resumed run reloads the tokenizer
+    its first run trained): the config is the one `save_pretrained` writes, with the values a tokenizer
+    takes by default written out, and floats are compared to 12 significant digits, because `tokenizers`
+    reads a Unigram model's scores back a unit in the last place off.
+    """
     backend = getattr(tokenizer, "_backend", None) or getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or not hasattr(backend, "to_str"):
         return None
+    backend_json = json.loads(backend.to_str(), parse_float=lambda s: float(f"{float(s):.12g}"))
     # Without the per-call padding and truncation a call leaves on the backend: not what it encodes to.
-    content = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("padding", "truncation")}
+    content = {k: v for k, v in backend_json.items() if k not in ("padding", "truncation")}
     h = hashlib.sha256(json.dumps(content, sort_keys=True).encode())
-    config = getattr(tokenizer, "_config", None) or getattr(tokenizer, "init_kwargs", {})
-    extra = {
-        "config": config,
-        "special": getattr(tokenizer, "_special_tokens", None),
-        "inputs": list(getattr(tokenizer, "model_input_names", ())),
-        "sides": [getattr(tokenizer, "padding_side", None), getattr(tokenizer, "truncation_side", None)],
-    }
+    if hasattr(tokenizer, "saved_config"):  # factory's Tokenizer
+        extra: dict[str, Any] = {"config": tokenizer.saved_config()}
+    else:  # a transformers tokenizer
+        extra = {
+            "config": getattr(tokenizer, "init_kwargs", {}),
+            "special": getattr(tokenizer, "_special_tokens", None),
+            "inputs": list(getattr(tokenizer, "model_input_names", ())),
+            "sides": [getattr(tokenizer, "padding_side", None), getattr(tokenizer, "truncation_side", None)],
+        }
     h.update(json.dumps(extra, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
