@@ -11,28 +11,33 @@
 
 A hit loads the rows without calling `head.encode`; a miss encodes (with `data.num_proc` processes) and
 writes the entry atomically (`factory.checkpoints.atomic`), so a killed run or two trials writing the same
-entry never leave half a file. Entries are pickles the run wrote itself into the user's own cache folder.
+entry never leave half a file.
+
+The cache is often on a shared disk, so an entry is data that cannot run code when it is read (arrays and
+JSON, `factory.data.entry`), checked by a SHA-256: a file at an entry's path that is not a valid entry (a
+planted pickle, one byte changed) is dropped with a warning naming it, and the splits are encoded again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
 import logging
 import multiprocessing
 import os
-import pickle
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from factory.contract.task import DataSplits, Encoded, TaskData
+from factory.data.entry import FORMAT, EntryError, Unstorable, read_entry, write_entry
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "factory-encoded-1"  # bump when what an entry holds changes
+SUFFIX = ".encoded"  # an entry's file is `<cache dir>/<head>/<key>.encoded`
 # Settings that name where the examples came from: their content is hashed instead.
 _SOURCE_KEYS = ("train_file", "validation_file", "path", "name", "revision", "format")
 
@@ -83,10 +88,13 @@ def tokenizer_digest(tokenizer: Any) -> str | None:
 
 
 def _examples_digest(h: Any, examples: Sequence[Any], chunk: int = 4096) -> None:
-    # In chunks: one pickle of a whole large split would double its memory for a moment.
+    # Their `repr`, not a pickle: a pickle of equal examples differs with which of their strings happen to
+    # be one object (it writes a shared object once), e.g. the keys of examples read from one JSON
+    # document or line by line; `repr` depends on the content alone, and is about as fast. In chunks: one
+    # text of a whole large split would double its memory for a moment.
     h.update(str(len(examples)).encode())
     for i in range(0, len(examples), chunk):
-        h.update(pickle.dumps(list(examples[i : i + chunk]), protocol=4))
+        h.update(repr(list(examples[i : i + chunk])).encode())
 
 
 def _head_digest(head: TaskData) -> str:
@@ -126,8 +134,8 @@ def encode_splits(
     key = cache_key(head, splits, settings, tokenizer) if settings.get("cache", True) else None
     path = None
     if key is not None:
-        path = Path(settings.get("cache_dir") or default_cache_dir()) / head.name / f"{key}.pkl"
-        hit = _read(path)
+        path = Path(settings.get("cache_dir") or default_cache_dir()) / head.name / f"{key}{SUFFIX}"
+        hit = _read(path, key)
         if hit is not None:
             logger.info("Encoded %s data from the cache: %s", head.name, path)
             return hit
@@ -137,7 +145,7 @@ def encode_splits(
         validation = head.encode(tok, splits.validation, settings, train=False)
     logger.info("Encoded %s data in %.1f s", head.name, time.perf_counter() - started)
     if path is not None:
-        _write(path, (train, validation))
+        _write(path, key, (train, validation))
     return train, validation
 
 
@@ -151,32 +159,28 @@ def _num_proc(settings: Mapping[str, Any]) -> int:
     return n
 
 
-def _read(path: Path) -> tuple[Encoded, Encoded] | None:
+def _read(path: Path, key: str) -> tuple[Encoded, Encoded] | None:
+    """The entry at `path`, or None: a miss, or a file that is not a valid entry (dropped, with a warning)."""
     if not path.is_file():
         return None
     try:
-        with open(path, "rb") as f:
-            entry = pickle.load(f)
-        if entry.get("format") != FORMAT:
-            return None
-        return entry["train"], entry["validation"]
-    except Exception as e:  # a damaged entry (a full disk once?) is a miss, rewritten below
-        logger.warning("Ignoring the unreadable cache entry %s (%s); encoding again.", path, e)
+        splits = read_entry(path, key)
+        if len(splits) != 2:
+            raise EntryError(f"{len(splits)} splits instead of 2")
+        return splits[0], splits[1]
+    except (EntryError, OSError) as e:
+        logger.warning("Dropping the encoded-data cache entry %s: %s. Encoding again.", path, e)
+        with contextlib.suppress(OSError):
+            path.unlink()
         return None
 
 
-def _write(path: Path, encoded: tuple[Encoded, Encoded]) -> None:
-    from factory.checkpoints.atomic import atomic_write
-
-    entry = {"format": FORMAT, "train": encoded[0], "validation": encoded[1]}
-
-    def dump(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            pickle.dump(entry, f, protocol=pickle.HIGHEST_PROTOCOL)
-
+def _write(path: Path, key: str, encoded: tuple[Encoded, Encoded]) -> None:
     try:
-        atomic_write(path, dump)
+        write_entry(path, key, encoded)
         logger.info("Cached the encoded data in %s", path)
+    except Unstorable as e:  # a head's own state type: the run goes on, encoding at every start
+        logger.warning("Not caching the encoded %s data: it holds %s.", path.parent.name, e)
     except OSError as e:  # a read-only or full cache disk costs the next run time, not this run
         logger.warning("Could not write the encoded-data cache %s (%s).", path, e)
 
