@@ -178,7 +178,7 @@ def write_entry(path: Path, key: str, splits: Sequence[Encoded]) -> None:
 
 
 class _Column:
-    """One column of `n` values stored as arrays: `[i]` builds the i-th value."""
+    """One column of `n` values stored as arrays: `get(i)` builds the i-th value, `to_list()` all of them."""
 
     def __init__(self, flat: np.ndarray, levels: list[tuple[np.ndarray, type]], n: int):
         self.flat, self.levels, self.n = flat, levels, n
