@@ -198,7 +198,7 @@ def test_second_setup_reads_the_cache(saved, tok, tmp_path, monkeypatch):
     calls = count_encodes(monkeypatch, "seqcls")
     first = setup_module_rows(cfg, tok)
     assert len(calls) == 2  # train and validation
-    assert len(list(tmp_path.rglob("*.pkl"))) == 1
+    assert len(list(tmp_path.rglob("*.encoded"))) == 1
     second = setup_module_rows(cfg, tok)
     assert len(calls) == 2 and second == first
     setup_module_rows({**cfg, "num_proc": 1, "streaming": False}, tok)  # how it is read: the same entry
@@ -219,7 +219,7 @@ def test_any_key_component_misses(saved, tok, tmp_path, monkeypatch):
     setup_module_rows({**cfg, "path": str(tmp_path / "edited")}, tok)  # content
     assert len(calls) == 8
     setup_module_rows({**cfg, "cache": False}, tok)
-    assert len(calls) == 10 and len(list(tmp_path.rglob("*.pkl"))) == 5
+    assert len(calls) == 10 and len(list(tmp_path.rglob("*.encoded"))) == 5
 
 
 def test_num_proc_gives_the_rows_of_one_process(tmp_path):

@@ -11,11 +11,16 @@
 
 A hit loads the rows without calling `head.encode`; a miss encodes (with `data.num_proc` processes) and
 writes the entry atomically (`factory.checkpoints.atomic`), so a killed run or two trials writing the same
-entry never leave half a file. Entries are pickles the run wrote itself into the user's own cache folder.
+entry never leave half a file.
+
+The cache is often on a shared disk, so an entry is data that cannot run code when it is read (arrays and
+JSON, `factory.data.entry`), checked by a SHA-256: a file at an entry's path that is not a valid entry (a
+planted pickle, one byte changed) is dropped with a warning naming it, and the splits are encoded again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -29,10 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from factory.contract.task import DataSplits, Encoded, TaskData
+from factory.data.entry import FORMAT, EntryError, Unstorable, read_entry, write_entry
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "factory-encoded-1"  # bump when what an entry holds changes
+SUFFIX = ".encoded"  # an entry's file is `<cache dir>/<head>/<key>.encoded`
 # Settings that name where the examples came from: their content is hashed instead.
 _SOURCE_KEYS = ("train_file", "validation_file", "path", "name", "revision", "format")
 
@@ -55,29 +61,51 @@ def default_cache_dir() -> Path:
 
 
 def tokenizer_digest(tokenizer: Any) -> str | None:
-    """A hash of the tokenizer's `tokenizer.json` and config; None when it cannot be read (no caching)."""
+    """A hash of the tokenizer's `tokenizer.json` and config; None when it cannot be read (no caching).
+
+    Equal for a tokenizer and the same one saved and loaded again (a resumed run reloads the tokenizer
+    its first run trained): the config is the one `save_pretrained` writes, with the values a tokenizer
+    takes by default written out, and floats are compared to 12 significant digits, because `tokenizers`
+    reads a Unigram model's scores back a unit in the last place off.
+    """
     backend = getattr(tokenizer, "_backend", None) or getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or not hasattr(backend, "to_str"):
         return None
+    backend_json = json.loads(backend.to_str(), parse_float=lambda s: float(f"{float(s):.12g}"))
     # Without the per-call padding and truncation a call leaves on the backend: not what it encodes to.
-    content = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("padding", "truncation")}
+    content = {k: v for k, v in backend_json.items() if k not in ("padding", "truncation")}
     h = hashlib.sha256(json.dumps(content, sort_keys=True).encode())
-    config = getattr(tokenizer, "_config", None) or getattr(tokenizer, "init_kwargs", {})
-    extra = {
-        "config": config,
-        "special": getattr(tokenizer, "_special_tokens", None),
-        "inputs": list(getattr(tokenizer, "model_input_names", ())),
-        "sides": [getattr(tokenizer, "padding_side", None), getattr(tokenizer, "truncation_side", None)],
-    }
+    if hasattr(tokenizer, "saved_config"):  # factory's Tokenizer
+        extra: dict[str, Any] = {"config": tokenizer.saved_config()}
+    else:  # a transformers tokenizer
+        extra = {
+            "config": getattr(tokenizer, "init_kwargs", {}),
+            "special": getattr(tokenizer, "_special_tokens", None),
+            "inputs": list(getattr(tokenizer, "model_input_names", ())),
+            "sides": [getattr(tokenizer, "padding_side", None), getattr(tokenizer, "truncation_side", None)],
+        }
     h.update(json.dumps(extra, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
 
 def _examples_digest(h: Any, examples: Sequence[Any], chunk: int = 4096) -> None:
-    # In chunks: one pickle of a whole large split would double its memory for a moment.
+    # A pickle without its memo (`fast` mode): by default pickle writes an object it meets twice once and
+    # refers back to it, so equal examples whose strings happen to be shared objects (one label string in
+    # every example, the keys of dicts read from one JSON document) gave other bytes and another key.
+    # Without the memo the bytes follow the content alone, and pickling is about 4x faster. (Examples
+    # hold no cycles, which fast mode refuses with a ValueError.) Streamed into the hash, in chunks.
     h.update(str(len(examples)).encode())
+    pickler = pickle.Pickler(_Hashing(h), protocol=4)
+    pickler.fast = True
     for i in range(0, len(examples), chunk):
-        h.update(pickle.dumps(list(examples[i : i + chunk]), protocol=4))
+        pickler.dump(list(examples[i : i + chunk]))
+
+
+class _Hashing:
+    """A file that hashes what is written to it."""
+
+    def __init__(self, h: Any):
+        self.write = h.update
 
 
 def _head_digest(head: TaskData) -> str:
@@ -100,9 +128,13 @@ def cache_key(head: TaskData, splits: DataSplits, settings: Mapping[str, Any], t
     for part in (FORMAT, head.name, _head_digest(head), tok, json.dumps(kept, sort_keys=True, default=str)):
         h.update(part.encode())
         h.update(b"\0")
-    h.update(json.dumps(splits.labels).encode())
-    _examples_digest(h, splits.train)
-    _examples_digest(h, splits.validation)
+    try:
+        h.update(json.dumps(splits.labels).encode())
+        _examples_digest(h, splits.train)
+        _examples_digest(h, splits.validation)
+    except (TypeError, ValueError, pickle.PicklingError) as e:  # an example of a type pickle refuses
+        logger.warning("Not caching the encoded %s data: its examples cannot be hashed (%s).", head.name, e)
+        return None
     return h.hexdigest()
 
 
@@ -117,8 +149,8 @@ def encode_splits(
     key = cache_key(head, splits, settings, tokenizer) if settings.get("cache", True) else None
     path = None
     if key is not None:
-        path = Path(settings.get("cache_dir") or default_cache_dir()) / head.name / f"{key}.pkl"
-        hit = _read(path)
+        path = Path(settings.get("cache_dir") or default_cache_dir()) / head.name / f"{key}{SUFFIX}"
+        hit = _read(path, key)
         if hit is not None:
             logger.info("Encoded %s data from the cache: %s", head.name, path)
             return hit
@@ -128,7 +160,7 @@ def encode_splits(
         validation = head.encode(tok, splits.validation, settings, train=False)
     logger.info("Encoded %s data in %.1f s", head.name, time.perf_counter() - started)
     if path is not None:
-        _write(path, (train, validation))
+        _write(path, key, (train, validation))
     return train, validation
 
 
@@ -142,32 +174,28 @@ def _num_proc(settings: Mapping[str, Any]) -> int:
     return n
 
 
-def _read(path: Path) -> tuple[Encoded, Encoded] | None:
+def _read(path: Path, key: str) -> tuple[Encoded, Encoded] | None:
+    """The entry at `path`, or None: a miss, or a file that is not a valid entry (dropped, with a warning)."""
     if not path.is_file():
         return None
     try:
-        with open(path, "rb") as f:
-            entry = pickle.load(f)
-        if entry.get("format") != FORMAT:
-            return None
-        return entry["train"], entry["validation"]
-    except Exception as e:  # a damaged entry (a full disk once?) is a miss, rewritten below
-        logger.warning("Ignoring the unreadable cache entry %s (%s); encoding again.", path, e)
+        splits = read_entry(path, key)
+        if len(splits) != 2:
+            raise EntryError(f"{len(splits)} splits instead of 2")
+        return splits[0], splits[1]
+    except (EntryError, OSError) as e:
+        logger.warning("Dropping the encoded-data cache entry %s: %s. Encoding again.", path, e)
+        with contextlib.suppress(OSError):
+            path.unlink()
         return None
 
 
-def _write(path: Path, encoded: tuple[Encoded, Encoded]) -> None:
-    from factory.checkpoints.atomic import atomic_write
-
-    entry = {"format": FORMAT, "train": encoded[0], "validation": encoded[1]}
-
-    def dump(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            pickle.dump(entry, f, protocol=pickle.HIGHEST_PROTOCOL)
-
+def _write(path: Path, key: str, encoded: tuple[Encoded, Encoded]) -> None:
     try:
-        atomic_write(path, dump)
+        write_entry(path, key, encoded)
         logger.info("Cached the encoded data in %s", path)
+    except Unstorable as e:  # a head's own state type: the run goes on, encoding at every start
+        logger.warning("Not caching the encoded %s data: it holds %s.", path.parent.name, e)
     except OSError as e:  # a read-only or full cache disk costs the next run time, not this run
         logger.warning("Could not write the encoded-data cache %s (%s).", path, e)
 

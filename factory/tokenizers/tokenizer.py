@@ -898,6 +898,23 @@ class Tokenizer:
 
     # -- saving -----------------------------------------------------------------------------------
 
+    def saved_config(self) -> dict[str, Any]:
+        """The tokenizer_config.json `save_pretrained` writes: the settings as they are now, so a tokenizer
+        and the same one saved and loaded again give equal configs (the encoded-data cache keys on it)."""
+        tokens = dict(self._special_tokens)
+        if self._pad_is_eos_fallback:
+            tokens["pad_token"] = None  # a call-time fallback, not part of the saved tokenizer
+        config = {k: v for k, v in self._config.items() if k not in _UNSAVED_CONFIG_KEYS}
+        config.update(tokens)
+        config.update(
+            model_max_length=self.model_max_length,
+            padding_side=self.padding_side,
+            truncation_side=self.truncation_side,
+            model_input_names=list(self.model_input_names),
+            clean_up_tokenization_spaces=self.clean_up_tokenization_spaces,
+        )
+        return config
+
     def save_pretrained(self, save_directory: str | os.PathLike) -> tuple[str, ...]:
         """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `save_directory`.
 
@@ -913,19 +930,8 @@ class Tokenizer:
             raise NotADirectoryError(f"save_pretrained needs a directory, but {folder!r} is a file.")
         os.makedirs(folder, exist_ok=True)
 
-        tokens = dict(self._special_tokens)
-        if self._pad_is_eos_fallback:
-            tokens["pad_token"] = None  # a call-time fallback, not part of the saved tokenizer
-        config = {k: v for k, v in self._config.items() if k not in _UNSAVED_CONFIG_KEYS}
-        config.update(tokens)
-        config.update(
-            model_max_length=self.model_max_length,
-            padding_side=self.padding_side,
-            truncation_side=self.truncation_side,
-            model_input_names=list(self.model_input_names),
-            clean_up_tokenization_spaces=self.clean_up_tokenization_spaces,
-        )
-        special_map: dict[str, Any] = {k: v for k, v in tokens.items() if v is not None}
+        config = self.saved_config()
+        special_map: dict[str, Any] = {k: config[k] for k in SPECIAL_TOKEN_NAMES if config[k] is not None}
         if self._extra_special_tokens:
             special_map["additional_special_tokens"] = list(self._extra_special_tokens)
 
