@@ -69,9 +69,10 @@ class BatchPosition:
 
 @dataclass
 class Encoded:
-    """A split as model rows, plus what the head needs to score it (QA's windows, say)."""
+    """A split as model rows, plus what the head needs to score it (QA's windows, say). `rows` is a
+    list when a head encodes, and a sequence that builds each row when it is read from the cache."""
 
-    rows: list[dict[str, Any]]
+    rows: Sequence[dict[str, Any]]
     state: Any = None
     examples: list[dict[str, Any]] = field(default_factory=list)
 
