@@ -20,6 +20,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from factory import ConfigError
+from factory.training.hydra_internals import BASIC_SWEEPER
 from factory.training.sweeps import run_trial, write_summary
 from tests.helpers import TINY_RUN
 
@@ -245,7 +246,7 @@ def test_a_failed_trial_is_recorded_then_nan_or_raised_per_sweeper(tmp_path, mon
     import factory.training.sweeps as sweep
 
     targets = {
-        "basic": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+        "basic": BASIC_SWEEPER,
         "optuna": "hydra_plugins.factory_sweeper.optuna.OptunaSweeper",
     }
     hydra_cfg = OmegaConf.create(

@@ -32,6 +32,7 @@ from factory.checkpoints.atomic import atomic_write, atomic_write_text
 from factory.config import ConfigError
 from factory.data.files import DataError
 from factory.training.failures import NonFiniteError
+from factory.training.hydra_internals import BASIC_SWEEPER
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ TRIAL_FILE = "trial.json"
 # Sweepers that ignore a trial's return value and stop the whole sweep on an exception: a failed trial
 # returns nan there. Any other sweeper gets `TrialFailed` (or `TrialPruned`) raised, which says what
 # happened: ours (factory.training.study) tells the study FAIL (or PRUNED) and goes on.
-NAN_SWEEPERS = ("hydra._internal.core_plugins.basic_sweeper.BasicSweeper",)
+NAN_SWEEPERS = (BASIC_SWEEPER,)
 # A non-finite loss stops a run (factory.training.failures): in a sweep, that trial failed (too high an lr, ...).
 EXPECTED_FAILURES: tuple[type[BaseException], ...] = (ConfigError, DataError, NonFiniteError)
 
