@@ -13,10 +13,10 @@ from omegaconf import DictConfig
 from factory.config import ConfigError
 from factory.data.files import DataError
 from factory.training.command_line import parse
-from factory.training.failures import PREEMPTED_EXIT_STATUS, NonFiniteError, Preempted
+from factory.training.lightning.failures import PREEMPTED_EXIT_STATUS, NonFiniteError, Preempted
 from factory.training.resume import refuse_if_held, resumed
 from factory.training.run import train
-from factory.training.sweeps import run_trial
+from factory.training.sweeps.trials import run_trial
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")

@@ -18,7 +18,7 @@ from factory.build import build_config
 from factory.config import ConfigError
 from factory.heads.seqcls import accuracy_and_macro_f1
 from factory.training.command_line import check_overrides, parse
-from factory.training.optim import check_optim, lr_factor, parameter_groups
+from factory.training.lightning.optim import check_optim, lr_factor, parameter_groups
 from factory.training.plan import describe, estimate_memory, resolve
 from factory.training.run import train
 from tests.helpers import tiny_config

@@ -28,10 +28,10 @@ from factory.data.batching import BATCHING_KEYS, check_packing
 from factory.data.files import COMMON_KEYS
 from factory.heads.head import Head, get_head, heads
 from factory.models.modeling import check_fits_in_memory, estimate_num_parameters
-from factory.training import distributed
 from factory.training.command_line import UserSet, user_set
-from factory.training.optim import check_optim
-from factory.training.performance import TRAINER_KEYS, split_trainer
+from factory.training.distributed import ranks
+from factory.training.lightning.optim import check_optim
+from factory.training.lightning.performance import TRAINER_KEYS, split_trainer
 from factory.training.pretrained import PretrainedInit, checkpoint_config, merge_overrides
 
 logger = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def resolve(cfg: DictConfig, overrides: Sequence[str] | UserSet | None = None) -
     if data.get("streaming") is True:
         _check_streaming(trainer, user)
     split_trainer(trainer)  # our own keys' types
-    trainer = distributed.check_trainer(trainer)  # precision, devices, strategy: before any data
+    trainer = ranks.check_trainer(trainer)  # precision, devices, strategy: before any data
     return Plan(
         head.name,
         head,

@@ -40,7 +40,7 @@ from factory.checkpoints.atomic import atomic_save
 from factory.config import ConfigError
 from factory.data.loader import ResumableDataLoader
 from factory.training.command_line import CommandLine, parse
-from factory.training.distributed import gather
+from factory.training.distributed.ranks import gather
 
 logger = logging.getLogger(__name__)
 

@@ -26,9 +26,11 @@ from omegaconf import DictConfig
 
 from factory.checkpoints.atomic import atomic_write_text
 from factory.config import ConfigError, plain_data
-from factory.training import distributed, performance, tracking
 from factory.training.command_line import UserSet, user_set
-from factory.training.failures import (
+from factory.training.distributed import ranks
+from factory.training.lightning import performance
+from factory.training.lightning.callbacks import History, without_terminal_bars
+from factory.training.lightning.failures import (
     FiniteGuard,
     NonFiniteError,
     Preempted,
@@ -36,10 +38,9 @@ from factory.training.failures import (
     ProcessGuard,
     non_finite_tensors,
 )
-from factory.training.lightning_module import FactoryModule, config_values
+from factory.training.lightning.module import FactoryModule, config_values
 from factory.training.plan import Plan, describe, format_description, resolve, run_dir_of
 from factory.training.pretrained import load_pretrained, write_report
-from factory.training.provenance import PROVENANCE_FILE, write_provenance
 from factory.training.resume import (
     AtomicCheckpointIO,
     ResumeState,
@@ -49,68 +50,12 @@ from factory.training.resume import (
     last_checkpoint,
     remove_orphaned_temps,
 )
-from factory.training.study import trial_pruning
-from factory.training.sweeps import in_multirun
+from factory.training.sweeps.study import trial_pruning
+from factory.training.sweeps.trials import in_multirun
+from factory.training.tracking import loggers as tracking
+from factory.training.tracking.provenance import PROVENANCE_FILE, write_provenance
 
 logger = logging.getLogger(__name__)
-
-
-# ---- training -------------------------------------------------------------------------------------------
-class _History(pl.Callback):
-    """Training loss and validation metrics in memory, for the plot and for the best checkpoint's metrics."""
-
-    def __init__(self) -> None:
-        self.train: list[tuple[int, float]] = []
-        self.validation: list[tuple[int, dict[str, float]]] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = trainer.callback_metrics.get("train/loss")
-        if loss is not None:
-            self.train.append((trainer.global_step, float(loss)))
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
-            return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        self.validation.append((trainer.global_step, metrics))
-
-    # In every checkpoint, so a resumed run's curves and results cover the whole run.
-    def state_dict(self) -> dict[str, Any]:
-        return {"train": [list(t) for t in self.train], "validation": [list(v) for v in self.validation]}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.train = [tuple(t) for t in state_dict.get("train", [])]
-        self.validation = [tuple(v) for v in state_dict.get("validation", [])]
-
-
-class ProgressLog(pl.Callback):
-    """A log line every `every_n_steps` optimizer steps: what replaces the progress bar with no terminal
-    (SLURM, CI, nohup, a pipe), where tqdm's carriage-return redraws fill the log."""
-
-    def __init__(self, every_n_steps: int = 50) -> None:
-        self.every_n_steps = max(1, int(every_n_steps))
-        self._logged = -1
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if step == self._logged or (step % self.every_n_steps and step != trainer.max_steps):
-            return
-        self._logged = step
-        loss = trainer.callback_metrics.get("train/loss")
-        shown = f", train/loss {float(loss):.4f}" if loss is not None else ""
-        total = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
-        logger.info("step %d%s (epoch %d)%s", step, total, trainer.current_epoch, shown)
-
-
-def without_terminal_bars(callbacks: list[Any]) -> tuple[list[Any], bool]:
-    """`callbacks` with a progress bar replaced by `ProgressLog` when stdout is not a terminal; and
-    whether a progress bar is left (Lightning adds its own unless told not to)."""
-    import sys
-
-    bars = [c for c in callbacks if isinstance(c, pl.callbacks.ProgressBar)]
-    if not bars or sys.stdout.isatty():
-        return callbacks, bool(bars)
-    return [c for c in callbacks if c not in bars] + [ProgressLog()], False
 
 
 # Messages a default run prints that say nothing about it: Lightning's advertisement, its notes that a
@@ -340,7 +285,7 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     key = "resume" if resume else "hydra.run.dir"
     # Only rank 0 owns the dir: DDP child ranks replay its run there.
-    with RunLock(out, key) if distributed.is_global_zero() else contextlib.nullcontext():
+    with RunLock(out, key) if ranks.is_global_zero() else contextlib.nullcontext():
         return _train_in(cfg, plan, out, ckpt_path)
 
 
@@ -368,7 +313,7 @@ def _train_in(cfg: DictConfig, plan: Plan, out: Path, ckpt_path: Path | None) ->
 # ---- the steps of a run ---------------------------------------------------------------------------------
 def prepare_run_dir(cfg: DictConfig, plan: Plan, out: Path) -> None:
     """Rank 0: clear a killed save's half-written files, and record how to replay the run."""
-    if not distributed.is_global_zero():
+    if not ranks.is_global_zero():
         return
     remove_orphaned_temps(out / "checkpoints")
     typed = sorted(k for k in plan.user.keys if "." in k and not k.startswith("hydra"))
@@ -393,7 +338,7 @@ def tokenizer_and_model(
     )
     if ckpt_path is not None:
         check_resumable(ckpt_path, module)
-    if not distributed.is_global_zero():
+    if not ranks.is_global_zero():
         return tokenizer, module
     if load_report is not None:
         write_report(load_report, out)
@@ -429,7 +374,7 @@ def open_loggers(cfg: DictConfig, out: Path, ckpt_path: Path | None) -> list[Any
     store = out.parent if in_multirun() else out
     defaults = functools.partial(tracking.logger_defaults, out=out, store=store)
     loggers = instantiate_all(cfg.get("logger"), pl.loggers.Logger, "logger", defaults, save_dir=str(out))
-    if distributed.is_global_zero():
+    if ranks.is_global_zero():
         if ckpt_path is not None:
             keep_metrics_history(loggers, checkpoint_step(ckpt_path))
         tracking.log_config(
@@ -443,7 +388,7 @@ class Fit:
     """A Trainer and the callbacks of ours whose state the run reads after fitting."""
 
     trainer: pl.Trainer
-    history: _History
+    history: History
     checkpoint: pl.callbacks.ModelCheckpoint | None  # the one that keeps the best weights
     preemption: Preemption
     pruning: Any  # the Optuna trial's pruning callback, None outside such a trial
@@ -459,13 +404,13 @@ def make_trainer(
     for c in checkpoints:  # the best one and last.ckpt
         c.dirpath = c.dirpath or str(out / "checkpoints")
     checkpoint = next((c for c in checkpoints if c.monitor), checkpoints[0] if checkpoints else None)
-    history, preemption = _History(), Preemption()
+    history, preemption = History(), Preemption()
     # A trial of the Optuna sweeper: each validation reported to the study, and stopped when pruned.
     pruning = trial_pruning(plan.monitor)
     # Every rank checks it trains what rank 0 does (config, hyperparameters, lr, vocabulary).
-    same = distributed.RankCheck(cfg, out, extra={"vocab": distributed.digest(tokenizer.get_vocab())})
+    same = ranks.RankCheck(cfg, out, extra={"vocab": ranks.digest(tokenizer.get_vocab())})
     performance.apply(module.model, performance.split_trainer(plan.trainer)[1])
-    arguments = distributed.trainer_arguments(plan.trainer, module.model)
+    arguments = ranks.trainer_arguments(plan.trainer, module.model)
     plugins = arguments.pop("plugins", None) or []
     if not bar:
         arguments["enable_progress_bar"] = False
@@ -496,12 +441,12 @@ def run_fit(
         f"{module.model.num_parameters():,}",
         out,
     )
-    with distributed.replicas(trainer, cfg, out):
+    with ranks.replicas(trainer, cfg, out):
         _fit(trainer, module, datamodule, ckpt_path, fit.preemption, out)
         if not fit.history.validation and trainer.limit_val_batches and not trainer.fast_dev_run:
             trainer.validate(module, datamodule=datamodule, verbose=False)
         best_path = fit.checkpoint.best_model_path if fit.checkpoint is not None else ""
-        if not best_path and distributed.is_sharded(trainer):  # FSDP: every rank sends its shards
+        if not best_path and ranks.is_sharded(trainer):  # FSDP: every rank sends its shards
             best_path = str(out / "checkpoints" / "final.ckpt")
             trainer.save_checkpoint(best_path)
     return best_path
@@ -588,11 +533,11 @@ def summarize(plan: Plan, module: FactoryModule, fit: Fit, best_path: str, start
     }
 
 
-def write_results(results: dict[str, Any], history: _History, out: Path, model_type: str) -> None:
+def write_results(results: dict[str, Any], history: History, out: Path, model_type: str) -> None:
     """results.json and curves.png (when matplotlib is there) into `out`."""
     atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
     try:
-        from factory.training.plots import plot_curves
+        from factory.training.tracking.plots import plot_curves
 
         plot_curves(
             history.train, history.validation, out / "curves.png", title=f"{model_type} {results['head']}"
