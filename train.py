@@ -12,11 +12,11 @@ from omegaconf import DictConfig
 
 from factory.config import ConfigError
 from factory.data.files import DataError
-from factory.training.failures import PREEMPTED_EXIT_STATUS, NonFiniteError, Preempted
-from factory.training.overrides import check_overrides, hydra_overrides
-from factory.training.resume import refuse_if_held, resume_argv
+from factory.training.command_line import parse
+from factory.training.lightning.failures import PREEMPTED_EXIT_STATUS, NonFiniteError, Preempted
+from factory.training.resume import refuse_if_held, resumed
 from factory.training.run import train
-from factory.training.sweeps import run_trial
+from factory.training.sweeps.trials import run_trial
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
@@ -50,15 +50,16 @@ def remove_empty_run_dir() -> None:
 
 
 if __name__ == "__main__":
-    try:  # key typos, with the valid keys, before Hydra rejects them without saying what is valid
-        sys.argv[1:] = resume_argv(sys.argv[1:])  # resume=<run dir>: that run's own config and dir
-        overrides, config_name = hydra_overrides(sys.argv[1:])
-        check_overrides(overrides, Path(__file__).parent / "conf", config_name)
-        # Before Hydra writes its record there: a dir another live run trains in is refused.
-        for o in overrides:
-            if o.startswith("hydra.run.dir="):
-                refuse_if_held(o.split("=", 1)[1].strip("'\""), "hydra.run.dir")
+    try:  # the command line, parsed once here; Hydra's record of it is read without a second parse
+        cli = resumed(parse(sys.argv[1:]))  # resume=<run dir>: that run's own config and dir
+        cli.check(
+            Path(__file__).parent / "conf"
+        )  # key typos, with the valid keys, before Hydra's terse error
+        run_dir = cli.value("hydra.run.dir")
+        if run_dir is not None:  # before Hydra writes its record there: a dir a live run trains in is refused
+            refuse_if_held(str(run_dir), "hydra.run.dir")
     except ConfigError as e:
         print(f"Error: {e}", file=sys.stderr)
         sys.exit(1)
+    sys.argv[1:] = cli.argv
     main()

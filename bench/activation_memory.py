@@ -7,7 +7,7 @@ Each variant runs in a fresh process: build a bert-base-sized BertForSequenceCla
 seeded), note the resident memory, run one forward and backward pass, and report the peak resident
 memory above that baseline (weights were already there; gradients and activations are what the step
 adds) and the bytes autograd kept for the backward pass. Ours turns checkpointing on with
-`factory.training.performance.enable_activation_checkpointing` (what `trainer.activation_checkpointing=
+`factory.training.lightning.performance.enable_activation_checkpointing` (what `trainer.activation_checkpointing=
 true` runs), transformers with `gradient_checkpointing_enable()`. `ckpt/plain` is the peak with
 checkpointing over the peak without (goal: at most 0.5). The largest batch that fits in 8 GB is
 extrapolated from the step's peak per row (less the gradients), with weights, gradients and AdamW's two
@@ -38,7 +38,7 @@ def measure(side: str, checkpointing: bool, batch: int, length: int) -> dict:
     torch.manual_seed(0)
     if side == "ours":
         from factory.build import build_model
-        from factory.training.performance import enable_activation_checkpointing
+        from factory.training.lightning.performance import enable_activation_checkpointing
 
         arch = dict(model_type="bert", max_position_embeddings=max(512, length))
         _, model = build_model(arch, "seqcls", seed=0)

@@ -2,7 +2,7 @@
 # GPU readiness: a gpt2-124M-shaped causal LM trained through train.py in bf16-mixed, with SDPA (flash
 # attention on GPUs that have it), fused AdamW and trainer.compile=true, for a fixed number of steps on
 # one GPU, then on every GPU of the machine with DDP; prints tokens per second and MFU (the fraction of
-# the GPUs' dense bf16 peak, from factory.training.performance's table) from each run's results.json.
+# the GPUs' dense bf16 peak, from factory.training.lightning.performance's table) from each run's results.json.
 #
 #   bash bench/gpu.sh                      # 300 steps, 16 x 1024 tokens per GPU
 #   STEPS=100 BATCH=8 bash bench/gpu.sh

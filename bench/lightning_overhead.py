@@ -62,7 +62,7 @@ def loader(rows: list, b: int) -> torch.utils.data.DataLoader:
 
 def plain_loop(model: torch.nn.Module, rows: list, b: int, steps: int, warmup: int) -> float:
     """Seconds per step of the hand-written loop, after `warmup` steps."""
-    from factory.training.optim import lr_factor, parameter_groups
+    from factory.training.lightning.optim import lr_factor, parameter_groups
 
     optimizer = torch.optim.AdamW(parameter_groups(model, OPTIM["weight_decay"]), lr=OPTIM["lr"])
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -105,8 +105,8 @@ def lightning_loop(model: torch.nn.Module, rows: list, b: int, steps: int, warmu
     """Seconds per step of FactoryModule under a Trainer set as train.py sets it, after `warmup` steps."""
     from pytorch_lightning.loggers import CSVLogger
 
-    from factory.training.failures import FiniteGuard
-    from factory.training.lightning_module import FactoryModule, config_values
+    from factory.training.lightning.failures import FiniteGuard
+    from factory.training.lightning.module import FactoryModule, config_values
 
     module = FactoryModule(config_values(model.config), "seqcls", OPTIM, seed=0, model=model)
     clock = Clock(warmup)

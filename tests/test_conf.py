@@ -17,8 +17,8 @@ from factory import registry
 from factory.build import build_config
 from factory.config import ConfigError
 from factory.heads.seqcls import accuracy_and_macro_f1
-from factory.training.optim import check_optim, lr_factor, parameter_groups
-from factory.training.overrides import check_overrides, hydra_overrides
+from factory.training.command_line import check_overrides, parse
+from factory.training.lightning.optim import check_optim, lr_factor, parameter_groups
 from factory.training.plan import describe, estimate_memory, resolve
 from factory.training.run import train
 from tests.helpers import tiny_config
@@ -166,8 +166,9 @@ def test_other_typos_list_the_valid_keys_and_plus_adds_on_purpose():
 
 
 def test_command_line_parsing_matches_hydras():
-    overrides, name = hydra_overrides(["--cfg", "job", "arch=gpt2", "-m", "+arch.x=1", "hydra.run.dir=/x"])
-    assert overrides == ["arch=gpt2", "+arch.x=1", "hydra.run.dir=/x"] and name == "train"
+    cli = parse(["--cfg", "job", "arch=gpt2", "-m", "+arch.x=1", "hydra.run.dir=/x"])
+    assert cli.texts == ["arch=gpt2", "+arch.x=1", "hydra.run.dir=/x"] and cli.config_name == "train"
+    assert cli.flags == ["--cfg", "job", "-m"] and cli.value("hydra.run.dir") == "/x"
 
 
 def test_plus_arch_typo_fails_in_build_config_too(no_data, tmp_path):

@@ -22,8 +22,8 @@ from hydra import compose, initialize_config_dir
 import factory  # noqa: F401  (registers the architectures)
 from factory import ConfigError, registry
 from factory.build import build_model
-from factory.training import distributed
-from factory.training.lightning_module import FactoryModule, config_values
+from factory.training.distributed import ranks as distributed
+from factory.training.lightning.module import FactoryModule, config_values
 from factory.training.plan import resolve
 from tests.helpers import TINY_RUN
 

@@ -14,8 +14,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from factory.config import ConfigError
-from factory.training.failures import NonFiniteError
-from factory.training.optim import check_optim
+from factory.training.lightning.failures import NonFiniteError
+from factory.training.lightning.optim import check_optim
 from factory.training.run import train
 from tests.helpers import TINY_RUN
 

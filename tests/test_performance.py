@@ -12,7 +12,7 @@ import torch
 from factory import registry
 from factory.build import build_model
 from factory.config import ConfigError
-from factory.training import performance
+from factory.training.lightning import performance
 from factory.training.run import train
 from tests.helpers import make_batch, tiny_config
 from tests.test_parity import off_init
@@ -132,7 +132,7 @@ def test_compiled_model_keeps_its_names_and_outputs():
 
 
 def test_fused_adamw_is_an_optim_switch_checked_by_name():
-    from factory.training.optim import check_optim
+    from factory.training.lightning.optim import check_optim
 
     assert check_optim({})["fused"] is None and check_optim({"fused": True})["fused"] is True
     with pytest.raises(ConfigError, match=r"optim.fused='yes' is not valid: expected true, false or null"):

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
 from factory.config import ConfigError
-from factory.training.overrides import user_set
+from factory.training.command_line import user_set
 from factory.training.plan import describe, resolve
 from tests.helpers import tiny_config
 

@@ -19,8 +19,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from factory.training.provenance import PACKAGES, git_state, package_versions
 from factory.training.run import train
+from factory.training.tracking.provenance import PACKAGES, git_state, package_versions
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"

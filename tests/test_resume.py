@@ -24,7 +24,7 @@ import factory.training.resume as resume
 from factory.checkpoints.atomic import atomic_save
 from factory.config import ConfigError
 from factory.data.files import DataError, default_data_files
-from factory.training.failures import NonFiniteError
+from factory.training.lightning.failures import NonFiniteError
 from factory.training.run import train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -284,7 +284,7 @@ def test_full_disk_during_training_keeps_the_last_good_checkpoint(small_data, tm
 
 # ---- guards ---------------------------------------------------------------------------------------------
 def test_non_finite_loss_stops_at_that_step_and_writes_no_checkpoint_of_it(small_data, tmp_path, monkeypatch):
-    from factory.training.lightning_module import FactoryModule
+    from factory.training.lightning.module import FactoryModule
 
     step = FactoryModule.training_step
 
@@ -343,7 +343,7 @@ import os, sys, time
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.strategies import DDPStrategy
-from factory.training.failures import ProcessGuard, process_group_timeout
+from factory.training.lightning.failures import ProcessGuard, process_group_timeout
 
 MODE, OUT = sys.argv[1], sys.argv[2]
 

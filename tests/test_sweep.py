@@ -20,7 +20,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from factory import ConfigError
-from factory.training.sweeps import run_trial, write_summary
+from factory.training.hydra_internals import BASIC_SWEEPER
+from factory.training.sweeps.summary import write_summary
+from factory.training.sweeps.trials import run_trial
 from tests.helpers import TINY_RUN
 
 REPO = Path(__file__).resolve().parent.parent
@@ -242,10 +244,10 @@ def test_summary_ranks_by_the_heads_mode_and_keeps_unfinished_trials(tmp_path):
 
 @pytest.mark.parametrize("sweeper", ["basic", "optuna"])
 def test_a_failed_trial_is_recorded_then_nan_or_raised_per_sweeper(tmp_path, monkeypatch, sweeper):
-    import factory.training.sweeps as sweep
+    import factory.training.sweeps.trials as sweep
 
     targets = {
-        "basic": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+        "basic": BASIC_SWEEPER,
         "optuna": "hydra_plugins.factory_sweeper.optuna.OptunaSweeper",
     }
     hydra_cfg = OmegaConf.create(
@@ -281,7 +283,7 @@ def test_the_search_space_reads_hydras_sweep_syntax_and_the_command_line_wins():
     pytest.importorskip("optuna")
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    from factory.training.study import search_space
+    from factory.training.sweeps.study import search_space
 
     params = {"optim.lr": "tag(log, interval(1e-5, 1e-2))", "arch.hidden_size": "choice(64, 128)"}
     space, fixed = search_space(
@@ -304,7 +306,7 @@ def test_the_search_space_reads_hydras_sweep_syntax_and_the_command_line_wins():
 
 def test_bad_pruner_and_sweeper_settings_name_the_key_and_the_choices():
     pytest.importorskip("optuna")
-    from factory.training.study import OptunaSweeper, make_pruner
+    from factory.training.sweeps.study import OptunaSweeper, make_pruner
 
     with pytest.raises(
         ConfigError,
@@ -335,7 +337,7 @@ def test_bad_pruner_and_sweeper_settings_name_the_key_and_the_choices():
 
 def sample(storage: str, asks: int, sweep_dir: Path) -> list[float]:
     """The lr of `asks` new trials of a study in `storage`, asked as the sweeper does (seed 7)."""
-    from factory.training.study import OptunaSweeper, search_space
+    from factory.training.sweeps.study import OptunaSweeper, search_space
 
     space, _ = search_space({"optim.lr": "tag(log, interval(1e-5, 1e-2))"}, [])
     sweeper = OptunaSweeper(storage=storage, sampler={"seed": 7}, pruner="none")
@@ -364,7 +366,7 @@ def test_a_study_in_an_rdb_is_sampled_as_in_a_journal(tmp_path):
 
 def test_study_plots_show_the_history_and_the_importances(tmp_path):
     optuna = pytest.importorskip("optuna")
-    from factory.training.study import write_study_plots
+    from factory.training.sweeps.study import write_study_plots
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
@@ -386,8 +388,8 @@ def test_the_sweeper_tells_the_study_how_each_job_ended_and_stops_on_an_unexpect
     pytest.importorskip("optuna")
     from hydra.core.utils import JobReturn, JobStatus
 
-    from factory.training.study import OptunaSweeper
-    from factory.training.sweeps import TrialFailed, TrialPruned
+    from factory.training.sweeps.study import OptunaSweeper
+    from factory.training.sweeps.trials import TrialFailed, TrialPruned
 
     outcomes = [0.5, TrialPruned("stopped", step=4), TrialFailed("heads=3"), 0.7, RuntimeError("a bug"), 0.9]
     launched: list[list[str]] = []

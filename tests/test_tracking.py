@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from factory.training.tracking import flat, logger_defaults, wandb_logged_in
+from factory.training.tracking.loggers import flat, logger_defaults, wandb_logged_in
 from tests.helpers import TINY_RUN
 
 REPO = Path(__file__).resolve().parent.parent

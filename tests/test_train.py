@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 import factory
 from factory import ConfigError, registry
 from factory.tokenizers.tokenizer import AutoTokenizer
-from factory.training.lightning_module import FactoryModule
+from factory.training.lightning.module import FactoryModule
 from factory.training.run import train
 from tests.helpers import TINY_RUN
 

@@ -28,10 +28,10 @@ from factory.data.batching import BATCHING_KEYS, check_packing
 from factory.data.files import COMMON_KEYS
 from factory.heads.head import Head, get_head, heads
 from factory.models.modeling import check_fits_in_memory, estimate_num_parameters
-from factory.training import distributed
-from factory.training.optim import check_optim
-from factory.training.overrides import UserSet, user_set
-from factory.training.performance import TRAINER_KEYS, split_trainer
+from factory.training.command_line import UserSet, user_set
+from factory.training.distributed import ranks
+from factory.training.lightning.optim import check_optim
+from factory.training.lightning.performance import TRAINER_KEYS, split_trainer
 from factory.training.pretrained import PretrainedInit, checkpoint_config, merge_overrides
 
 logger = logging.getLogger(__name__)
@@ -70,11 +70,12 @@ class Plan:
     user: UserSet | None = None
 
 
-def resolve(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Plan:
+def resolve(cfg: DictConfig, overrides: Sequence[str] | UserSet | None = None) -> Plan:
     """The plan of `cfg`; `ConfigError` naming key, value and valid choices otherwise.
 
-    `overrides` are the values the user typed (`arch.hidden_size=128`, ...); by default this Hydra run's
-    record. With `init=pretrained` only those `arch` values apply over the checkpoint's.
+    `overrides` are the values the user typed (`arch.hidden_size=128`, ...), or what they set as read
+    from them (`UserSet`); by default this Hydra run's record. With `init=pretrained` only those `arch`
+    values apply over the checkpoint's.
     """
     for key in TOP_KEYS:
         if key not in cfg:
@@ -114,7 +115,7 @@ def resolve(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Plan:
     seed = init.get("seed", 42)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"init.seed={seed!r} is not valid: expected an integer.")
-    user = user_set(overrides)
+    user = overrides if isinstance(overrides, UserSet) else user_set(overrides)
     arch = plain_data(cfg.arch, "arch")
     extra = head.config_values(None)
     pretrained, commit, applied = None, None, None
@@ -155,7 +156,7 @@ def resolve(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Plan:
     if data.get("streaming") is True:
         _check_streaming(trainer, user)
     split_trainer(trainer)  # our own keys' types
-    trainer = distributed.check_trainer(trainer)  # precision, devices, strategy: before any data
+    trainer = ranks.check_trainer(trainer)  # precision, devices, strategy: before any data
     return Plan(
         head.name,
         head,
@@ -260,7 +261,7 @@ def run_dir_of(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> Pat
 
 
 # ---- dry run --------------------------------------------------------------------------------------------
-def describe(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[str, Any]:
+def describe(cfg: DictConfig, overrides: Sequence[str] | UserSet | None = None) -> dict[str, Any]:
     """The resolved model config, parameter count and an estimate of training memory; reads no data.
 
     With init=random the vocab size is the tokenizer's target (`arch.vocab_size`), an upper bound.

@@ -15,7 +15,7 @@ Lightning does not rerun a validation that a resumed run finds pending), and `At
 every checkpoint to a temporary file in the target folder, fsyncs it and renames it into place, so a full
 disk or a kill never leaves a broken file where a good one was.
 
-`python train.py resume=<run dir>` goes through `resume_argv`: the run's own `.hydra/config.yaml`, the same
+`python train.py resume=<run dir>` goes through `resumed`: the run's own `.hydra/config.yaml`, the same
 run dir, and `trainer.fit(ckpt_path=<run dir>/checkpoints/last.ckpt)` (see `last_checkpoint`).
 """
 
@@ -39,7 +39,8 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from factory.checkpoints.atomic import atomic_save
 from factory.config import ConfigError
 from factory.data.loader import ResumableDataLoader
-from factory.training.distributed import gather
+from factory.training.command_line import CommandLine, parse
+from factory.training.distributed.ranks import gather
 
 logger = logging.getLogger(__name__)
 
@@ -405,7 +406,12 @@ def run_config(run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> Any
 
 
 def resume_argv(argv: Sequence[str]) -> list[str]:
-    """`train.py` arguments with `resume=<run dir>` turned into the run's own config and dir.
+    """`resumed(parse(argv)).argv`: `train.py` arguments with `resume=<run dir>` rewritten."""
+    return resumed(parse(argv)).argv
+
+
+def resumed(cli: CommandLine) -> CommandLine:
+    """A `train.py` command line with `resume=<run dir>` turned into the run's own config and dir.
 
     `resume=<run>` (with optional `key=value` changes, e.g. `trainer.max_epochs=10`) becomes
     `--config-dir <run>/.hydra --config-name config ++resume=<run> hydra.run.dir=<run>
@@ -413,21 +419,18 @@ def resume_argv(argv: Sequence[str]) -> list[str]:
     merged), writes into the same run dir and leaves the run's `.hydra/` record as it was. Anything else
     is returned unchanged (also the rewritten form, as Lightning passes it to the other DDP processes).
     """
-    from hydra._internal.utils import get_args_parser
-
-    argv = list(argv)
-    args = get_args_parser().parse_intermixed_args(argv)
-    overrides = list(args.overrides or [])
-    resume = [o for o in overrides if o.split("=", 1)[0] == "resume"]
+    resume = cli.plain("resume")
     if not resume:
-        return argv
+        return cli
     if len(resume) > 1:
-        raise ConfigError(f"resume= is given {len(resume)} times: {resume}.")
-    value = resume[0].split("=", 1)[1].strip("'\"")
-    if not value or value in ("null", "None"):
-        return [a for a in argv if a != resume[0]]
+        raise ConfigError(f"resume= is given {len(resume)} times: {[o.input_line for o in resume]}.")
+    typed = resume[0].input_line
+    value = resume[0].value()
+    if value in (None, "", "null", "None"):
+        return parse([a for a in cli.argv if a != typed])
+    value = str(value)
     for flag in ("config_dir", "config_name", "config_path", "multirun"):
-        if getattr(args, flag, None):
+        if getattr(cli.args, flag, None):
             raise ConfigError(
                 f"resume={value} continues one run with its own config: drop "
                 f"--{flag.replace('_', '-')} (a sweep is resumed by running its members)."
@@ -438,23 +441,25 @@ def resume_argv(argv: Sequence[str]) -> list[str]:
     config = run / RUN_CONFIG
     if not config.is_file():
         raise ConfigError(f"resume={value}: {config} does not exist (is this a run directory of train.py?).")
-    rest = [o for o in overrides if o != resume[0]]
-    groups = [o for o in rest if "." not in o.split("=", 1)[0].lstrip("+~") and "/" not in o]
-    groups = [o for o in groups if not o.startswith("hydra")]
-    if groups or any("/" in o.split("=", 1)[0] for o in rest):
+    rest = [o for o in cli.overrides or () if o is not resume[0]]
+    mine = [o for o in rest if not o.key_or_group.startswith("hydra")]
+    groups = [o.input_line for o in mine if "." not in o.key_or_group and "/" not in o.input_line]
+    if groups or any("/" in o.key_or_group for o in rest):
         raise ConfigError(
             f"resume={value} uses the run's own config, where presets are already merged: "
-            f"{groups or rest} cannot be applied. Change single keys (e.g. trainer.max_epochs=10)."
+            f"{groups or [o.input_line for o in rest]} cannot be applied. Change single keys (e.g. "
+            "trainer.max_epochs=10)."
         )
-    flags = [a for a in argv if a not in overrides]  # e.g. `--cfg job`: Hydra's own flags, kept
-    return [
-        *flags,
-        "--config-dir",
-        str(config.parent),
-        "--config-name",
-        "config",
-        *rest,
-        f'++resume="{run}"',
-        f'hydra.run.dir="{run}"',
-        "hydra.output_subdir=null",
-    ]
+    return parse(
+        [
+            *cli.flags,  # e.g. `--cfg job`: Hydra's own flags, kept
+            "--config-dir",
+            str(config.parent),
+            "--config-name",
+            "config",
+            *(o.input_line for o in rest),
+            f'++resume="{run}"',
+            f'hydra.run.dir="{run}"',
+            "hydra.output_subdir=null",
+        ]
+    )

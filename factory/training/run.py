@@ -17,6 +17,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,11 @@ from omegaconf import DictConfig
 
 from factory.checkpoints.atomic import atomic_write_text
 from factory.config import ConfigError, plain_data
-from factory.training import distributed, performance, tracking
-from factory.training.failures import (
+from factory.training.command_line import UserSet, user_set
+from factory.training.distributed import ranks
+from factory.training.lightning import performance
+from factory.training.lightning.callbacks import History, without_terminal_bars
+from factory.training.lightning.failures import (
     FiniteGuard,
     NonFiniteError,
     Preempted,
@@ -34,11 +38,9 @@ from factory.training.failures import (
     ProcessGuard,
     non_finite_tensors,
 )
-from factory.training.lightning_module import FactoryModule, config_values
-from factory.training.overrides import task_overrides
+from factory.training.lightning.module import FactoryModule, config_values
 from factory.training.plan import Plan, describe, format_description, resolve, run_dir_of
 from factory.training.pretrained import load_pretrained, write_report
-from factory.training.provenance import PROVENANCE_FILE, typed_override, write_provenance
 from factory.training.resume import (
     AtomicCheckpointIO,
     ResumeState,
@@ -48,68 +50,12 @@ from factory.training.resume import (
     last_checkpoint,
     remove_orphaned_temps,
 )
-from factory.training.study import trial_pruning
-from factory.training.sweeps import in_multirun
+from factory.training.sweeps.study import trial_pruning
+from factory.training.sweeps.trials import in_multirun
+from factory.training.tracking import loggers as tracking
+from factory.training.tracking.provenance import PROVENANCE_FILE, write_provenance
 
 logger = logging.getLogger(__name__)
-
-
-# ---- training -------------------------------------------------------------------------------------------
-class _History(pl.Callback):
-    """Training loss and validation metrics in memory, for the plot and for the best checkpoint's metrics."""
-
-    def __init__(self) -> None:
-        self.train: list[tuple[int, float]] = []
-        self.validation: list[tuple[int, dict[str, float]]] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = trainer.callback_metrics.get("train/loss")
-        if loss is not None:
-            self.train.append((trainer.global_step, float(loss)))
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
-            return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        self.validation.append((trainer.global_step, metrics))
-
-    # In every checkpoint, so a resumed run's curves and results cover the whole run.
-    def state_dict(self) -> dict[str, Any]:
-        return {"train": [list(t) for t in self.train], "validation": [list(v) for v in self.validation]}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.train = [tuple(t) for t in state_dict.get("train", [])]
-        self.validation = [tuple(v) for v in state_dict.get("validation", [])]
-
-
-class ProgressLog(pl.Callback):
-    """A log line every `every_n_steps` optimizer steps: what replaces the progress bar with no terminal
-    (SLURM, CI, nohup, a pipe), where tqdm's carriage-return redraws fill the log."""
-
-    def __init__(self, every_n_steps: int = 50) -> None:
-        self.every_n_steps = max(1, int(every_n_steps))
-        self._logged = -1
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if step == self._logged or (step % self.every_n_steps and step != trainer.max_steps):
-            return
-        self._logged = step
-        loss = trainer.callback_metrics.get("train/loss")
-        shown = f", train/loss {float(loss):.4f}" if loss is not None else ""
-        total = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
-        logger.info("step %d%s (epoch %d)%s", step, total, trainer.current_epoch, shown)
-
-
-def without_terminal_bars(callbacks: list[Any]) -> tuple[list[Any], bool]:
-    """`callbacks` with a progress bar replaced by `ProgressLog` when stdout is not a terminal; and
-    whether a progress bar is left (Lightning adds its own unless told not to)."""
-    import sys
-
-    bars = [c for c in callbacks if isinstance(c, pl.callbacks.ProgressBar)]
-    if not bars or sys.stdout.isatty():
-        return callbacks, bool(bars)
-    return [c for c in callbacks if c not in bars] + [ProgressLog()], False
 
 
 # Messages a default run prints that say nothing about it: Lightning's advertisement, its notes that a
@@ -228,17 +174,15 @@ def _tokenizer_and_model(
     return tokenizer, FactoryModule(config, head.name, plan.optim, plan.seed), None
 
 
-def typed_overrides(cfg: DictConfig, overrides: Sequence[str] | None) -> list[str]:
-    """What the user typed for this run: `overrides`, else this Hydra run's record; a resumed run adds
-    what its first run's user typed (recorded in provenance.json), so it resolves to the same model."""
-    typed = task_overrides() if overrides is None else list(overrides)
+def what_the_user_set(cfg: DictConfig, overrides: Sequence[str] | None) -> UserSet:
+    """What the user set for this run: `overrides`, else this Hydra job's command line; a resumed run adds
+    the keys its first run's user typed (recorded in provenance.json), so it resolves to the same model."""
+    user = user_set(overrides)
     resume = cfg.get("resume")
     record = Path(resume) / PROVENANCE_FILE if resume else None
     if record is not None and record.is_file():
-        earlier = json.loads(record.read_text(encoding="utf-8")).get("typed", [])
-        mine = {o.split("=", 1)[0].lstrip("+~") for o in typed}
-        typed += [typed_override(cfg, key) for key in earlier if key not in mine]
-    return typed
+        user.keys |= set(json.loads(record.read_text(encoding="utf-8")).get("typed", []))
+    return user
 
 
 def check_resumable(ckpt_path: str | os.PathLike, module: FactoryModule) -> None:
@@ -319,6 +263,195 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1)) and took
 
 
+def train(
+    cfg: DictConfig, run_dir: str | os.PathLike | None = None, overrides: Sequence[str] | None = None
+) -> float:
+    """Train as `cfg` says; return the best value of the head's monitored metric (nan for a dry run).
+
+    `overrides` are the values the user typed (default: this Hydra run's record); with `init=pretrained`
+    only those `arch` values apply over the checkpoint's.
+    """
+    import_plugins(cfg.get("plugins") or [])
+    quiet_known_noise()
+    user = what_the_user_set(cfg, overrides)
+    if cfg.get("dry_run"):
+        logger.info("Dry run:\n%s", format_description(describe(cfg, user)))
+        return float("nan")
+    plan = resolve(cfg, user)
+    # resume=<run dir>: the same dir, and its last.ckpt (cfg is the run's own config: see train.py).
+    resume = cfg.get("resume")
+    ckpt_path = last_checkpoint(resume) if resume else None
+    out = run_dir_of(cfg, run_dir or resume)
+    out.mkdir(parents=True, exist_ok=True)
+    key = "resume" if resume else "hydra.run.dir"
+    # Only rank 0 owns the dir: DDP child ranks replay its run there.
+    with RunLock(out, key) if ranks.is_global_zero() else contextlib.nullcontext():
+        return _train_in(cfg, plan, out, ckpt_path)
+
+
+def _train_in(cfg: DictConfig, plan: Plan, out: Path, ckpt_path: Path | None) -> float:
+    """`train` in its run dir `out`, which this run holds. Rank 0 alone writes exports, plots and reports."""
+    from factory.data.sources import load_examples
+
+    started = time.perf_counter()
+    prepare_run_dir(cfg, plan, out)
+    prepare_process(plan.seed)
+    splits = load_examples(plan.task, plan.data)
+    tokenizer, module = tokenizer_and_model(plan, splits, out, ckpt_path)
+    datamodule = data_module(plan, tokenizer, splits)
+    loggers = open_loggers(cfg, out, ckpt_path)
+    fit = make_trainer(cfg, plan, out, module, tokenizer, loggers)
+    best_path = run_fit(fit, cfg, out, module, datamodule, ckpt_path)
+    if not fit.trainer.is_global_zero:
+        return float("nan")
+    export(best_path, module, tokenizer, out, loggers, cfg)
+    results = summarize(plan, module, fit, best_path, started)
+    write_results(results, fit.history, out, module.model.config.model_type)
+    return float(results["best_value"])
+
+
+# ---- the steps of a run ---------------------------------------------------------------------------------
+def prepare_run_dir(cfg: DictConfig, plan: Plan, out: Path) -> None:
+    """Rank 0: clear a killed save's half-written files, and record how to replay the run."""
+    if not ranks.is_global_zero():
+        return
+    remove_orphaned_temps(out / "checkpoints")
+    typed = sorted(k for k in plan.user.keys if "." in k and not k.startswith("hydra"))
+    write_provenance(cfg, out, seed=plan.seed, typed=typed)
+
+
+def prepare_process(seed: int) -> None:
+    """This process's memory reuse and random generators, before anything is built."""
+    if keep_freed_memory():  # each step reuses the last one's memory instead of page-faulting it in
+        logger.debug("glibc keeps freed memory for reuse (mmap and trim thresholds raised).")
+    pl.seed_everything(seed, workers=True)
+
+
+def tokenizer_and_model(
+    plan: Plan, splits: Any, out: Path, ckpt_path: Path | None
+) -> tuple[Any, FactoryModule]:
+    """The tokenizer and the module, checked against the checkpoint a resumed run continues; rank 0 saves
+    the tokenizer as trained at the start (a resumed run reuses it) or init=pretrained's load report."""
+    tokenizer_dir = out / "tokenizer"
+    tokenizer, module, load_report = _tokenizer_and_model(
+        plan, splits, tokenizer_dir if ckpt_path is not None else None
+    )
+    if ckpt_path is not None:
+        check_resumable(ckpt_path, module)
+    if not ranks.is_global_zero():
+        return tokenizer, module
+    if load_report is not None:
+        write_report(load_report, out)
+    elif not tokenizer_dir.is_dir():
+        tokenizer.save_pretrained(tokenizer_dir)
+    return tokenizer, module
+
+
+def data_module(plan: Plan, tokenizer: Any, splits: Any) -> Any:
+    """The data module, its splits encoded now, so bad data fails before the Trainer starts. The loader's
+    sizes go in as arguments, and only there: the data config it gets holds the head's keys."""
+    from factory.data.module import FactoryDataModule
+
+    data = dict(plan.data)
+    sizes = {key: data.pop(key) for key in ("batch_size", "max_length")}
+    datamodule = FactoryDataModule(
+        plan.task,
+        data,
+        tokenizer,
+        **sizes,
+        num_workers=data.pop("num_workers", 0),
+        seed=plan.seed,
+        splits=splits,
+    )
+    datamodule.setup("fit")
+    return datamodule
+
+
+def open_loggers(cfg: DictConfig, out: Path, ckpt_path: Path | None) -> list[Any]:
+    """The config's loggers; a resumed run keeps the metrics its checkpoint had seen, and rank 0 logs the
+    config."""
+    # MLflow's store: in a sweep the sweep dir's, so that one experiment holds every trial.
+    store = out.parent if in_multirun() else out
+    defaults = functools.partial(tracking.logger_defaults, out=out, store=store)
+    loggers = instantiate_all(cfg.get("logger"), pl.loggers.Logger, "logger", defaults, save_dir=str(out))
+    if ranks.is_global_zero():
+        if ckpt_path is not None:
+            keep_metrics_history(loggers, checkpoint_step(ckpt_path))
+        tracking.log_config(
+            loggers, cfg
+        )  # after the line above: opening the CSV logger deletes the metrics it keeps
+    return loggers
+
+
+@dataclass
+class Fit:
+    """A Trainer and the callbacks of ours whose state the run reads after fitting."""
+
+    trainer: pl.Trainer
+    history: History
+    checkpoint: pl.callbacks.ModelCheckpoint | None  # the one that keeps the best weights
+    preemption: Preemption
+    pruning: Any  # the Optuna trial's pruning callback, None outside such a trial
+
+
+def make_trainer(
+    cfg: DictConfig, plan: Plan, out: Path, module: FactoryModule, tokenizer: Any, loggers: list[Any]
+) -> Fit:
+    """The Trainer with the config's callbacks and ours (history, rank check, resume state, guards)."""
+    callbacks = instantiate_all(cfg.get("callbacks"), pl.Callback, "callbacks")
+    callbacks, bar = without_terminal_bars(callbacks)
+    checkpoints = [c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint)]
+    for c in checkpoints:  # the best one and last.ckpt
+        c.dirpath = c.dirpath or str(out / "checkpoints")
+    checkpoint = next((c for c in checkpoints if c.monitor), checkpoints[0] if checkpoints else None)
+    history, preemption = History(), Preemption()
+    # A trial of the Optuna sweeper: each validation reported to the study, and stopped when pruned.
+    pruning = trial_pruning(plan.monitor)
+    # Every rank checks it trains what rank 0 does (config, hyperparameters, lr, vocabulary).
+    same = ranks.RankCheck(cfg, out, extra={"vocab": ranks.digest(tokenizer.get_vocab())})
+    performance.apply(module.model, performance.split_trainer(plan.trainer)[1])
+    arguments = ranks.trainer_arguments(plan.trainer, module.model)
+    plugins = arguments.pop("plugins", None) or []
+    if not bar:
+        arguments["enable_progress_bar"] = False
+    ours = [history, same, ResumeState(), FiniteGuard(), ProcessGuard(), preemption]
+    trainer = pl.Trainer(
+        **arguments,
+        default_root_dir=str(out),
+        logger=loggers or False,
+        callbacks=[*callbacks, *ours, *([pruning] if pruning is not None else [])],
+        enable_checkpointing=checkpoint is not None,
+        # Checkpoints written next to their target and renamed into place: never half a last.ckpt.
+        plugins=[*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()],
+    )
+    return Fit(trainer, history, checkpoint, preemption, pruning)
+
+
+def run_fit(
+    fit: Fit, cfg: DictConfig, out: Path, module: FactoryModule, datamodule: Any, ckpt_path: Path | None
+) -> str:
+    """Fit, validate once if training stopped before any validation, and return the best checkpoint's
+    path ("" for none). DDP/FSDP: the other ranks replay this run (cfg, run dir), not the command line,
+    and end with the block."""
+    trainer = fit.trainer
+    logger.info(
+        "Training %s (%s, %s parameters) in %s",
+        type(module.model).__name__,
+        module.head,
+        f"{module.model.num_parameters():,}",
+        out,
+    )
+    with ranks.replicas(trainer, cfg, out):
+        _fit(trainer, module, datamodule, ckpt_path, fit.preemption, out)
+        if not fit.history.validation and trainer.limit_val_batches and not trainer.fast_dev_run:
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+        best_path = fit.checkpoint.best_model_path if fit.checkpoint is not None else ""
+        if not best_path and ranks.is_sharded(trainer):  # FSDP: every rank sends its shards
+            best_path = str(out / "checkpoints" / "final.ckpt")
+            trainer.save_checkpoint(best_path)
+    return best_path
+
+
 def _fit(
     trainer: pl.Trainer, module: Any, datamodule: Any, ckpt_path: Any, preemption: Any, out: Path
 ) -> None:
@@ -336,134 +469,15 @@ def _fit(
         ) from None
 
 
-def train(
-    cfg: DictConfig, run_dir: str | os.PathLike | None = None, overrides: Sequence[str] | None = None
-) -> float:
-    """Train as `cfg` says; return the best value of the head's monitored metric (nan for a dry run).
-
-    `overrides` are the values the user typed (default: this Hydra run's record); with `init=pretrained`
-    only those `arch` values apply over the checkpoint's.
-    """
-    import_plugins(cfg.get("plugins") or [])
-    quiet_known_noise()
-    overrides = typed_overrides(cfg, overrides)
-    if cfg.get("dry_run"):
-        logger.info("Dry run:\n%s", format_description(describe(cfg, overrides)))
-        return float("nan")
-    plan = resolve(cfg, overrides)
-    # resume=<run dir>: the same dir, and its last.ckpt (cfg is the run's own config: see train.py).
-    resume = cfg.get("resume")
-    ckpt_path = last_checkpoint(resume) if resume else None
-    out = run_dir_of(cfg, run_dir or resume)
-    out.mkdir(parents=True, exist_ok=True)
-    key = "resume" if resume else "hydra.run.dir"
-    # Only rank 0 owns the dir: DDP child ranks replay its run there.
-    with RunLock(out, key) if distributed.is_global_zero() else contextlib.nullcontext():
-        return _train_in(cfg, plan, out, resume, ckpt_path)
-
-
-def _train_in(cfg: DictConfig, plan: Plan, out: Path, resume: Any, ckpt_path: Path | None) -> float:
-    """`train` in its run dir `out`, which this run holds."""
-    rank_zero = distributed.is_global_zero()  # rank 0 alone writes exports, plots and reports
-    if rank_zero:
-        remove_orphaned_temps(out / "checkpoints")  # a killed save's half-written files
-        typed = sorted(k for k in plan.user.keys if "." in k and not k.startswith("hydra"))
-        write_provenance(cfg, out, seed=plan.seed, typed=typed)
-    started = time.perf_counter()
-    if keep_freed_memory():  # each step reuses the last one's memory instead of page-faulting it in
-        logger.debug("glibc keeps freed memory for reuse (mmap and trim thresholds raised).")
-    pl.seed_everything(plan.seed, workers=True)
-
-    from factory.data.module import FactoryDataModule
-    from factory.data.sources import load_examples
-
-    splits = load_examples(plan.task, plan.data)
-    tokenizer_dir = out / "tokenizer"  # as trained at the start: a resumed run reuses it
-    tokenizer, module, load_report = _tokenizer_and_model(plan, splits, tokenizer_dir if resume else None)
-    if ckpt_path is not None:
-        check_resumable(ckpt_path, module)
-    if load_report is not None:
-        if rank_zero:
-            write_report(load_report, out)
-    elif rank_zero and not tokenizer_dir.is_dir():
-        tokenizer.save_pretrained(tokenizer_dir)
-    datamodule = FactoryDataModule(
-        plan.task,
-        plan.data,
-        tokenizer,
-        batch_size=plan.data["batch_size"],
-        max_length=plan.data["max_length"],
-        num_workers=plan.data.get("num_workers", 0),
-        seed=plan.seed,
-        splits=splits,
-    )
-    datamodule.setup("fit")  # encode now: bad data fails before the Trainer starts
-    # MLflow's store: in a sweep the sweep dir's, so that one experiment holds every trial.
-    store = out.parent if in_multirun() else out
-    defaults = functools.partial(tracking.logger_defaults, out=out, store=store)
-    loggers = instantiate_all(cfg.get("logger"), pl.loggers.Logger, "logger", defaults, save_dir=str(out))
-    if ckpt_path is not None and rank_zero:
-        keep_metrics_history(loggers, checkpoint_step(ckpt_path))
-    if rank_zero:  # after the line above: opening the CSV logger deletes the metrics it keeps
-        tracking.log_config(loggers, cfg)
-    callbacks = instantiate_all(cfg.get("callbacks"), pl.Callback, "callbacks")
-    callbacks, bar = without_terminal_bars(callbacks)
-    checkpoints = [c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint)]
-    for c in checkpoints:  # the best one and last.ckpt
-        c.dirpath = c.dirpath or str(out / "checkpoints")
-    checkpoint = next((c for c in checkpoints if c.monitor), checkpoints[0] if checkpoints else None)
-    history = _History()
-    preemption = Preemption()
-    # A trial of the Optuna sweeper: each validation reported to the study, and stopped when pruned.
-    pruning = trial_pruning(plan.monitor)
-    # Every rank checks it trains what rank 0 does (config, hyperparameters, lr, vocabulary).
-    same = distributed.RankCheck(cfg, out, extra={"vocab": distributed.digest(tokenizer.get_vocab())})
-    performance.apply(module.model, performance.split_trainer(plan.trainer)[1])
-    arguments = distributed.trainer_arguments(plan.trainer, module.model)
-    plugins = arguments.pop("plugins", None) or []
-    if not bar:
-        arguments["enable_progress_bar"] = False
-    trainer = pl.Trainer(
-        **arguments,
-        default_root_dir=str(out),
-        logger=loggers or False,
-        callbacks=[
-            *callbacks,
-            history,
-            same,
-            ResumeState(),
-            FiniteGuard(),
-            ProcessGuard(),
-            preemption,
-            *([pruning] if pruning is not None else []),
-        ],
-        enable_checkpointing=checkpoint is not None,
-        # Checkpoints written next to their target and renamed into place: never half a last.ckpt.
-        plugins=[*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()],
-    )
-    n_params = module.model.num_parameters()
-    logger.info(
-        "Training %s (%s, %s parameters) in %s",
-        type(module.model).__name__,
-        plan.head,
-        f"{n_params:,}",
-        out,
-    )
-    # DDP/FSDP: the other ranks replay this run (cfg, run dir), not the command line, and end with the block.
-    with distributed.replicas(trainer, cfg, out):
-        _fit(trainer, module, datamodule, ckpt_path, preemption, out)
-        if not history.validation and trainer.limit_val_batches and not trainer.fast_dev_run:
-            trainer.validate(module, datamodule=datamodule, verbose=False)  # training stopped before any
-        best_path = checkpoint.best_model_path if checkpoint is not None else ""
-        if not best_path and distributed.is_sharded(trainer):  # FSDP: every rank sends its shards
-            best_path = str(out / "checkpoints" / "final.ckpt")
-            trainer.save_checkpoint(best_path)
-    if not trainer.is_global_zero:
-        return float("nan")
-    monitor, mode = plan.monitor, plan.mode
+def export(
+    best_path: str, module: FactoryModule, tokenizer: Any, out: Path, loggers: list[Any], cfg: DictConfig
+) -> None:
+    """The best weights (the last ones without a checkpoint: fast_dev_run, or no checkpoint callback) and
+    the tokenizer to `out/model`, never with a non-finite value; then model/, the resolved config and
+    provenance.json to the trackers."""
     if best_path:
         best = FactoryModule.load_from_checkpoint(best_path, map_location="cpu", weights_only=True)
-    else:  # no checkpoint (fast_dev_run, or callbacks without one): the last weights are what we have
+    else:
         best = module
     bad = non_finite_tensors(best.model.state_dict())
     if bad:  # never export what cannot be used; the message names the tensors
@@ -473,8 +487,12 @@ def _train_in(cfg: DictConfig, plan: Plan, out: Path, resume: Any, ckpt_path: Pa
         )
     best.model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
-    tracking.publish(loggers, cfg, out)  # model/, the resolved config and provenance.json to the trackers
+    tracking.publish(loggers, cfg, out)
 
+
+def summarize(plan: Plan, module: FactoryModule, fit: Fit, best_path: str, started: float) -> dict[str, Any]:
+    """results.json's content: the best and final metrics, sizes, throughput and utilization."""
+    history, trainer, monitor, mode = fit.history, fit.trainer, plan.monitor, plan.mode
     final = history.validation[-1][1] if history.validation else {}
     scored = [(step, m) for step, m in history.validation if not math.isnan(m.get(monitor, math.nan))]
     if scored:
@@ -482,13 +500,13 @@ def _train_in(cfg: DictConfig, plan: Plan, out: Path, resume: Any, ckpt_path: Pa
         best_step, best_metrics = pick(scored, key=lambda sm: sm[1][monitor])
     else:
         best_step, best_metrics = None, {}
-    best_value = best_metrics.get(monitor, float("nan"))
-    results = {
+    n_params = module.model.num_parameters()
+    return {
         "head": plan.head,
         "model_type": module.model.config.model_type,
         "monitor": monitor,
         "mode": mode,
-        "best_value": best_value,
+        "best_value": best_metrics.get(monitor, float("nan")),
         "best_step": best_step,
         "best_metrics": best_metrics,
         "final_metrics": final,
@@ -499,7 +517,7 @@ def _train_in(cfg: DictConfig, plan: Plan, out: Path, resume: Any, ckpt_path: Pa
         "tokens_per_second": module.train_tokens / module.train_time if module.train_time else None,
         "global_step": trainer.global_step,
         "epochs": trainer.current_epoch,
-        "pruned_step": pruning.pruned_step if pruning is not None else None,
+        "pruned_step": fit.pruning.pruned_step if fit.pruning is not None else None,
         "wall_time_s": time.perf_counter() - started,
         **performance.utilization(
             n_params,
@@ -513,17 +531,19 @@ def _train_in(cfg: DictConfig, plan: Plan, out: Path, resume: Any, ckpt_path: Pa
             devices=trainer.world_size,
         ),
     }
+
+
+def write_results(results: dict[str, Any], history: History, out: Path, model_type: str) -> None:
+    """results.json and curves.png (when matplotlib is there) into `out`."""
     atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
     try:
-        from factory.training.plots import plot_curves
+        from factory.training.tracking.plots import plot_curves
 
         plot_curves(
-            history.train,
-            history.validation,
-            out / "curves.png",
-            title=f"{module.model.config.model_type} {plan.head}",
+            history.train, history.validation, out / "curves.png", title=f"{model_type} {results['head']}"
         )
     except ImportError as e:  # matplotlib is what draws it; training results stand without the picture
         logger.warning("No curves.png: %s", e)
-    logger.info("%s best %s = %.4f; wrote %s", plan.head, monitor, best_value, out)
-    return float(best_value)
+    logger.info(
+        "%s best %s = %.4f; wrote %s", results["head"], results["monitor"], results["best_value"], out
+    )

@@ -2,7 +2,7 @@
 there whenever any Hydra app starts: this names our sweeper there and imports factory (torch, Optuna) only
 when a sweep uses it.
 
-The sweeper is `factory.training.study.OptunaSweeper`; `hydra/sweeper=optuna`
+The sweeper is `factory.training.sweeps.study.OptunaSweeper`; `hydra/sweeper=optuna`
 (conf/hydra/sweeper/optuna.yaml) selects it.
 """
 
@@ -12,10 +12,10 @@ from hydra.plugins.sweeper import Sweeper
 
 
 class OptunaSweeper(Sweeper):
-    """`factory.training.study.OptunaSweeper` under the name Hydra accepts for a plugin."""
+    """`factory.training.sweeps.study.OptunaSweeper` under the name Hydra accepts for a plugin."""
 
     def __init__(self, **settings: Any) -> None:
-        from factory.training.study import OptunaSweeper as Study
+        from factory.training.sweeps.study import OptunaSweeper as Study
 
         self.study = Study(**settings)
 

@@ -1,8 +1,8 @@
-"""A child rank of a run started by `distributed.ReplicaLauncher`: `main([<replica file>])` trains the run
+"""A child rank of a run started by `ranks.ReplicaLauncher`: `main([<replica file>])` trains the run
 that rank 0 described in `<run dir>/.hydra/replica.yaml`, in that run dir, with rank 0's Hydra state.
 
-The launcher starts it as `distributed.replica_command` says. It lives apart from `distributed` because
-it calls `run.train`, and `run` imports `distributed`.
+The launcher starts it as `ranks.replica_command` says. It lives apart from `ranks` because
+it calls `run.train`, and `run` imports `ranks`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from factory.config import ConfigError
 from factory.data.files import DataError
-from factory.training.distributed import global_rank
-from factory.training.failures import PREEMPTED_EXIT_STATUS, Preempted
+from factory.training.distributed.ranks import global_rank
+from factory.training.lightning.failures import PREEMPTED_EXIT_STATUS, Preempted
 from factory.training.run import train
 
 logger = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ from torch import nn
 from factory.build import build_model
 from factory.config import PretrainedConfig, plain_data
 from factory.heads.head import BatchPosition, get_head
-from factory.training.failures import HINT, NonFiniteError
-from factory.training.optim import check_optim, lr_factor, parameter_groups
+from factory.training.lightning.failures import HINT, NonFiniteError
+from factory.training.lightning.optim import check_optim, lr_factor, parameter_groups
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class FactoryModule(pl.LightningModule):
             return
         from torch.distributed.fsdp import fully_shard
 
-        from factory.training.distributed import block_classes
+        from factory.training.distributed.ranks import block_classes
 
         if any(type(p).__name__ == "DTensor" for p in self.model.parameters()):
             return  # already sharded: Lightning calls this hook again when it restores a checkpoint

@@ -60,7 +60,7 @@ def enable_activation_checkpointing(model: nn.Module) -> int:
     The block's own `forward` is wrapped on the instance, so parameter names and state dicts stay as
     they are. Without gradients (validation, inference) blocks run as usual.
     """
-    from factory.training.distributed import block_classes
+    from factory.training.distributed.ranks import block_classes
 
     classes = block_classes(model)
     blocks = [m for m in model.modules() if isinstance(m, classes)]

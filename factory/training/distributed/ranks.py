@@ -6,7 +6,7 @@ command line (`sys.argv`). Under Hydra that is wrong three ways: each child make
 writes in the cwd), a `--multirun` child runs its own copy of the whole sweep, and an Optuna child asks its
 own sampler for hyperparameters, so the ranks of one trial train with different values. Here rank 0
 writes the run's composed, resolved config and its Hydra state to `<run dir>/.hydra/replica.yaml` and
-starts each child as `python -c "<factory.training.replica.main>" <that file>`: the child calls
+starts each child as `python -c "<factory.training.distributed.replica.main>" <that file>`: the child calls
 `factory.training.run.train` with those values and that run dir, and runs no sweep. `RankCheck` then
 compares, across ranks, what each is about to train (config, hyperparameters, learning rates,
 vocabulary) and stops the run if any differ. On SLURM (`hydra/launcher=slurm`), `srun` starts every rank
@@ -43,7 +43,7 @@ from torch import nn
 
 from factory.checkpoints.atomic import atomic_write_text
 from factory.config import ConfigError, did_you_mean, plain_data
-from factory.training.failures import process_group_timeout
+from factory.training.lightning.failures import process_group_timeout
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def block_classes(model: nn.Module | None = None) -> tuple[type[nn.Module], ...]
 def trainer_arguments(values: Mapping[str, Any], model: nn.Module | None = None) -> dict[str, Any]:
     """`pl.Trainer` keyword arguments from checked `trainer` values: a `strategy` node becomes the strategy
     object, with `blocks` in a wrap policy replaced by the block classes of `model`. Keys that are not
-    Trainer arguments (ours, such as `compile`: `factory.training.performance`) stay out."""
+    Trainer arguments (ours, such as `compile`: `factory.training.lightning.performance`) stay out."""
     accepted = inspect.signature(pl.Trainer.__init__).parameters
     out = {k: v for k, v in values.items() if k in accepted}
     node = out.get("strategy")
@@ -282,7 +282,7 @@ def write_replica(cfg: DictConfig | Mapping[str, Any], run_dir: str | os.PathLik
 
 def replica_command(path: str | os.PathLike) -> list[str]:
     """The command of a child rank: no script and no command line of its own, only the replica file."""
-    code = "import sys, factory.training.replica as r; sys.exit(r.main(sys.argv[1:]))"
+    code = "import sys, factory.training.distributed.replica as r; sys.exit(r.main(sys.argv[1:]))"
     return [sys.executable, "-c", code, str(path)]
 
 

@@ -34,7 +34,7 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
 from factory.config import ConfigError, did_you_mean
-from factory.training.sweeps import TrialFailed, TrialPruned
+from factory.training.sweeps.trials import TrialFailed, TrialPruned
 
 logger = logging.getLogger(__name__)
 
@@ -385,7 +385,7 @@ def write_study_plots(study: Any, sweep_dir: str | Path, metric: str = "objectiv
     """`optimization_history.png` and `param_importances.png` in `sweep_dir`; a problem only logs.
     `metric` names the objective (the head's monitored metric)."""
     try:
-        from factory.training.plots import plot_history, plot_importances
+        from factory.training.tracking.plots import plot_history, plot_importances
 
         trials = study.get_trials(deepcopy=False)
         rows = [

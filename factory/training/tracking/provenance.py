@@ -133,7 +133,7 @@ def replay_command(
     """The shell command that trains the run again from its saved config, into `new_dir`.
 
     `overrides` set again the values the user typed: they are in the saved config already, and setting
-    them on the command line again records them as typed (see `factory.training.overrides`).
+    them on the command line again records them as typed (see `factory.training.command_line`).
     """
     config = Path(run_dir).resolve() / RUN_CONFIG
     target = "<new run dir>" if new_dir is None else shlex.quote(str(new_dir))
