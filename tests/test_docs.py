@@ -25,7 +25,7 @@ from hydra.core.override_parser.types import IntervalSweep
 from omegaconf import OmegaConf
 
 from factory import registry
-from factory.training.overrides import check_overrides
+from factory.training.command_line import check_overrides
 from factory.training.resume import resume_argv
 from factory.training.run import train
 from tests.helpers import SHA_MAIN, add_snapshot, tiny_config
