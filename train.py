@@ -10,10 +10,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from factory.config import ConfigError
-from factory.data.files import DataError
+from factory.contract.errors import USER_ERRORS, ConfigError
 from factory.training.command_line import parse
-from factory.training.lightning.failures import PREEMPTED_EXIT_STATUS, NonFiniteError, Preempted
+from factory.training.lightning.failures import PREEMPTED_EXIT_STATUS, Preempted
 from factory.training.resume import refuse_if_held, resumed
 from factory.training.run import train
 from factory.training.sweeps.trials import run_trial
@@ -23,14 +22,14 @@ from factory.training.sweeps.trials import run_trial
 def main(cfg: DictConfig) -> float:
     try:  # under -m, a trial that cannot work is recorded as failed and the sweep goes on
         return run_trial(cfg, train)
-    except (ConfigError, DataError, NonFiniteError) as e:  # config, data, diverged: the message says it all
+    except Preempted as e:  # SIGTERM: last.ckpt is written; the status says "killed by SIGTERM"
+        print(f"Stopped: {e}", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT_STATUS)
+    except USER_ERRORS as e:  # config, data, checkpoint, diverged, the OS: the message says it all
         if isinstance(e, ConfigError):
             remove_empty_run_dir()
         print(f"Error: {e}", file=sys.stderr)
         sys.exit(1)
-    except Preempted as e:  # SIGTERM: last.ckpt is written; the status says "killed by SIGTERM"
-        print(f"Stopped: {e}", file=sys.stderr)
-        sys.exit(PREEMPTED_EXIT_STATUS)
 
 
 def remove_empty_run_dir() -> None:
@@ -58,7 +57,7 @@ if __name__ == "__main__":
         run_dir = cli.value("hydra.run.dir")
         if run_dir is not None:  # before Hydra writes its record there: a dir a live run trains in is refused
             refuse_if_held(str(run_dir), "hydra.run.dir")
-    except ConfigError as e:
+    except USER_ERRORS as e:
         print(f"Error: {e}", file=sys.stderr)
         sys.exit(1)
     sys.argv[1:] = cli.argv

@@ -230,6 +230,40 @@ def test_an_outside_architecture_and_head_train_through_train_py(tmp_path):
     config = json.loads((run / "model" / "config.json").read_text())
     assert config["architectures"] == ["TinyMlpForYesNo"] and config["depth"] == 1  # its own field wins
 
+    # A replay or a resume of that run dir names its plugins and imports nothing it was not told to.
+    for argv in (
+        [f"--config-dir={run / '.hydra'}", "--config-name=config", f"hydra.run.dir={tmp_path / 'replay'}"],
+        [f"resume={run}"],
+    ):
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "train.py"), *argv],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert "add plugins=[tests.test_plugins:register] to the command line" in proc.stderr, proc.stderr
+    assert not (tmp_path / "replay").exists()
+    # A plugin that raises while importing is a message, and leaves no run dir behind.
+    broken = tmp_path / "broken_plugin.py"
+    broken.write_text("raise RuntimeError('this plugin is broken')\n")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "plugins=[broken_plugin]",
+            f"hydra.run.dir={tmp_path / 'b'}",
+        ],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "importing 'broken_plugin' raised RuntimeError: this plugin is broken" in proc.stderr
+    assert not (tmp_path / "b").exists()
+
     # infer.py serves it with the same plugins; the run dir's own are offered by name, never imported.
     infer = [sys.executable, str(REPO / "infer.py"), f"model={run}", "text=yes red blue"]
     proc = subprocess.run(infer, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

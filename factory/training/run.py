@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 
 from factory.checkpoints.atomic import atomic_write_text
 from factory.config import ConfigError, plain_data
+from factory.plugins import import_plugins
 from factory.training.command_line import UserSet, user_set
 from factory.training.distributed import ranks
 from factory.training.lightning import performance
@@ -208,28 +209,20 @@ def check_resumable(ckpt_path: str | os.PathLike, module: FactoryModule) -> None
     )
 
 
-def import_plugins(names: Sequence[str]) -> None:
-    """Import each `module` (or `module:function`, then call it): code of the user's that registers
-    architectures, models and heads defined outside factory (`plugins=[...]` in the config)."""
-    import importlib
-
-    for name in names:
-        if name in _PLUGINS:
-            continue  # a sweep trains many runs in one process: register once
-        module_name, _, function = str(name).partition(":")
-        try:
-            module = importlib.import_module(module_name)
-            if function:
-                getattr(module, function)()
-        except (ImportError, AttributeError) as e:
-            raise ConfigError(
-                f"plugins: cannot load {name!r} ({type(e).__name__}: {e}); give an importable module, "
-                "or module:function to call after importing it."
-            ) from None
-        _PLUGINS.add(name)
-
-
-_PLUGINS: set[str] = set()
+def named_plugins(cfg: DictConfig, user: UserSet) -> list[str]:
+    """The config's `plugins` when the user named them for this run (on the command line, or in a preset
+    they chose); importing runs code, so plugins that only a config names (a run dir's, replayed or
+    resumed) are refused with their names instead of imported."""
+    wanted = [str(p) for p in (cfg.get("plugins") or [])]
+    if wanted and "plugins" not in user.keys:
+        listed = ",".join(wanted)
+        raise ConfigError(
+            f"The config names plugins {wanted}, but this command line does not: importing them would run "
+            f"code that a config someone wrote chose (a run dir's, replayed or resumed). If you trust "
+            f"that code, add plugins=[{listed}] to the command line.",
+            key="plugins",
+        )
+    return wanted
 
 
 # glibc's mallopt parameters (malloc.h).
@@ -271,7 +264,7 @@ def train(
     `overrides` are the values the user typed (default: this Hydra run's record); with `init=pretrained`
     only those `arch` values apply over the checkpoint's.
     """
-    import_plugins(cfg.get("plugins") or [])
+    import_plugins(named_plugins(cfg, user_set(overrides)))
     quiet_known_noise()
     user = what_the_user_set(cfg, overrides)
     if cfg.get("dry_run"):
