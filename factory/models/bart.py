@@ -30,7 +30,7 @@ from factory.models.losses import (
     seq2seq_lm_loss,
     sequence_classification_loss,
 )
-from factory.models.modeling import PreTrainedModel, probes, wanted_outputs
+from factory.models.modeling import PreTrainedModel, init_normal, probes, wanted_outputs
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
 from factory.tokenizers.training import TokenizerRecipe
@@ -419,18 +419,7 @@ class BartPreTrainedModel(PreTrainedModel):
     )
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.init_std
-        if isinstance(module, nn.Linear):
-            module.weight.normal_(0.0, std)
-            if module.bias is not None:
-                module.bias.zero_()
-        elif isinstance(module, nn.Embedding):
-            module.weight.normal_(0.0, std)
-            if module.padding_idx is not None:
-                module.weight[module.padding_idx].zero_()
-        elif isinstance(module, nn.LayerNorm):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
+        init_normal(module, self.config.init_std)
 
     def num_layers_for(self, key: str) -> int:
         return self.config.encoder_layers if "encoder.layers." in key else self.config.decoder_layers

@@ -32,7 +32,7 @@ from factory.models.losses import (
     sequence_classification_loss,
     token_classification_loss,
 )
-from factory.models.modeling import PreTrainedModel, probes, wanted_outputs
+from factory.models.modeling import PreTrainedModel, init_normal, probes, wanted_outputs
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
 from factory.tokenizers.training import TokenizerRecipe
@@ -206,20 +206,10 @@ class DistilBertPreTrainedModel(PreTrainedModel):
     )
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            module.weight.normal_(0.0, std)
-            if module.bias is not None:
-                module.bias.zero_()
-        elif isinstance(module, nn.Embedding) and getattr(module, "sinusoidal", False):
+        if isinstance(module, nn.Embedding) and getattr(module, "sinusoidal", False):
             module.weight.copy_(sinusoidal_positions(*module.weight.shape))
-        elif isinstance(module, nn.Embedding):
-            module.weight.normal_(0.0, std)
-            if module.padding_idx is not None:
-                module.weight[module.padding_idx].zero_()
-        elif isinstance(module, nn.LayerNorm):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
+        else:
+            init_normal(module, self.config.initializer_range)
 
 
 @register_model("base")

@@ -32,7 +32,7 @@ from factory.models.losses import (
     sequence_classification_loss,
     token_classification_loss,
 )
-from factory.models.modeling import PreTrainedModel, probes, wanted_outputs
+from factory.models.modeling import PreTrainedModel, init_normal, probes, wanted_outputs
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
 from factory.tokenizers.training import TokenizerRecipe
@@ -198,17 +198,10 @@ class GPT2PreTrainedModel(PreTrainedModel):
     )
 
     def _init_weights(self, module: nn.Module) -> None:
+        # GPT-2's embeddings have no padding row, so the common scheme is HF's GPT-2 scheme.
         std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            module.weight.normal_(0.0, std)
-            if module.bias is not None:
-                module.bias.zero_()
-        elif isinstance(module, nn.Embedding):
-            module.weight.normal_(0.0, std)
-        elif isinstance(module, nn.LayerNorm):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
-        elif isinstance(module, (GPT2Attention, GPT2MLP)):
+        init_normal(module, std)
+        if isinstance(module, (GPT2Attention, GPT2MLP)):
             # GPT-2 paper: scale the residual projections by 1/sqrt(number of residual paths), two per
             # block. post_init visits children first, so this overrides c_proj's plain init.
             module.c_proj.weight.normal_(0.0, std / math.sqrt(2 * self.config.n_layer))

@@ -108,6 +108,23 @@ def wanted_outputs(
     return bool(attentions), bool(hidden)
 
 
+def init_normal(module: nn.Module, std: float) -> None:
+    """HF's common init of one module (not its children): Linear and Embedding weights from
+    normal(0, std) with zero biases and a zero padding row, LayerNorm weights 1 and biases 0; any other
+    module is left alone, for the architecture's `_init_weights` to add what it does differently."""
+    if isinstance(module, nn.Linear):
+        module.weight.normal_(0.0, std)
+        if module.bias is not None:
+            module.bias.zero_()
+    elif isinstance(module, nn.Embedding):
+        module.weight.normal_(0.0, std)
+        if module.padding_idx is not None:
+            module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        module.weight.fill_(1.0)
+        module.bias.zero_()
+
+
 # The fields `output_attentions` / `output_hidden_states` fill; a head passes its backbone's on.
 PROBE_FIELDS = (
     "hidden_states",

@@ -32,7 +32,7 @@ from factory.models.losses import (
     sequence_classification_loss,
     token_classification_loss,
 )
-from factory.models.modeling import PreTrainedModel
+from factory.models.modeling import PreTrainedModel, init_normal
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model, register_public
 from factory.tokenizers.training import TokenizerRecipe
@@ -523,9 +523,7 @@ class T5PreTrainedModel(PreTrainedModel):
         # so that a weight the file lacks is initialised alone without touching its neighbours.
         std = getattr(module, "init_std", None)
         if isinstance(module, (nn.Linear, nn.Embedding)) and std is not None:
-            module.weight.normal_(0.0, std)
-            if getattr(module, "bias", None) is not None:
-                module.bias.zero_()
+            init_normal(module, std)
         elif isinstance(module, T5LayerNorm):
             module.weight.fill_(self.config.initializer_factor)
 
