@@ -26,14 +26,20 @@ from factory.models.layers import (
 from factory.models.losses import (
     causal_lm_loss,
     masked_lm_loss,
-    multiple_choice_loss,
     next_sentence_loss,
     pretraining_loss,
-    question_answering_loss,
     sequence_classification_loss,
-    token_classification_loss,
 )
-from factory.models.modeling import PreTrainedModel, init_normal, probes, wanted_outputs
+from factory.models.modeling import (
+    PreTrainedModel,
+    choices_as_rows,
+    init_normal,
+    multiple_choice_output,
+    probes,
+    question_answering_output,
+    token_classification_output,
+    wanted_outputs,
+)
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
 from factory.tokenizers.training import TokenizerRecipe
@@ -245,8 +251,35 @@ class BertModel(BertPreTrainedModel):
         )
 
 
+class _BertHead(BertPreTrainedModel):
+    """A model with a head over `self.bert`: its heads call the backbone through `_backbone`, which
+    RoBERTa's heads share (the backbone is found by `base_model_prefix`)."""
+
+    def _backbone(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        output_attentions: bool | None,
+        output_hidden_states: bool | None,
+        past_key_values: tuple | None = None,
+        use_cache: bool | None = False,
+    ) -> ModelOutput:
+        return getattr(self, self.base_model_prefix)(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            past_key_values,
+            use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+
+
 @register_model("seqcls")
-class BertForSequenceClassification(BertPreTrainedModel):
+class BertForSequenceClassification(_BertHead):
     def __init__(self, config: BertConfig) -> None:
         super().__init__(config)
         self.bert = BertModel(config)
@@ -265,14 +298,8 @@ class BertForSequenceClassification(BertPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.bert(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+        out = self._backbone(
+            input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
         )
         logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
         loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
@@ -280,7 +307,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
 
 
 @register_model("qa")
-class BertForQuestionAnswering(BertPreTrainedModel):
+class BertForQuestionAnswering(_BertHead):
     def __init__(self, config: BertConfig) -> None:
         super().__init__(config)
         self.bert = BertModel(config, add_pooling_layer=False)
@@ -298,22 +325,11 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.bert(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+        out = self._backbone(
+            input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
         )
-        start, end = self.qa_outputs(out.last_hidden_state).unbind(-1)  # (B, T) each
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = question_answering_loss(start, end, start_positions, end_positions)
-        return ModelOutput(
-            loss=loss, start_logits=start.contiguous(), end_logits=end.contiguous(), **probes(out)
-        )
+        logits = self.qa_outputs(out.last_hidden_state)  # (B, T, 2)
+        return question_answering_output(logits, start_positions, end_positions, out)
 
 
 class BertLMPredictionHead(nn.Module):
@@ -344,7 +360,7 @@ def _mlm_head_ties(self: BertPreTrainedModel) -> list[tuple[str, ...]]:
 
 
 @register_model("causal_lm")
-class BertLMHeadModel(BertPreTrainedModel):
+class BertLMHeadModel(_BertHead):
     """BERT as a decoder (`is_decoder=True` gives causal attention and a KV cache, as in HF)."""
 
     def __init__(self, config: BertConfig) -> None:
@@ -368,15 +384,15 @@ class BertLMHeadModel(BertPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.bert(
+        out = self._backbone(
             input_ids,
             attention_mask,
             token_type_ids,
             position_ids,
+            output_attentions,
+            output_hidden_states,
             past_key_values,
             use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
         )
         logits = self.cls["predictions"](keep_last(out.last_hidden_state, logits_to_keep, labels))
         loss = causal_lm_loss(logits, labels) if labels is not None else None
@@ -384,7 +400,7 @@ class BertLMHeadModel(BertPreTrainedModel):
 
 
 @register_model("token_cls")
-class BertForTokenClassification(BertPreTrainedModel):
+class BertForTokenClassification(_BertHead):
     """A label per token: the classifier over every hidden state (no pooler, as HF)."""
 
     def __init__(self, config: BertConfig) -> None:
@@ -405,22 +421,15 @@ class BertForTokenClassification(BertPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.bert(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+        out = self._backbone(
+            input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
         )
         logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, num_labels)
-        loss = token_classification_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, **probes(out))
+        return token_classification_output(logits, labels, out)
 
 
 @register_model("masked_lm")
-class BertForMaskedLM(BertPreTrainedModel):
+class BertForMaskedLM(_BertHead):
     """BERT's masked-language-model head (`cls.predictions`), decoder tied to the word embeddings."""
 
     # Pretraining checkpoints (`bert-base-uncased`'s, saved from BertForPreTraining) also hold the pooler
@@ -455,14 +464,8 @@ class BertForMaskedLM(BertPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.bert(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+        out = self._backbone(
+            input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
         )
         logits = self.cls["predictions"](out.last_hidden_state)  # (B, T, vocab)
         loss = masked_lm_loss(logits, labels) if labels is not None else None
@@ -470,7 +473,7 @@ class BertForMaskedLM(BertPreTrainedModel):
 
 
 @register_model("multiple_choice")
-class BertForMultipleChoice(BertPreTrainedModel):
+class BertForMultipleChoice(_BertHead):
     """One score per (context, choice) pair from the pooled output; softmax over a row's choices."""
 
     def __init__(self, config: BertConfig) -> None:
@@ -491,23 +494,10 @@ class BertForMultipleChoice(BertPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        b, n = input_ids.shape[:2]  # (B, num_choices, T): each choice is a row of its own
-
-        def flat(x: torch.Tensor | None) -> torch.Tensor | None:
-            return x.reshape(-1, x.size(-1)) if x is not None else None  # (B * num_choices, T)
-
-        out = self.bert(
-            flat(input_ids),
-            flat(attention_mask),
-            flat(token_type_ids),
-            flat(position_ids),
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
-        logits = self.classifier(self.dropout(out.pooler_output)).view(b, n)  # (B, num_choices)
-        loss = multiple_choice_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, **probes(out))
+        rows = choices_as_rows(input_ids, attention_mask, token_type_ids, position_ids)
+        out = self._backbone(*rows, output_attentions, output_hidden_states)
+        scores = self.classifier(self.dropout(out.pooler_output))  # (B * num_choices, 1)
+        return multiple_choice_output(scores, input_ids, labels, out)
 
 
 # Pretraining checkpoints hold both pretraining heads; next-sentence prediction leaves the MLM head's keys
@@ -516,7 +506,7 @@ _MLM_KEYS = r"^cls\.predictions\."
 
 
 @register_model("next_sentence")
-class BertForNextSentencePrediction(BertPreTrainedModel):
+class BertForNextSentencePrediction(_BertHead):
     """Does sentence B follow sentence A? Logits (B, 2) from the pooled output through
     `cls.seq_relationship`; label 0: B is the next sentence, 1: B is a random one (HF's convention)."""
 
@@ -542,14 +532,8 @@ class BertForNextSentencePrediction(BertPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.bert(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+        out = self._backbone(
+            input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
         )
         logits = self.cls["seq_relationship"](out.pooler_output)  # (B, 2)
         loss = next_sentence_loss(logits, labels) if labels is not None else None
@@ -557,7 +541,7 @@ class BertForNextSentencePrediction(BertPreTrainedModel):
 
 
 @register_model("pretraining")
-class BertForPreTraining(BertPreTrainedModel):
+class BertForPreTraining(_BertHead):
     """BERT's pretraining model: the masked-LM head (`cls.predictions`, decoder tied to the word
     embeddings) and the next-sentence head (`cls.seq_relationship`) over one encoder pass."""
 
@@ -585,14 +569,8 @@ class BertForPreTraining(BertPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.bert(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+        out = self._backbone(
+            input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
         )
         prediction = self.cls["predictions"](out.last_hidden_state)  # (B, T, vocab)
         relationship = self.cls["seq_relationship"](out.pooler_output)  # (B, 2)

@@ -19,17 +19,23 @@ from torch import nn
 
 from factory.checkpoints.weights import COMMON_RENAMES, CheckpointTable
 from factory.config import PretrainedConfig
-from factory.models.bert import BertLayer
+from factory.models.bert import BertLayer, _BertHead
 from factory.models.layers import ACTIVATIONS, document_attention_mask, keep_last
 from factory.models.losses import (
     causal_lm_loss,
     masked_lm_loss,
-    multiple_choice_loss,
-    question_answering_loss,
     sequence_classification_loss,
-    token_classification_loss,
 )
-from factory.models.modeling import PreTrainedModel, init_normal, probes, wanted_outputs
+from factory.models.modeling import (
+    PreTrainedModel,
+    choices_as_rows,
+    init_normal,
+    multiple_choice_output,
+    probes,
+    question_answering_output,
+    token_classification_output,
+    wanted_outputs,
+)
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
 from factory.tokenizers.training import TokenizerRecipe
@@ -231,6 +237,12 @@ class RobertaModel(RobertaPreTrainedModel):
         )
 
 
+class _RobertaHead(RobertaPreTrainedModel):
+    """A model with a head over `self.roberta`, which it calls as BERT's heads call theirs."""
+
+    _backbone = _BertHead._backbone
+
+
 def _classifier_dropout(config: RobertaConfig) -> float:
     return config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
 
@@ -250,7 +262,7 @@ class RobertaClassificationHead(nn.Module):
 
 
 @register_model("seqcls")
-class RobertaForSequenceClassification(RobertaPreTrainedModel):
+class RobertaForSequenceClassification(_RobertaHead):
     checkpoint_table = _NO_POOLER_TABLE
 
     def __init__(self, config: RobertaConfig) -> None:
@@ -269,14 +281,8 @@ class RobertaForSequenceClassification(RobertaPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.roberta(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+        out = self._backbone(
+            input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
         )
         logits = self.classifier(out.last_hidden_state)
         loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
@@ -284,7 +290,7 @@ class RobertaForSequenceClassification(RobertaPreTrainedModel):
 
 
 @register_model("qa")
-class RobertaForQuestionAnswering(RobertaPreTrainedModel):
+class RobertaForQuestionAnswering(_RobertaHead):
     checkpoint_table = _NO_POOLER_TABLE
 
     def __init__(self, config: RobertaConfig) -> None:
@@ -304,26 +310,15 @@ class RobertaForQuestionAnswering(RobertaPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.roberta(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+        out = self._backbone(
+            input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
         )
-        start, end = self.qa_outputs(out.last_hidden_state).unbind(-1)  # (B, T) each
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = question_answering_loss(start, end, start_positions, end_positions)
-        return ModelOutput(
-            loss=loss, start_logits=start.contiguous(), end_logits=end.contiguous(), **probes(out)
-        )
+        logits = self.qa_outputs(out.last_hidden_state)  # (B, T, 2)
+        return question_answering_output(logits, start_positions, end_positions, out)
 
 
 @register_model("token_cls")
-class RobertaForTokenClassification(RobertaPreTrainedModel):
+class RobertaForTokenClassification(_RobertaHead):
     checkpoint_table = _NO_POOLER_TABLE
 
     def __init__(self, config: RobertaConfig) -> None:
@@ -343,18 +338,11 @@ class RobertaForTokenClassification(RobertaPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.roberta(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+        out = self._backbone(
+            input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
         )
         logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, num_labels)
-        loss = token_classification_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, **probes(out))
+        return token_classification_output(logits, labels, out)
 
 
 class RobertaLMHead(nn.Module):
@@ -372,7 +360,7 @@ class RobertaLMHead(nn.Module):
         return self.decoder(self.layer_norm(F.gelu(self.dense(x))))  # (B, T, vocab)
 
 
-class _RobertaLM(RobertaPreTrainedModel):
+class _RobertaLM(_RobertaHead):
     """The backbone and `lm_head` that the masked and the causal LM share."""
 
     checkpoint_table = _NO_POOLER_TABLE
@@ -402,14 +390,8 @@ class RobertaForMaskedLM(_RobertaLM):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.roberta(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+        out = self._backbone(
+            input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
         )
         logits = self.lm_head(out.last_hidden_state)  # (B, T, vocab)
         loss = masked_lm_loss(logits, labels) if labels is not None else None
@@ -433,15 +415,15 @@ class RobertaForCausalLM(_RobertaLM):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.roberta(
+        out = self._backbone(
             input_ids,
             attention_mask,
             token_type_ids,
             position_ids,
+            output_attentions,
+            output_hidden_states,
             past_key_values,
             use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
         )
         logits = self.lm_head(keep_last(out.last_hidden_state, logits_to_keep, labels))
         loss = causal_lm_loss(logits, labels) if labels is not None else None
@@ -449,7 +431,7 @@ class RobertaForCausalLM(_RobertaLM):
 
 
 @register_model("multiple_choice")
-class RobertaForMultipleChoice(RobertaPreTrainedModel):
+class RobertaForMultipleChoice(_RobertaHead):
     """One score per (context, choice) pair from the pooled output; softmax over a row's choices."""
 
     def __init__(self, config: RobertaConfig) -> None:
@@ -469,20 +451,7 @@ class RobertaForMultipleChoice(RobertaPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        b, n = input_ids.shape[:2]  # (B, num_choices, T): each choice is a row of its own
-
-        def flat(x: torch.Tensor | None) -> torch.Tensor | None:
-            return x.reshape(-1, x.size(-1)) if x is not None else None  # (B * num_choices, T)
-
-        out = self.roberta(
-            flat(input_ids),
-            flat(attention_mask),
-            flat(token_type_ids),
-            flat(position_ids),
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
-        logits = self.classifier(self.dropout(out.pooler_output)).view(b, n)  # (B, num_choices)
-        loss = multiple_choice_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, **probes(out))
+        rows = choices_as_rows(input_ids, attention_mask, token_type_ids, position_ids)
+        out = self._backbone(*rows, output_attentions, output_hidden_states)
+        scores = self.classifier(self.dropout(out.pooler_output))  # (B * num_choices, 1)
+        return multiple_choice_output(scores, input_ids, labels, out)
