@@ -24,19 +24,19 @@ from factory.models.layers import (
     split_heads,
 )
 from factory.models.losses import (
-    causal_lm_loss,
-    masked_lm_loss,
     next_sentence_loss,
     pretraining_loss,
-    sequence_classification_loss,
 )
 from factory.models.modeling import (
     PreTrainedModel,
+    causal_lm_output,
     choices_as_rows,
     init_normal,
+    masked_lm_output,
     multiple_choice_output,
     probes,
     question_answering_output,
+    sequence_classification_output,
     token_classification_output,
     wanted_outputs,
 )
@@ -302,8 +302,9 @@ class BertForSequenceClassification(_BertHead):
             input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
         )
         logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
-        loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, last_hidden_state=out.last_hidden_state, **probes(out))
+        return sequence_classification_output(
+            logits, labels, self.config, out, last_hidden_state=out.last_hidden_state
+        )
 
 
 @register_model("qa")
@@ -395,8 +396,7 @@ class BertLMHeadModel(_BertHead):
             use_cache,
         )
         logits = self.cls["predictions"](keep_last(out.last_hidden_state, logits_to_keep, labels))
-        loss = causal_lm_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, **probes(out))
+        return causal_lm_output(logits, labels, out, shift=True)
 
 
 @register_model("token_cls")
@@ -468,8 +468,7 @@ class BertForMaskedLM(_BertHead):
             input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
         )
         logits = self.cls["predictions"](out.last_hidden_state)  # (B, T, vocab)
-        loss = masked_lm_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, **probes(out))
+        return masked_lm_output(logits, labels, out)
 
 
 @register_model("multiple_choice")

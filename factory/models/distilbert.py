@@ -25,17 +25,14 @@ from factory.models.layers import (
     document_attention_mask,
     split_heads,
 )
-from factory.models.losses import (
-    masked_lm_loss,
-    sequence_classification_loss,
-)
 from factory.models.modeling import (
     PreTrainedModel,
     choices_as_rows,
     init_normal,
+    masked_lm_output,
     multiple_choice_output,
-    probes,
     question_answering_output,
+    sequence_classification_output,
     token_classification_output,
     wanted_outputs,
 )
@@ -308,8 +305,7 @@ class DistilBertForSequenceClassification(_DistilBertHead):
         out = self._backbone(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states)
         hidden = out.last_hidden_state
         logits = self.classifier(self._pooled(hidden))  # (B, num_labels)
-        loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden, **probes(out))
+        return sequence_classification_output(logits, labels, self.config, out, last_hidden_state=hidden)
 
 
 @register_model("qa")
@@ -393,8 +389,7 @@ class DistilBertForMaskedLM(_DistilBertHead):
         hidden = out.last_hidden_state
         x = self.vocab_layer_norm(self.act(self.vocab_transform(hidden)))
         logits = self.vocab_projector(x)  # (B, T, vocab)
-        loss = masked_lm_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, **probes(out))
+        return masked_lm_output(logits, labels, out)
 
 
 @register_model("multiple_choice")

@@ -203,3 +203,33 @@ def keep_last(hidden: torch.Tensor, logits_to_keep: int, labels: torch.Tensor | 
             "pass logits_to_keep=0."
         )
     return hidden[:, -logits_to_keep:]
+
+
+def last_token_states(
+    hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    pad_token_id: int | None,
+) -> torch.Tensor:
+    """The (B, C) states of each row's last token that is not padding, which decoder-only classifiers read.
+
+    As HF: with `pad_token_id` set, the last token is the rightmost one that is not `pad_token_id` (left
+    or right padding alike; `attention_mask` is not consulted). Without it, HF takes the last position and
+    refuses batches of more than one; so do we unless `attention_mask` is given, whose rightmost 1 then
+    marks the last token (so a batch works without a pad token).
+    """
+    b, t = input_ids.shape
+    if pad_token_id is not None:
+        keep = input_ids != pad_token_id
+    elif attention_mask is not None:
+        keep = attention_mask[:, -t:].bool()
+    elif b == 1:
+        keep = torch.ones_like(input_ids, dtype=torch.bool)
+    else:
+        raise ValueError(
+            f"Cannot find the last token of {b} sequences: config.pad_token_id is None and no "
+            "attention_mask was given. Set pad_token_id or pass attention_mask."
+        )
+    # Rightmost kept position (0 when none is kept, as HF's argmax gives).
+    last = (torch.arange(t, device=hidden.device) * keep.to(hidden.device, torch.int32)).argmax(-1)
+    return hidden[torch.arange(b, device=hidden.device), last]

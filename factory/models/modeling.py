@@ -14,8 +14,11 @@ from factory.checkpoints.hub import HubOptions
 from factory.checkpoints.weights import CheckpointTable, load_into, save_state
 from factory.config import ConfigError, PretrainedConfig
 from factory.models.losses import (
+    causal_lm_loss,
+    masked_lm_loss,
     multiple_choice_loss,
     question_answering_loss,
+    sequence_classification_loss,
     token_classification_loss,
 )
 from factory.models.outputs import ModelOutput
@@ -149,6 +152,33 @@ def probes(out: ModelOutput) -> dict[str, tuple[torch.Tensor, ...]]:
 
 # What the heads of every architecture compute alike from their logits; the modules that make the logits
 # (and own parameters) stay in each architecture's file, under its names.
+def sequence_classification_output(
+    logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    config: PretrainedConfig,
+    out: ModelOutput,
+    **fields: Any,
+) -> ModelOutput:
+    """A sequence-classification head's output from its (B, num_labels) logits, with `fields` (what HF's
+    class of that architecture also returns) and `out`'s probes."""
+    loss = sequence_classification_loss(logits, labels, config) if labels is not None else None
+    return ModelOutput(loss=loss, logits=logits, **fields, **probes(out))
+
+
+def causal_lm_output(
+    logits: torch.Tensor, labels: torch.Tensor | None, out: ModelOutput, shift: bool
+) -> ModelOutput:
+    """A causal LM's output from its (B, T, vocab) logits; `shift`: whether `labels` are the input tokens."""
+    loss = causal_lm_loss(logits, labels, shift=shift) if labels is not None else None
+    return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, **probes(out))
+
+
+def masked_lm_output(logits: torch.Tensor, labels: torch.Tensor | None, out: ModelOutput) -> ModelOutput:
+    """A masked LM's output from its (B, T, vocab) logits."""
+    loss = masked_lm_loss(logits, labels) if labels is not None else None
+    return ModelOutput(loss=loss, logits=logits, **probes(out))
+
+
 def token_classification_output(
     logits: torch.Tensor, labels: torch.Tensor | None, out: ModelOutput
 ) -> ModelOutput:

@@ -21,18 +21,15 @@ from factory.checkpoints.weights import COMMON_RENAMES, CheckpointTable
 from factory.config import PretrainedConfig
 from factory.models.bert import BertLayer, _BertHead
 from factory.models.layers import ACTIVATIONS, document_attention_mask, keep_last
-from factory.models.losses import (
-    causal_lm_loss,
-    masked_lm_loss,
-    sequence_classification_loss,
-)
 from factory.models.modeling import (
     PreTrainedModel,
+    causal_lm_output,
     choices_as_rows,
     init_normal,
+    masked_lm_output,
     multiple_choice_output,
-    probes,
     question_answering_output,
+    sequence_classification_output,
     token_classification_output,
     wanted_outputs,
 )
@@ -285,8 +282,9 @@ class RobertaForSequenceClassification(_RobertaHead):
             input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
         )
         logits = self.classifier(out.last_hidden_state)
-        loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, last_hidden_state=out.last_hidden_state, **probes(out))
+        return sequence_classification_output(
+            logits, labels, self.config, out, last_hidden_state=out.last_hidden_state
+        )
 
 
 @register_model("qa")
@@ -394,8 +392,7 @@ class RobertaForMaskedLM(_RobertaLM):
             input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
         )
         logits = self.lm_head(out.last_hidden_state)  # (B, T, vocab)
-        loss = masked_lm_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, **probes(out))
+        return masked_lm_output(logits, labels, out)
 
 
 @register_model("causal_lm")
@@ -426,8 +423,7 @@ class RobertaForCausalLM(_RobertaLM):
             use_cache,
         )
         logits = self.lm_head(keep_last(out.last_hidden_state, logits_to_keep, labels))
-        loss = causal_lm_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, **probes(out))
+        return causal_lm_output(logits, labels, out, shift=True)
 
 
 @register_model("multiple_choice")
