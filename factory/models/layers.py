@@ -233,3 +233,27 @@ def last_token_states(
     # Rightmost kept position (0 when none is kept, as HF's argmax gives).
     last = (torch.arange(t, device=hidden.device) * keep.to(hidden.device, torch.int32)).argmax(-1)
     return hidden[torch.arange(b, device=hidden.device), last]
+
+
+def eos_pooled(hidden: torch.Tensor, input_ids: torch.Tensor, config) -> torch.Tensor:
+    """The decoder state at each row's last <eos> (`config.eos_token_id`) of `input_ids`, (B, C), as HF
+    pools it for encoder-decoder classifiers.
+
+    As in HF, every row must hold the same number (at least one) of <eos> tokens.
+    """
+    eos_token_id = config.eos_token_id
+    if not isinstance(eos_token_id, int):
+        raise ValueError(
+            f"{type(config).__name__}.eos_token_id={eos_token_id!r}: eos pooling needs one integer token id."
+        )
+    eos = input_ids.eq(eos_token_id)
+    counts = eos.sum(1)
+    if bool((counts != counts[0]).any()):
+        raise ValueError(
+            f"All examples must have the same number of <eos> tokens (eos_token_id={eos_token_id}); "
+            f"counts per row: {counts.tolist()}."
+        )
+    if int(counts[0]) == 0:
+        raise ValueError(f"Each example must contain at least one <eos> token (eos_token_id={eos_token_id}).")
+    b, _, c = hidden.shape
+    return hidden[eos].view(b, -1, c)[:, -1]

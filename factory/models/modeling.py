@@ -18,6 +18,7 @@ from factory.models.losses import (
     masked_lm_loss,
     multiple_choice_loss,
     question_answering_loss,
+    seq2seq_lm_loss,
     sequence_classification_loss,
     token_classification_loss,
 )
@@ -177,6 +178,18 @@ def masked_lm_output(logits: torch.Tensor, labels: torch.Tensor | None, out: Mod
     """A masked LM's output from its (B, T, vocab) logits."""
     loss = masked_lm_loss(logits, labels) if labels is not None else None
     return ModelOutput(loss=loss, logits=logits, **probes(out))
+
+
+def seq2seq_lm_output(logits: torch.Tensor, labels: torch.Tensor | None, out: ModelOutput) -> ModelOutput:
+    """An encoder-decoder LM's output from its (B, T, vocab) logits, with the cache and the encoder's state."""
+    loss = seq2seq_lm_loss(logits, labels) if labels is not None else None
+    return ModelOutput(
+        loss=loss,
+        logits=logits,
+        past_key_values=out.past_key_values,
+        encoder_last_hidden_state=out.encoder_last_hidden_state,
+        **probes(out),
+    )
 
 
 def token_classification_output(
