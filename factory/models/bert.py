@@ -228,6 +228,20 @@ class BertModel(BertPreTrainedModel):
             x = x + emb["token_type_embeddings"](token_type_ids)
         x = self.emb_dropout(emb["LayerNorm"](x))  # (B, T, C)
 
+        return self._encode(
+            x, attention_mask, past_key_values, use_cache, output_attentions, output_hidden_states
+        )
+
+    def _encode(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        past_key_values: tuple | None,
+        use_cache: bool | None,
+        output_attentions: bool | None,
+        output_hidden_states: bool | None,
+    ) -> ModelOutput:
+        """The layers and the pooler over the embeddings' (B, T, C) output `x` (RoBERTa's too)."""
         use_cache = (self.config.use_cache and not self.training) if use_cache is None else use_cache
         use_cache = use_cache and self.config.is_decoder
         want_attn, want_hidden = wanted_outputs(self.config, output_attentions, output_hidden_states)

@@ -19,7 +19,7 @@ from torch import nn
 
 from factory.checkpoints.weights import COMMON_RENAMES, CheckpointTable
 from factory.config import PretrainedConfig
-from factory.models.bert import BertLayer, _BertHead
+from factory.models.bert import BertLayer, BertModel, _BertHead
 from factory.models.layers import ACTIVATIONS, document_attention_mask, keep_last
 from factory.models.modeling import (
     PreTrainedModel,
@@ -31,7 +31,6 @@ from factory.models.modeling import (
     question_answering_output,
     sequence_classification_output,
     token_classification_output,
-    wanted_outputs,
 )
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
@@ -211,27 +210,12 @@ class RobertaModel(RobertaPreTrainedModel):
             x = x + emb["token_type_embeddings"](token_type_ids)
         x = self.emb_dropout(emb["LayerNorm"](x))  # (B, T, C)
 
-        use_cache = (self.config.use_cache and not self.training) if use_cache is None else use_cache
-        use_cache = use_cache and self.config.is_decoder
-        want_attn, want_hidden = wanted_outputs(self.config, output_attentions, output_hidden_states)
-        hidden, attns = ([x] if want_hidden else None), ([] if want_attn else None)
-        presents = []
-        for i, layer in enumerate(self.encoder["layer"]):
-            past = past_key_values[i] if past_key_values is not None else None
-            x, kv, probs = layer(x, attention_mask, past, want_attn)
-            presents.append(kv)
-            if hidden is not None:
-                hidden.append(x)
-            if attns is not None:
-                attns.append(probs)
-        pooled = torch.tanh(self.pooler["dense"](x[:, 0])) if self.pooler is not None else None
-        return ModelOutput(
-            last_hidden_state=x,
-            pooler_output=pooled,
-            past_key_values=tuple(presents) if use_cache else None,
-            hidden_states=tuple(hidden) if hidden is not None else None,
-            attentions=tuple(attns) if attns is not None else None,
+        return self._encode(
+            x, attention_mask, past_key_values, use_cache, output_attentions, output_hidden_states
         )
+
+    # HF's RobertaModel runs BertModel's layers and pooler.
+    _encode = BertModel._encode
 
 
 class _RobertaHead(RobertaPreTrainedModel):
