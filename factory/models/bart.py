@@ -22,16 +22,19 @@ from factory.models.layers import (
     activation,
     attention_mask_for_sdpa,
     attention_with_probs,
+    eos_pooled,
     keep_last,
     split_heads,
 )
-from factory.models.losses import (
-    causal_lm_loss,
-    question_answering_loss,
-    seq2seq_lm_loss,
-    sequence_classification_loss,
+from factory.models.modeling import (
+    PreTrainedModel,
+    causal_lm_output,
+    init_normal,
+    question_answering_output,
+    seq2seq_lm_output,
+    sequence_classification_output,
+    wanted_outputs,
 )
-from factory.models.modeling import PreTrainedModel, probes, wanted_outputs
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
 
@@ -419,18 +422,7 @@ class BartPreTrainedModel(PreTrainedModel):
     )
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.init_std
-        if isinstance(module, nn.Linear):
-            module.weight.normal_(0.0, std)
-            if module.bias is not None:
-                module.bias.zero_()
-        elif isinstance(module, nn.Embedding):
-            module.weight.normal_(0.0, std)
-            if module.padding_idx is not None:
-                module.weight[module.padding_idx].zero_()
-        elif isinstance(module, nn.LayerNorm):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
+        init_normal(module, self.config.init_std)
 
     def num_layers_for(self, key: str) -> int:
         return self.config.encoder_layers if "encoder.layers." in key else self.config.decoder_layers
@@ -529,6 +521,37 @@ class BartModel(BartPreTrainedModel):
         )
 
 
+class _BartHead(BartPreTrainedModel):
+    """A model with a head over `self.model`, a BartModel: its heads call it through `_backbone`."""
+
+    def tied_groups(self) -> list[tuple[str, ...]]:
+        return self._embedding_groups("model.")
+
+    def _backbone(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        decoder_input_ids: torch.Tensor | None,
+        decoder_attention_mask: torch.Tensor | None,
+        encoder_outputs: Any,
+        past_key_values: tuple | None,
+        use_cache: bool | None,
+        output_attentions: bool | None,
+        output_hidden_states: bool | None,
+    ) -> ModelOutput:
+        return self.model(
+            input_ids,
+            attention_mask,
+            decoder_input_ids,
+            decoder_attention_mask,
+            encoder_outputs,
+            past_key_values,
+            use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+
+
 class BartClassificationHead(nn.Module):
     def __init__(self, config: BartConfig) -> None:
         super().__init__()
@@ -542,28 +565,8 @@ class BartClassificationHead(nn.Module):
         return self.out_proj(self.dropout(x))  # (B, num_labels)
 
 
-def eos_pooled(hidden: torch.Tensor, input_ids: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
-    """The decoder state at each row's last <eos> of `input_ids`, (B, C), as HF pools it.
-
-    As in HF, every row must hold the same number (at least one) of <eos> tokens.
-    """
-    if not isinstance(eos_token_id, int):
-        raise ValueError(f"BartConfig.eos_token_id={eos_token_id!r}: eos pooling needs one integer token id.")
-    eos = input_ids.eq(eos_token_id)
-    counts = eos.sum(1)
-    if bool((counts != counts[0]).any()):
-        raise ValueError(
-            f"All examples must have the same number of <eos> tokens (eos_token_id={eos_token_id}); "
-            f"counts per row: {counts.tolist()}."
-        )
-    if int(counts[0]) == 0:
-        raise ValueError(f"Each example must contain at least one <eos> token (eos_token_id={eos_token_id}).")
-    b, _, c = hidden.shape
-    return hidden[eos].view(b, -1, c)[:, -1]
-
-
 @register_model("seqcls")
-class BartForSequenceClassification(BartPreTrainedModel):
+class BartForSequenceClassification(_BartHead):
     """Classifies from the decoder state at the last <eos> token."""
 
     def __init__(self, config: BartConfig) -> None:
@@ -571,9 +574,6 @@ class BartForSequenceClassification(BartPreTrainedModel):
         self.model = BartModel(config)
         self.classification_head = BartClassificationHead(config)
         self.post_init()
-
-    def tied_groups(self) -> list[tuple[str, ...]]:
-        return self._embedding_groups("model.")
 
     def forward(
         self,
@@ -586,30 +586,31 @@ class BartForSequenceClassification(BartPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
     ) -> ModelOutput:
-        out = self.model(
+        out = self._backbone(
             input_ids,
             attention_mask,
             decoder_input_ids,
             decoder_attention_mask,
             encoder_outputs,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+            None,
+            False,
+            output_attentions,
+            output_hidden_states,
         )
-        pooled = eos_pooled(out.last_hidden_state, input_ids, self.config.eos_token_id)
+        pooled = eos_pooled(out.last_hidden_state, input_ids, self.config)
         logits = self.classification_head(pooled)
-        loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        return ModelOutput(
-            loss=loss,
-            logits=logits,
+        return sequence_classification_output(
+            logits,
+            labels,
+            self.config,
+            out,
             last_hidden_state=out.last_hidden_state,
             encoder_last_hidden_state=out.encoder_last_hidden_state,
-            **probes(out),
         )
 
 
 @register_model("qa")
-class BartForQuestionAnswering(BartPreTrainedModel):
+class BartForQuestionAnswering(_BartHead):
     """Span start and end logits from the decoder's states."""
 
     def __init__(self, config: BartConfig) -> None:
@@ -617,9 +618,6 @@ class BartForQuestionAnswering(BartPreTrainedModel):
         self.model = BartModel(config)
         self.qa_outputs = nn.Linear(config.d_model, 2)
         self.post_init()
-
-    def tied_groups(self) -> list[tuple[str, ...]]:
-        return self._embedding_groups("model.")
 
     def forward(
         self,
@@ -633,26 +631,24 @@ class BartForQuestionAnswering(BartPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
     ) -> ModelOutput:
-        out = self.model(
+        out = self._backbone(
             input_ids,
             attention_mask,
             decoder_input_ids,
             decoder_attention_mask,
             encoder_outputs,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+            None,
+            False,
+            output_attentions,
+            output_hidden_states,
         )
-        start, end = self.qa_outputs(out.last_hidden_state).unbind(-1)  # (B, T) each
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = question_answering_loss(start, end, start_positions, end_positions)
-        return ModelOutput(
-            loss=loss,
-            start_logits=start.contiguous(),
-            end_logits=end.contiguous(),
+        logits = self.qa_outputs(out.last_hidden_state)  # (B, T, 2)
+        return question_answering_output(
+            logits,
+            start_positions,
+            end_positions,
+            out,
             encoder_last_hidden_state=out.encoder_last_hidden_state,
-            **probes(out),
         )
 
 
@@ -707,12 +703,11 @@ class BartForCausalLM(BartPreTrainedModel):
             output_hidden_states=output_hidden_states,
         )
         logits = self.lm_head(keep_last(out.last_hidden_state, logits_to_keep, labels))  # (B, T, vocab)
-        loss = causal_lm_loss(logits, labels, shift=False) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, **probes(out))
+        return causal_lm_output(logits, labels, out, shift=False)
 
 
 @register_model("seq2seq_lm")
-class BartForConditionalGeneration(BartPreTrainedModel):
+class BartForConditionalGeneration(_BartHead):
     """Encoder-decoder with a language-model head tied to the shared embeddings (summarisation, translation).
 
     `labels` (B, T) are the target ids, -100 ignored; without `decoder_input_ids` the decoder reads them
@@ -763,7 +758,7 @@ class BartForConditionalGeneration(BartPreTrainedModel):
                 decoder_input_ids = shift_tokens_right(
                     labels, self.config.pad_token_id, self.config.decoder_start_token_id
                 )
-        out = self.model(
+        out = self._backbone(
             input_ids,
             attention_mask,
             decoder_input_ids,
@@ -771,16 +766,9 @@ class BartForConditionalGeneration(BartPreTrainedModel):
             encoder_outputs,
             past_key_values,
             use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+            output_attentions,
+            output_hidden_states,
         )
         logits = self.lm_head(out.last_hidden_state)  # (B, T, vocab)
         logits = logits + self.final_logits_bias.to(logits)
-        loss = seq2seq_lm_loss(logits, labels) if labels is not None else None
-        return ModelOutput(
-            loss=loss,
-            logits=logits,
-            past_key_values=out.past_key_values,
-            encoder_last_hidden_state=out.encoder_last_hidden_state,
-            **probes(out),
-        )
+        return seq2seq_lm_output(logits, labels, out)

@@ -25,16 +25,22 @@ from factory.models.layers import (
     split_heads,
 )
 from factory.models.losses import (
-    causal_lm_loss,
-    masked_lm_loss,
-    multiple_choice_loss,
     next_sentence_loss,
     pretraining_loss,
-    question_answering_loss,
-    sequence_classification_loss,
-    token_classification_loss,
 )
-from factory.models.modeling import PreTrainedModel, probes, wanted_outputs
+from factory.models.modeling import (
+    PreTrainedModel,
+    causal_lm_output,
+    choices_as_rows,
+    init_normal,
+    masked_lm_output,
+    multiple_choice_output,
+    probes,
+    question_answering_output,
+    sequence_classification_output,
+    token_classification_output,
+    wanted_outputs,
+)
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
 
@@ -159,19 +165,8 @@ class BertPreTrainedModel(PreTrainedModel):
     )
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            module.weight.normal_(0.0, std)
-            if module.bias is not None:
-                module.bias.zero_()
-        elif isinstance(module, nn.Embedding):
-            module.weight.normal_(0.0, std)
-            if module.padding_idx is not None:
-                module.weight[module.padding_idx].zero_()
-        elif isinstance(module, nn.LayerNorm):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
-        elif isinstance(module, BertLMPredictionHead):
+        init_normal(module, self.config.initializer_range)
+        if isinstance(module, BertLMPredictionHead):
             module.bias.zero_()
 
 
@@ -233,6 +228,20 @@ class BertModel(BertPreTrainedModel):
             x = x + emb["token_type_embeddings"](token_type_ids)
         x = self.emb_dropout(emb["LayerNorm"](x))  # (B, T, C)
 
+        return self._encode(
+            x, attention_mask, past_key_values, use_cache, output_attentions, output_hidden_states
+        )
+
+    def _encode(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        past_key_values: tuple | None,
+        use_cache: bool | None,
+        output_attentions: bool | None,
+        output_hidden_states: bool | None,
+    ) -> ModelOutput:
+        """The layers and the pooler over the embeddings' (B, T, C) output `x` (RoBERTa's too)."""
         use_cache = (self.config.use_cache and not self.training) if use_cache is None else use_cache
         use_cache = use_cache and self.config.is_decoder
         want_attn, want_hidden = wanted_outputs(self.config, output_attentions, output_hidden_states)
@@ -256,8 +265,35 @@ class BertModel(BertPreTrainedModel):
         )
 
 
+class _BertHead(BertPreTrainedModel):
+    """A model with a head over `self.bert`: its heads call the backbone through `_backbone`, which
+    RoBERTa's heads share (the backbone is found by `base_model_prefix`)."""
+
+    def _backbone(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        output_attentions: bool | None,
+        output_hidden_states: bool | None,
+        past_key_values: tuple | None = None,
+        use_cache: bool | None = False,
+    ) -> ModelOutput:
+        return getattr(self, self.base_model_prefix)(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            past_key_values,
+            use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+
+
 @register_model("seqcls")
-class BertForSequenceClassification(BertPreTrainedModel):
+class BertForSequenceClassification(_BertHead):
     def __init__(self, config: BertConfig) -> None:
         super().__init__(config)
         self.bert = BertModel(config)
@@ -276,22 +312,17 @@ class BertForSequenceClassification(BertPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.bert(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+        out = self._backbone(
+            input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
         )
         logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
-        loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, last_hidden_state=out.last_hidden_state, **probes(out))
+        return sequence_classification_output(
+            logits, labels, self.config, out, last_hidden_state=out.last_hidden_state
+        )
 
 
 @register_model("qa")
-class BertForQuestionAnswering(BertPreTrainedModel):
+class BertForQuestionAnswering(_BertHead):
     def __init__(self, config: BertConfig) -> None:
         super().__init__(config)
         self.bert = BertModel(config, add_pooling_layer=False)
@@ -309,22 +340,11 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.bert(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+        out = self._backbone(
+            input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
         )
-        start, end = self.qa_outputs(out.last_hidden_state).unbind(-1)  # (B, T) each
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = question_answering_loss(start, end, start_positions, end_positions)
-        return ModelOutput(
-            loss=loss, start_logits=start.contiguous(), end_logits=end.contiguous(), **probes(out)
-        )
+        logits = self.qa_outputs(out.last_hidden_state)  # (B, T, 2)
+        return question_answering_output(logits, start_positions, end_positions, out)
 
 
 class BertLMPredictionHead(nn.Module):
@@ -355,7 +375,7 @@ def _mlm_head_ties(self: BertPreTrainedModel) -> list[tuple[str, ...]]:
 
 
 @register_model("causal_lm")
-class BertLMHeadModel(BertPreTrainedModel):
+class BertLMHeadModel(_BertHead):
     """BERT as a decoder (`is_decoder=True` gives causal attention and a KV cache, as in HF)."""
 
     def __init__(self, config: BertConfig) -> None:
@@ -379,23 +399,22 @@ class BertLMHeadModel(BertPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.bert(
+        out = self._backbone(
             input_ids,
             attention_mask,
             token_type_ids,
             position_ids,
+            output_attentions,
+            output_hidden_states,
             past_key_values,
             use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
         )
         logits = self.cls["predictions"](keep_last(out.last_hidden_state, logits_to_keep, labels))
-        loss = causal_lm_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, **probes(out))
+        return causal_lm_output(logits, labels, out, shift=True)
 
 
 @register_model("token_cls")
-class BertForTokenClassification(BertPreTrainedModel):
+class BertForTokenClassification(_BertHead):
     """A label per token: the classifier over every hidden state (no pooler, as HF)."""
 
     def __init__(self, config: BertConfig) -> None:
@@ -416,22 +435,15 @@ class BertForTokenClassification(BertPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.bert(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+        out = self._backbone(
+            input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
         )
         logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, num_labels)
-        loss = token_classification_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, **probes(out))
+        return token_classification_output(logits, labels, out)
 
 
 @register_model("masked_lm")
-class BertForMaskedLM(BertPreTrainedModel):
+class BertForMaskedLM(_BertHead):
     """BERT's masked-language-model head (`cls.predictions`), decoder tied to the word embeddings."""
 
     # Pretraining checkpoints (`bert-base-uncased`'s, saved from BertForPreTraining) also hold the pooler
@@ -466,22 +478,15 @@ class BertForMaskedLM(BertPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.bert(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+        out = self._backbone(
+            input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
         )
         logits = self.cls["predictions"](out.last_hidden_state)  # (B, T, vocab)
-        loss = masked_lm_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, **probes(out))
+        return masked_lm_output(logits, labels, out)
 
 
 @register_model("multiple_choice")
-class BertForMultipleChoice(BertPreTrainedModel):
+class BertForMultipleChoice(_BertHead):
     """One score per (context, choice) pair from the pooled output; softmax over a row's choices."""
 
     def __init__(self, config: BertConfig) -> None:
@@ -502,23 +507,10 @@ class BertForMultipleChoice(BertPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        b, n = input_ids.shape[:2]  # (B, num_choices, T): each choice is a row of its own
-
-        def flat(x: torch.Tensor | None) -> torch.Tensor | None:
-            return x.reshape(-1, x.size(-1)) if x is not None else None  # (B * num_choices, T)
-
-        out = self.bert(
-            flat(input_ids),
-            flat(attention_mask),
-            flat(token_type_ids),
-            flat(position_ids),
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
-        logits = self.classifier(self.dropout(out.pooler_output)).view(b, n)  # (B, num_choices)
-        loss = multiple_choice_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, **probes(out))
+        rows = choices_as_rows(input_ids, attention_mask, token_type_ids, position_ids)
+        out = self._backbone(*rows, output_attentions, output_hidden_states)
+        scores = self.classifier(self.dropout(out.pooler_output))  # (B * num_choices, 1)
+        return multiple_choice_output(scores, input_ids, labels, out)
 
 
 # Pretraining checkpoints hold both pretraining heads; next-sentence prediction leaves the MLM head's keys
@@ -527,7 +519,7 @@ _MLM_KEYS = r"^cls\.predictions\."
 
 
 @register_model("next_sentence")
-class BertForNextSentencePrediction(BertPreTrainedModel):
+class BertForNextSentencePrediction(_BertHead):
     """Does sentence B follow sentence A? Logits (B, 2) from the pooled output through
     `cls.seq_relationship`; label 0: B is the next sentence, 1: B is a random one (HF's convention)."""
 
@@ -553,14 +545,8 @@ class BertForNextSentencePrediction(BertPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.bert(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+        out = self._backbone(
+            input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
         )
         logits = self.cls["seq_relationship"](out.pooler_output)  # (B, 2)
         loss = next_sentence_loss(logits, labels) if labels is not None else None
@@ -568,7 +554,7 @@ class BertForNextSentencePrediction(BertPreTrainedModel):
 
 
 @register_model("pretraining")
-class BertForPreTraining(BertPreTrainedModel):
+class BertForPreTraining(_BertHead):
     """BERT's pretraining model: the masked-LM head (`cls.predictions`, decoder tied to the word
     embeddings) and the next-sentence head (`cls.seq_relationship`) over one encoder pass."""
 
@@ -596,14 +582,8 @@ class BertForPreTraining(BertPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.bert(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+        out = self._backbone(
+            input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
         )
         prediction = self.cls["predictions"](out.last_hidden_state)  # (B, T, vocab)
         relationship = self.cls["seq_relationship"](out.pooler_output)  # (B, 2)

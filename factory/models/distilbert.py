@@ -26,14 +26,17 @@ from factory.models.layers import (
     document_attention_mask,
     split_heads,
 )
-from factory.models.losses import (
-    masked_lm_loss,
-    multiple_choice_loss,
-    question_answering_loss,
-    sequence_classification_loss,
-    token_classification_loss,
+from factory.models.modeling import (
+    PreTrainedModel,
+    choices_as_rows,
+    init_normal,
+    masked_lm_output,
+    multiple_choice_output,
+    question_answering_output,
+    sequence_classification_output,
+    token_classification_output,
+    wanted_outputs,
 )
-from factory.models.modeling import PreTrainedModel, probes, wanted_outputs
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
 
@@ -206,20 +209,10 @@ class DistilBertPreTrainedModel(PreTrainedModel):
     )
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            module.weight.normal_(0.0, std)
-            if module.bias is not None:
-                module.bias.zero_()
-        elif isinstance(module, nn.Embedding) and getattr(module, "sinusoidal", False):
+        if isinstance(module, nn.Embedding) and getattr(module, "sinusoidal", False):
             module.weight.copy_(sinusoidal_positions(*module.weight.shape))
-        elif isinstance(module, nn.Embedding):
-            module.weight.normal_(0.0, std)
-            if module.padding_idx is not None:
-                module.weight[module.padding_idx].zero_()
-        elif isinstance(module, nn.LayerNorm):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
+        else:
+            init_normal(module, self.config.initializer_range)
 
 
 @register_model("base")
@@ -281,6 +274,11 @@ class _DistilBertHead(DistilBertPreTrainedModel):
             output_hidden_states=output_hidden_states,
         )
 
+    def _pooled(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The (B, C) input of `classifier` in the sequence and multiple-choice heads: `pre_classifier` and
+        ReLU on the [CLS] state, then dropout."""
+        return self.dropout(torch.relu(self.pre_classifier(hidden[:, 0])))
+
 
 @register_model("seqcls")
 class DistilBertForSequenceClassification(_DistilBertHead):
@@ -306,10 +304,8 @@ class DistilBertForSequenceClassification(_DistilBertHead):
     ):
         out = self._backbone(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states)
         hidden = out.last_hidden_state
-        pooled = self.dropout(torch.relu(self.pre_classifier(hidden[:, 0])))  # (B, C)
-        logits = self.classifier(pooled)  # (B, num_labels)
-        loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden, **probes(out))
+        logits = self.classifier(self._pooled(hidden))  # (B, num_labels)
+        return sequence_classification_output(logits, labels, self.config, out, last_hidden_state=hidden)
 
 
 @register_model("qa")
@@ -333,14 +329,8 @@ class DistilBertForQuestionAnswering(_DistilBertHead):
         output_hidden_states=None,
     ):
         out = self._backbone(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states)
-        hidden = out.last_hidden_state
-        start, end = self.qa_outputs(self.dropout(hidden)).unbind(-1)  # (B, T) each
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = question_answering_loss(start, end, start_positions, end_positions)
-        return ModelOutput(
-            loss=loss, start_logits=start.contiguous(), end_logits=end.contiguous(), **probes(out)
-        )
+        logits = self.qa_outputs(self.dropout(out.last_hidden_state))  # (B, T, 2)
+        return question_answering_output(logits, start_positions, end_positions, out)
 
 
 @register_model("token_cls")
@@ -363,10 +353,8 @@ class DistilBertForTokenClassification(_DistilBertHead):
         output_hidden_states=None,
     ):
         out = self._backbone(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states)
-        hidden = out.last_hidden_state
-        logits = self.classifier(self.dropout(hidden))  # (B, T, num_labels)
-        loss = token_classification_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, **probes(out))
+        logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, num_labels)
+        return token_classification_output(logits, labels, out)
 
 
 @register_model("masked_lm")
@@ -401,8 +389,7 @@ class DistilBertForMaskedLM(_DistilBertHead):
         hidden = out.last_hidden_state
         x = self.vocab_layer_norm(self.act(self.vocab_transform(hidden)))
         logits = self.vocab_projector(x)  # (B, T, vocab)
-        loss = masked_lm_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, **probes(out))
+        return masked_lm_output(logits, labels, out)
 
 
 @register_model("multiple_choice")
@@ -427,16 +414,7 @@ class DistilBertForMultipleChoice(_DistilBertHead):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        b, n = input_ids.shape[:2]  # (B, num_choices, T): each choice is a row of its own
-
-        def flat(x: torch.Tensor | None) -> torch.Tensor | None:
-            return x.reshape(-1, x.size(-1)) if x is not None else None  # (B * num_choices, T)
-
-        out = self._backbone(
-            flat(input_ids), flat(attention_mask), flat(position_ids), output_attentions, output_hidden_states
-        )
-        hidden = out.last_hidden_state
-        pooled = self.dropout(torch.relu(self.pre_classifier(hidden[:, 0])))
-        logits = self.classifier(pooled).view(b, n)  # (B, num_choices)
-        loss = multiple_choice_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, **probes(out))
+        rows = choices_as_rows(input_ids, attention_mask, position_ids)
+        out = self._backbone(*rows, output_attentions, output_hidden_states)
+        scores = self.classifier(self._pooled(out.last_hidden_state))  # (B * num_choices, 1)
+        return multiple_choice_output(scores, input_ids, labels, out)

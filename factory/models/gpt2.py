@@ -25,15 +25,18 @@ from factory.models.layers import (
     attention_with_probs,
     document_attention_mask,
     keep_last,
+    last_token_states,
     split_heads,
 )
-from factory.models.losses import (
-    causal_lm_loss,
-    question_answering_loss,
-    sequence_classification_loss,
-    token_classification_loss,
+from factory.models.modeling import (
+    PreTrainedModel,
+    causal_lm_output,
+    init_normal,
+    question_answering_output,
+    sequence_classification_output,
+    token_classification_output,
+    wanted_outputs,
 )
-from factory.models.modeling import PreTrainedModel, probes, wanted_outputs
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
 
@@ -198,17 +201,10 @@ class GPT2PreTrainedModel(PreTrainedModel):
     )
 
     def _init_weights(self, module: nn.Module) -> None:
+        # GPT-2's embeddings have no padding row, so the common scheme is HF's GPT-2 scheme.
         std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            module.weight.normal_(0.0, std)
-            if module.bias is not None:
-                module.bias.zero_()
-        elif isinstance(module, nn.Embedding):
-            module.weight.normal_(0.0, std)
-        elif isinstance(module, nn.LayerNorm):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
-        elif isinstance(module, (GPT2Attention, GPT2MLP)):
+        init_normal(module, std)
+        if isinstance(module, (GPT2Attention, GPT2MLP)):
             # GPT-2 paper: scale the residual projections by 1/sqrt(number of residual paths), two per
             # block. post_init visits children first, so this overrides c_proj's plain init.
             module.c_proj.weight.normal_(0.0, std / math.sqrt(2 * self.config.n_layer))
@@ -286,8 +282,34 @@ class GPT2Model(GPT2PreTrainedModel):
         )
 
 
+class _GPT2Head(GPT2PreTrainedModel):
+    """A model with a head over `self.transformer`: its heads call the backbone through `_backbone`."""
+
+    def _backbone(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        past_key_values: tuple | None,
+        use_cache: bool | None,
+        output_attentions: bool | None,
+        output_hidden_states: bool | None,
+    ) -> ModelOutput:
+        return self.transformer(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            past_key_values,
+            use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+
+
 @register_model("causal_lm")
-class GPT2LMHeadModel(GPT2PreTrainedModel):
+class GPT2LMHeadModel(_GPT2Head):
     def __init__(self, config: GPT2Config) -> None:
         super().__init__(config)
         self.transformer = GPT2Model(config)
@@ -310,30 +332,24 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.transformer(
+        out = self._backbone(
             input_ids,
             attention_mask,
             token_type_ids,
             position_ids,
             past_key_values,
             use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+            output_attentions,
+            output_hidden_states,
         )
         logits = self.lm_head(keep_last(out.last_hidden_state, logits_to_keep, labels))  # (B, T, vocab)
-        loss = causal_lm_loss(logits, labels, shift=True) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, **probes(out))
+        return causal_lm_output(logits, labels, out, shift=True)
 
 
 @register_model("seqcls")
-class GPT2ForSequenceClassification(GPT2PreTrainedModel):
-    """Classifies each sequence from the hidden state of its last token that is not padding.
-
-    As HF: with `pad_token_id` set, the last token is the rightmost one that is not `pad_token_id` (left
-    or right padding alike; `attention_mask` is not consulted). Without `pad_token_id`, HF takes the last
-    position and refuses batches of more than one; we do the same unless `attention_mask` is given, in
-    which case its rightmost 1 marks the last token (so a batch works without a pad token).
-    """
+class GPT2ForSequenceClassification(_GPT2Head):
+    """Classifies each sequence from the hidden state of its last token that is not padding (which
+    `last_token_states` finds as HF does)."""
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__(config)
@@ -353,39 +369,25 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.transformer(
+        out = self._backbone(
             input_ids,
             attention_mask,
             token_type_ids,
             position_ids,
             past_key_values,
             use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+            output_attentions,
+            output_hidden_states,
         )
-        h = out.last_hidden_state  # (B, T, C)
-        b, t = input_ids.shape
-        pad = self.config.pad_token_id
-        if pad is not None:
-            keep = input_ids != pad
-        elif attention_mask is not None:
-            keep = attention_mask[:, -t:].bool()
-        elif b == 1:
-            keep = torch.ones_like(input_ids, dtype=torch.bool)
-        else:
-            raise ValueError(
-                f"Cannot find the last token of {b} sequences: config.pad_token_id is None and no "
-                "attention_mask was given. Set pad_token_id or pass attention_mask."
-            )
-        # Rightmost kept position (0 when none is kept, as HF's argmax gives).
-        last = (torch.arange(t, device=h.device) * keep.to(h.device, torch.int32)).argmax(-1)
-        logits = self.score(h[torch.arange(b, device=h.device), last])  # (B, num_labels)
-        loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, **probes(out))
+        h = last_token_states(out.last_hidden_state, input_ids, attention_mask, self.config.pad_token_id)
+        logits = self.score(h)  # (B, num_labels)
+        return sequence_classification_output(
+            logits, labels, self.config, out, past_key_values=out.past_key_values
+        )
 
 
 @register_model("qa")
-class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
+class GPT2ForQuestionAnswering(_GPT2Head):
     def __init__(self, config: GPT2Config) -> None:
         super().__init__(config)
         self.transformer = GPT2Model(config)
@@ -403,26 +405,22 @@ class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.transformer(
+        out = self._backbone(
             input_ids,
             attention_mask,
             token_type_ids,
             position_ids,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+            None,
+            False,
+            output_attentions,
+            output_hidden_states,
         )
-        start, end = self.qa_outputs(out.last_hidden_state).unbind(-1)  # (B, T) each
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = question_answering_loss(start, end, start_positions, end_positions)
-        return ModelOutput(
-            loss=loss, start_logits=start.contiguous(), end_logits=end.contiguous(), **probes(out)
-        )
+        logits = self.qa_outputs(out.last_hidden_state)  # (B, T, 2)
+        return question_answering_output(logits, start_positions, end_positions, out)
 
 
 @register_model("token_cls")
-class GPT2ForTokenClassification(GPT2PreTrainedModel):
+class GPT2ForTokenClassification(_GPT2Head):
     """A label per token from the causal hidden states (each token sees only its left context, as HF).
 
     The dropout before the classifier is HF's: `classifier_dropout`, else `hidden_dropout`, else 0.1 (GPT-2's
@@ -450,16 +448,15 @@ class GPT2ForTokenClassification(GPT2PreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.transformer(
+        out = self._backbone(
             input_ids,
             attention_mask,
             token_type_ids,
             position_ids,
             past_key_values,
             use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+            output_attentions,
+            output_hidden_states,
         )
         logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, num_labels)
-        loss = token_classification_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, **probes(out))
+        return token_classification_output(logits, labels, out)

@@ -203,3 +203,57 @@ def keep_last(hidden: torch.Tensor, logits_to_keep: int, labels: torch.Tensor | 
             "pass logits_to_keep=0."
         )
     return hidden[:, -logits_to_keep:]
+
+
+def last_token_states(
+    hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    pad_token_id: int | None,
+) -> torch.Tensor:
+    """The (B, C) states of each row's last token that is not padding, which decoder-only classifiers read.
+
+    As HF: with `pad_token_id` set, the last token is the rightmost one that is not `pad_token_id` (left
+    or right padding alike; `attention_mask` is not consulted). Without it, HF takes the last position and
+    refuses batches of more than one; so do we unless `attention_mask` is given, whose rightmost 1 then
+    marks the last token (so a batch works without a pad token).
+    """
+    b, t = input_ids.shape
+    if pad_token_id is not None:
+        keep = input_ids != pad_token_id
+    elif attention_mask is not None:
+        keep = attention_mask[:, -t:].bool()
+    elif b == 1:
+        keep = torch.ones_like(input_ids, dtype=torch.bool)
+    else:
+        raise ValueError(
+            f"Cannot find the last token of {b} sequences: config.pad_token_id is None and no "
+            "attention_mask was given. Set pad_token_id or pass attention_mask."
+        )
+    # Rightmost kept position (0 when none is kept, as HF's argmax gives).
+    last = (torch.arange(t, device=hidden.device) * keep.to(hidden.device, torch.int32)).argmax(-1)
+    return hidden[torch.arange(b, device=hidden.device), last]
+
+
+def eos_pooled(hidden: torch.Tensor, input_ids: torch.Tensor, config) -> torch.Tensor:
+    """The decoder state at each row's last <eos> (`config.eos_token_id`) of `input_ids`, (B, C), as HF
+    pools it for encoder-decoder classifiers.
+
+    As in HF, every row must hold the same number (at least one) of <eos> tokens.
+    """
+    eos_token_id = config.eos_token_id
+    if not isinstance(eos_token_id, int):
+        raise ValueError(
+            f"{type(config).__name__}.eos_token_id={eos_token_id!r}: eos pooling needs one integer token id."
+        )
+    eos = input_ids.eq(eos_token_id)
+    counts = eos.sum(1)
+    if bool((counts != counts[0]).any()):
+        raise ValueError(
+            f"All examples must have the same number of <eos> tokens (eos_token_id={eos_token_id}); "
+            f"counts per row: {counts.tolist()}."
+        )
+    if int(counts[0]) == 0:
+        raise ValueError(f"Each example must contain at least one <eos> token (eos_token_id={eos_token_id}).")
+    b, _, c = hidden.shape
+    return hidden[eos].view(b, -1, c)[:, -1]

@@ -27,14 +27,17 @@ from factory.models.layers import (
     attention_with_probs,
     document_attention_mask,
     keep_last,
+    last_token_states,
 )
-from factory.models.losses import (
-    causal_lm_loss,
-    question_answering_loss,
-    sequence_classification_loss,
-    token_classification_loss,
+from factory.models.modeling import (
+    PreTrainedModel,
+    causal_lm_output,
+    init_normal,
+    question_answering_output,
+    sequence_classification_output,
+    token_classification_output,
+    wanted_outputs,
 )
-from factory.models.modeling import PreTrainedModel, probes, wanted_outputs
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
 
@@ -409,16 +412,8 @@ class LlamaPreTrainedModel(PreTrainedModel):
     )
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            module.weight.normal_(0.0, std)
-            if module.bias is not None:
-                module.bias.zero_()
-        elif isinstance(module, nn.Embedding):
-            module.weight.normal_(0.0, std)
-            if module.padding_idx is not None:
-                module.weight[module.padding_idx].zero_()
-        elif isinstance(module, LlamaRMSNorm):
+        init_normal(module, self.config.initializer_range)
+        if isinstance(module, LlamaRMSNorm):
             module.weight.fill_(1.0)
 
 
@@ -488,8 +483,33 @@ class LlamaModel(LlamaPreTrainedModel):
         )
 
 
+class _LlamaHead(LlamaPreTrainedModel):
+    """A model with a head over its backbone (`self.model`, or `self.transformer` where
+    `base_model_prefix` says so): its heads call it through `_backbone`."""
+
+    def _backbone(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        past_key_values: tuple | None,
+        use_cache: bool | None,
+        output_attentions: bool | None,
+        output_hidden_states: bool | None,
+    ) -> ModelOutput:
+        return getattr(self, self.base_model_prefix)(
+            input_ids,
+            attention_mask,
+            position_ids,
+            past_key_values,
+            use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+
+
 @register_model("causal_lm")
-class LlamaForCausalLM(LlamaPreTrainedModel):
+class LlamaForCausalLM(_LlamaHead):
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__(config)
         self.model = LlamaModel(config)
@@ -511,28 +531,23 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.model(
+        out = self._backbone(
             input_ids,
             attention_mask,
             position_ids,
             past_key_values,
             use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+            output_attentions,
+            output_hidden_states,
         )
         logits = self.lm_head(keep_last(out.last_hidden_state, logits_to_keep, labels))  # (B, T, vocab)
-        loss = causal_lm_loss(logits, labels, shift=True) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, **probes(out))
+        return causal_lm_output(logits, labels, out, shift=True)
 
 
 @register_model("seqcls")
-class LlamaForSequenceClassification(LlamaPreTrainedModel):
-    """Classifies each sequence from the hidden state of its last token that is not padding.
-
-    As HF: with `pad_token_id` set, the last token is the rightmost one that is not `pad_token_id`
-    (left or right padding alike). Without it, HF takes the last position and refuses batches of more
-    than one; we do the same unless `attention_mask` is given, whose rightmost 1 then marks the token.
-    """
+class LlamaForSequenceClassification(_LlamaHead):
+    """Classifies each sequence from the hidden state of its last token that is not padding (which
+    `last_token_states` finds as HF does)."""
 
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__(config)
@@ -551,37 +566,24 @@ class LlamaForSequenceClassification(LlamaPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.model(
+        out = self._backbone(
             input_ids,
             attention_mask,
             position_ids,
             past_key_values,
             use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+            output_attentions,
+            output_hidden_states,
         )
-        h = out.last_hidden_state  # (B, T, C)
-        b, t = input_ids.shape
-        pad = self.config.pad_token_id
-        if pad is not None:
-            keep = input_ids != pad
-        elif attention_mask is not None:
-            keep = attention_mask[:, -t:].bool()
-        elif b == 1:
-            keep = torch.ones_like(input_ids, dtype=torch.bool)
-        else:
-            raise ValueError(
-                f"Cannot find the last token of {b} sequences: config.pad_token_id is None and no "
-                "attention_mask was given. Set pad_token_id or pass attention_mask."
-            )
-        last = (torch.arange(t, device=h.device) * keep.to(h.device, torch.int32)).argmax(-1)
-        logits = self.score(h[torch.arange(b, device=h.device), last])  # (B, num_labels)
-        loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, **probes(out))
+        h = last_token_states(out.last_hidden_state, input_ids, attention_mask, self.config.pad_token_id)
+        logits = self.score(h)  # (B, num_labels)
+        return sequence_classification_output(
+            logits, labels, self.config, out, past_key_values=out.past_key_values
+        )
 
 
 @register_model("qa")
-class LlamaForQuestionAnswering(LlamaPreTrainedModel):
+class LlamaForQuestionAnswering(_LlamaHead):
     base_model_prefix = "transformer"  # HF's name for this class's backbone
     checkpoint_table = CheckpointTable(
         renames=((r"^model\.", "transformer."),),
@@ -605,25 +607,15 @@ class LlamaForQuestionAnswering(LlamaPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.transformer(
-            input_ids,
-            attention_mask,
-            position_ids,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+        out = self._backbone(
+            input_ids, attention_mask, position_ids, None, False, output_attentions, output_hidden_states
         )
-        start, end = self.qa_outputs(out.last_hidden_state).unbind(-1)  # (B, T) each
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = question_answering_loss(start, end, start_positions, end_positions)
-        return ModelOutput(
-            loss=loss, start_logits=start.contiguous(), end_logits=end.contiguous(), **probes(out)
-        )
+        logits = self.qa_outputs(out.last_hidden_state)  # (B, T, 2)
+        return question_answering_output(logits, start_positions, end_positions, out)
 
 
 @register_model("token_cls")
-class LlamaForTokenClassification(LlamaPreTrainedModel):
+class LlamaForTokenClassification(_LlamaHead):
     """A label per token from the causal hidden states. The dropout before `score` is HF's:
     `classifier_dropout`, else `hidden_dropout` (neither is a Llama field; a config.json carrying one
     keeps it in `extra`), else 0.1."""
@@ -647,18 +639,17 @@ class LlamaForTokenClassification(LlamaPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.model(
+        out = self._backbone(
             input_ids,
             attention_mask,
             position_ids,
             past_key_values,
             use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+            output_attentions,
+            output_hidden_states,
         )
         logits = self.score(self.dropout(out.last_hidden_state))  # (B, T, num_labels)
-        loss = token_classification_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, **probes(out))
+        return token_classification_output(logits, labels, out)
 
 
 # Qwen2: the same modules under Qwen2's class names (HF's `architectures` and the arch x head matrix).

@@ -14,6 +14,15 @@ from factory.checkpoints.hub import HubOptions
 from factory.checkpoints.weights import CheckpointTable, load_into, save_state
 from factory.config import ConfigError, PretrainedConfig
 from factory.generation.model import GenerationMixin
+from factory.models.losses import (
+    causal_lm_loss,
+    masked_lm_loss,
+    multiple_choice_loss,
+    question_answering_loss,
+    seq2seq_lm_loss,
+    sequence_classification_loss,
+    token_classification_loss,
+)
 from factory.models.outputs import ModelOutput
 
 logger = logging.getLogger(__name__)
@@ -109,6 +118,23 @@ def wanted_outputs(
     return bool(attentions), bool(hidden)
 
 
+def init_normal(module: nn.Module, std: float) -> None:
+    """HF's common init of one module (not its children): Linear and Embedding weights from
+    normal(0, std) with zero biases and a zero padding row, LayerNorm weights 1 and biases 0; any other
+    module is left alone, for the architecture's `_init_weights` to add what it does differently."""
+    if isinstance(module, nn.Linear):
+        module.weight.normal_(0.0, std)
+        if module.bias is not None:
+            module.bias.zero_()
+    elif isinstance(module, nn.Embedding):
+        module.weight.normal_(0.0, std)
+        if module.padding_idx is not None:
+            module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        module.weight.fill_(1.0)
+        module.bias.zero_()
+
+
 # The fields `output_attentions` / `output_hidden_states` fill; a head passes its backbone's on.
 PROBE_FIELDS = (
     "hidden_states",
@@ -124,6 +150,89 @@ PROBE_FIELDS = (
 def probes(out: ModelOutput) -> dict[str, tuple[torch.Tensor, ...]]:
     """The hidden-state and attention tuples that `out` holds, to pass on as `ModelOutput(**probes(out))`."""
     return {k: getattr(out, k) for k in PROBE_FIELDS if getattr(out, k) is not None}
+
+
+# What the heads of every architecture compute alike from their logits; the modules that make the logits
+# (and own parameters) stay in each architecture's file, under its names.
+def sequence_classification_output(
+    logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    config: PretrainedConfig,
+    out: ModelOutput,
+    **fields: Any,
+) -> ModelOutput:
+    """A sequence-classification head's output from its (B, num_labels) logits, with `fields` (what HF's
+    class of that architecture also returns) and `out`'s probes."""
+    loss = sequence_classification_loss(logits, labels, config) if labels is not None else None
+    return ModelOutput(loss=loss, logits=logits, **fields, **probes(out))
+
+
+def causal_lm_output(
+    logits: torch.Tensor, labels: torch.Tensor | None, out: ModelOutput, shift: bool
+) -> ModelOutput:
+    """A causal LM's output from its (B, T, vocab) logits; `shift`: whether `labels` are the input tokens."""
+    loss = causal_lm_loss(logits, labels, shift=shift) if labels is not None else None
+    return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, **probes(out))
+
+
+def masked_lm_output(logits: torch.Tensor, labels: torch.Tensor | None, out: ModelOutput) -> ModelOutput:
+    """A masked LM's output from its (B, T, vocab) logits."""
+    loss = masked_lm_loss(logits, labels) if labels is not None else None
+    return ModelOutput(loss=loss, logits=logits, **probes(out))
+
+
+def seq2seq_lm_output(logits: torch.Tensor, labels: torch.Tensor | None, out: ModelOutput) -> ModelOutput:
+    """An encoder-decoder LM's output from its (B, T, vocab) logits, with the cache and the encoder's state."""
+    loss = seq2seq_lm_loss(logits, labels) if labels is not None else None
+    return ModelOutput(
+        loss=loss,
+        logits=logits,
+        past_key_values=out.past_key_values,
+        encoder_last_hidden_state=out.encoder_last_hidden_state,
+        **probes(out),
+    )
+
+
+def token_classification_output(
+    logits: torch.Tensor, labels: torch.Tensor | None, out: ModelOutput
+) -> ModelOutput:
+    """A token-classification head's output from its (B, T, num_labels) logits and its backbone's `out`."""
+    loss = token_classification_loss(logits, labels) if labels is not None else None
+    return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, **probes(out))
+
+
+def question_answering_output(
+    logits: torch.Tensor,
+    start_positions: torch.Tensor | None,
+    end_positions: torch.Tensor | None,
+    out: ModelOutput,
+    **fields: Any,
+) -> ModelOutput:
+    """A span head's output from its (B, T, 2) logits: start and end logits, the loss when both positions
+    are given, `fields` (an encoder-decoder's `encoder_last_hidden_state`) and `out`'s probes."""
+    start, end = logits.unbind(-1)  # (B, T) each
+    loss = None
+    if start_positions is not None and end_positions is not None:
+        loss = question_answering_loss(start, end, start_positions, end_positions)
+    return ModelOutput(
+        loss=loss, start_logits=start.contiguous(), end_logits=end.contiguous(), **fields, **probes(out)
+    )
+
+
+def choices_as_rows(*inputs: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """(B, num_choices, T) inputs as (B * num_choices, T): each (context, choice) pair is a row of its own
+    through the backbone. None stays None."""
+    return [x.reshape(-1, x.size(-1)) if x is not None else None for x in inputs]
+
+
+def multiple_choice_output(
+    scores: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor | None, out: ModelOutput
+) -> ModelOutput:
+    """A multiple-choice head's output from its (B * num_choices, 1) scores, one per row that
+    `choices_as_rows` made of the (B, num_choices, T) `input_ids`; softmax over a row's choices."""
+    logits = scores.view(input_ids.shape[:2])  # (B, num_choices)
+    loss = multiple_choice_loss(logits, labels) if labels is not None else None
+    return ModelOutput(loss=loss, logits=logits, **probes(out))
 
 
 class PreTrainedModel(GenerationMixin, nn.Module):

@@ -20,17 +20,19 @@ from torch import nn
 from factory.checkpoints.weights import COMMON_RENAMES, CheckpointTable
 from factory.config import PretrainedConfig
 from factory.contract.recipe import TokenizerRecipe
-from factory.models.bert import BertLayer
+from factory.models.bert import BertLayer, BertModel, _BertHead
 from factory.models.layers import ACTIVATIONS, document_attention_mask, keep_last
-from factory.models.losses import (
-    causal_lm_loss,
-    masked_lm_loss,
-    multiple_choice_loss,
-    question_answering_loss,
-    sequence_classification_loss,
-    token_classification_loss,
+from factory.models.modeling import (
+    PreTrainedModel,
+    causal_lm_output,
+    choices_as_rows,
+    init_normal,
+    masked_lm_output,
+    multiple_choice_output,
+    question_answering_output,
+    sequence_classification_output,
+    token_classification_output,
 )
-from factory.models.modeling import PreTrainedModel, probes, wanted_outputs
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model
 
@@ -138,19 +140,8 @@ class RobertaPreTrainedModel(PreTrainedModel):
     )
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            module.weight.normal_(0.0, std)
-            if module.bias is not None:
-                module.bias.zero_()
-        elif isinstance(module, nn.Embedding):
-            module.weight.normal_(0.0, std)
-            if module.padding_idx is not None:
-                module.weight[module.padding_idx].zero_()
-        elif isinstance(module, nn.LayerNorm):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
-        elif isinstance(module, RobertaLMHead):
+        init_normal(module, self.config.initializer_range)
+        if isinstance(module, RobertaLMHead):
             module.bias.zero_()
 
 
@@ -219,27 +210,18 @@ class RobertaModel(RobertaPreTrainedModel):
             x = x + emb["token_type_embeddings"](token_type_ids)
         x = self.emb_dropout(emb["LayerNorm"](x))  # (B, T, C)
 
-        use_cache = (self.config.use_cache and not self.training) if use_cache is None else use_cache
-        use_cache = use_cache and self.config.is_decoder
-        want_attn, want_hidden = wanted_outputs(self.config, output_attentions, output_hidden_states)
-        hidden, attns = ([x] if want_hidden else None), ([] if want_attn else None)
-        presents = []
-        for i, layer in enumerate(self.encoder["layer"]):
-            past = past_key_values[i] if past_key_values is not None else None
-            x, kv, probs = layer(x, attention_mask, past, want_attn)
-            presents.append(kv)
-            if hidden is not None:
-                hidden.append(x)
-            if attns is not None:
-                attns.append(probs)
-        pooled = torch.tanh(self.pooler["dense"](x[:, 0])) if self.pooler is not None else None
-        return ModelOutput(
-            last_hidden_state=x,
-            pooler_output=pooled,
-            past_key_values=tuple(presents) if use_cache else None,
-            hidden_states=tuple(hidden) if hidden is not None else None,
-            attentions=tuple(attns) if attns is not None else None,
+        return self._encode(
+            x, attention_mask, past_key_values, use_cache, output_attentions, output_hidden_states
         )
+
+    # HF's RobertaModel runs BertModel's layers and pooler.
+    _encode = BertModel._encode
+
+
+class _RobertaHead(RobertaPreTrainedModel):
+    """A model with a head over `self.roberta`, which it calls as BERT's heads call theirs."""
+
+    _backbone = _BertHead._backbone
 
 
 def _classifier_dropout(config: RobertaConfig) -> float:
@@ -261,7 +243,7 @@ class RobertaClassificationHead(nn.Module):
 
 
 @register_model("seqcls")
-class RobertaForSequenceClassification(RobertaPreTrainedModel):
+class RobertaForSequenceClassification(_RobertaHead):
     checkpoint_table = _NO_POOLER_TABLE
 
     def __init__(self, config: RobertaConfig) -> None:
@@ -280,22 +262,17 @@ class RobertaForSequenceClassification(RobertaPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.roberta(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+        out = self._backbone(
+            input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
         )
         logits = self.classifier(out.last_hidden_state)
-        loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, last_hidden_state=out.last_hidden_state, **probes(out))
+        return sequence_classification_output(
+            logits, labels, self.config, out, last_hidden_state=out.last_hidden_state
+        )
 
 
 @register_model("qa")
-class RobertaForQuestionAnswering(RobertaPreTrainedModel):
+class RobertaForQuestionAnswering(_RobertaHead):
     checkpoint_table = _NO_POOLER_TABLE
 
     def __init__(self, config: RobertaConfig) -> None:
@@ -315,26 +292,15 @@ class RobertaForQuestionAnswering(RobertaPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.roberta(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+        out = self._backbone(
+            input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
         )
-        start, end = self.qa_outputs(out.last_hidden_state).unbind(-1)  # (B, T) each
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = question_answering_loss(start, end, start_positions, end_positions)
-        return ModelOutput(
-            loss=loss, start_logits=start.contiguous(), end_logits=end.contiguous(), **probes(out)
-        )
+        logits = self.qa_outputs(out.last_hidden_state)  # (B, T, 2)
+        return question_answering_output(logits, start_positions, end_positions, out)
 
 
 @register_model("token_cls")
-class RobertaForTokenClassification(RobertaPreTrainedModel):
+class RobertaForTokenClassification(_RobertaHead):
     checkpoint_table = _NO_POOLER_TABLE
 
     def __init__(self, config: RobertaConfig) -> None:
@@ -354,18 +320,11 @@ class RobertaForTokenClassification(RobertaPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.roberta(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+        out = self._backbone(
+            input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
         )
         logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, num_labels)
-        loss = token_classification_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, **probes(out))
+        return token_classification_output(logits, labels, out)
 
 
 class RobertaLMHead(nn.Module):
@@ -383,7 +342,7 @@ class RobertaLMHead(nn.Module):
         return self.decoder(self.layer_norm(F.gelu(self.dense(x))))  # (B, T, vocab)
 
 
-class _RobertaLM(RobertaPreTrainedModel):
+class _RobertaLM(_RobertaHead):
     """The backbone and `lm_head` that the masked and the causal LM share."""
 
     checkpoint_table = _NO_POOLER_TABLE
@@ -413,18 +372,11 @@ class RobertaForMaskedLM(_RobertaLM):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.roberta(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+        out = self._backbone(
+            input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
         )
         logits = self.lm_head(out.last_hidden_state)  # (B, T, vocab)
-        loss = masked_lm_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, **probes(out))
+        return masked_lm_output(logits, labels, out)
 
 
 @register_model("causal_lm")
@@ -444,23 +396,22 @@ class RobertaForCausalLM(_RobertaLM):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        out = self.roberta(
+        out = self._backbone(
             input_ids,
             attention_mask,
             token_type_ids,
             position_ids,
+            output_attentions,
+            output_hidden_states,
             past_key_values,
             use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
         )
         logits = self.lm_head(keep_last(out.last_hidden_state, logits_to_keep, labels))
-        loss = causal_lm_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, **probes(out))
+        return causal_lm_output(logits, labels, out, shift=True)
 
 
 @register_model("multiple_choice")
-class RobertaForMultipleChoice(RobertaPreTrainedModel):
+class RobertaForMultipleChoice(_RobertaHead):
     """One score per (context, choice) pair from the pooled output; softmax over a row's choices."""
 
     def __init__(self, config: RobertaConfig) -> None:
@@ -480,20 +431,7 @@ class RobertaForMultipleChoice(RobertaPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
     ):
-        b, n = input_ids.shape[:2]  # (B, num_choices, T): each choice is a row of its own
-
-        def flat(x: torch.Tensor | None) -> torch.Tensor | None:
-            return x.reshape(-1, x.size(-1)) if x is not None else None  # (B * num_choices, T)
-
-        out = self.roberta(
-            flat(input_ids),
-            flat(attention_mask),
-            flat(token_type_ids),
-            flat(position_ids),
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
-        logits = self.classifier(self.dropout(out.pooler_output)).view(b, n)  # (B, num_choices)
-        loss = multiple_choice_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, **probes(out))
+        rows = choices_as_rows(input_ids, attention_mask, token_type_ids, position_ids)
+        out = self._backbone(*rows, output_attentions, output_hidden_states)
+        scores = self.classifier(self.dropout(out.pooler_output))  # (B * num_choices, 1)
+        return multiple_choice_output(scores, input_ids, labels, out)

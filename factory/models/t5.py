@@ -26,14 +26,16 @@ from factory.checkpoints.hub import HubOptions
 from factory.checkpoints.weights import CheckpointTable, checkpoint_files
 from factory.config import PretrainedConfig
 from factory.contract.recipe import TokenizerRecipe
-from factory.models.layers import ACTIVATIONS, activation, attention, split_heads
-from factory.models.losses import (
-    question_answering_loss,
-    seq2seq_lm_loss,
-    sequence_classification_loss,
-    token_classification_loss,
+from factory.models.layers import ACTIVATIONS, activation, attention, eos_pooled, split_heads
+from factory.models.modeling import (
+    PreTrainedModel,
+    init_normal,
+    question_answering_output,
+    seq2seq_lm_output,
+    sequence_classification_output,
+    token_classification_output,
+    wanted_outputs,
 )
-from factory.models.modeling import PreTrainedModel
 from factory.models.outputs import ModelOutput
 from factory.registry import register_config, register_model, register_public
 
@@ -488,15 +490,6 @@ class T5Stack(nn.Module):
         )
 
 
-def _flags(
-    config: T5Config, output_attentions: bool | None, output_hidden_states: bool | None
-) -> tuple[bool, bool]:
-    """The call's output flags, else the config's (HF's rule)."""
-    a = config.output_attentions if output_attentions is None else output_attentions
-    h = config.output_hidden_states if output_hidden_states is None else output_hidden_states
-    return bool(a), bool(h)
-
-
 def _as_encoder_output(encoder_outputs: Any) -> ModelOutput:
     """The encoder's output from a ModelOutput, a tensor, or HF's tuple form."""
     if isinstance(encoder_outputs, ModelOutput):
@@ -523,9 +516,7 @@ class T5PreTrainedModel(PreTrainedModel):
         # so that a weight the file lacks is initialised alone without touching its neighbours.
         std = getattr(module, "init_std", None)
         if isinstance(module, (nn.Linear, nn.Embedding)) and std is not None:
-            module.weight.normal_(0.0, std)
-            if getattr(module, "bias", None) is not None:
-                module.bias.zero_()
+            init_normal(module, std)
         elif isinstance(module, T5LayerNorm):
             module.weight.fill_(self.config.initializer_factor)
 
@@ -658,7 +649,7 @@ class _EncoderDecoder(T5PreTrainedModel):
         output_hidden_states: bool | None,
     ) -> ModelOutput:
         """Encoder (unless `encoder_outputs` are given), then decoder; HF's Seq2SeqModelOutput fields."""
-        attn, hidden = _flags(self.config, output_attentions, output_hidden_states)
+        attn, hidden = wanted_outputs(self.config, output_attentions, output_hidden_states)
         if decoder_input_ids is None:
             raise ValueError(
                 "Pass decoder_input_ids (T5 starts them with decoder_start_token_id, the pad token), or "
@@ -691,20 +682,6 @@ class _EncoderDecoder(T5PreTrainedModel):
             decoder_attentions=dec.attentions,
             cross_attentions=dec.cross_attentions,
         )
-
-
-_SEQ2SEQ_FIELDS = (
-    "encoder_last_hidden_state",
-    "encoder_hidden_states",
-    "encoder_attentions",
-    "decoder_hidden_states",
-    "decoder_attentions",
-    "cross_attentions",
-)
-
-
-def _seq2seq_fields(out: ModelOutput) -> dict[str, Any]:
-    return {name: getattr(out, name) for name in _SEQ2SEQ_FIELDS}
 
 
 @register_model("base")
@@ -804,10 +781,7 @@ class T5ForConditionalGeneration(_EncoderDecoder):
         if self.config.scale_decoder_outputs:
             h = h * self.config.d_model**-0.5
         logits = self.lm_head(h)  # (B, T, vocab)
-        loss = seq2seq_lm_loss(logits, labels) if labels is not None else None
-        return ModelOutput(
-            loss=loss, logits=logits, past_key_values=out.past_key_values, **_seq2seq_fields(out)
-        )
+        return seq2seq_lm_output(logits, labels, out)
 
 
 @register_public
@@ -833,7 +807,7 @@ class T5EncoderModel(T5PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
     ) -> ModelOutput:
-        attn, hidden = _flags(self.config, output_attentions, output_hidden_states)
+        attn, hidden = wanted_outputs(self.config, output_attentions, output_hidden_states)
         return self.encoder(input_ids, attention_mask, output_attentions=attn, output_hidden_states=hidden)
 
 
@@ -848,26 +822,6 @@ class T5ClassificationHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.tanh(self.dense(self.dropout(x)))
         return self.out_proj(self.dropout(x))  # (B, num_labels)
-
-
-def eos_pooled(hidden: torch.Tensor, input_ids: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
-    """The decoder state at each row's last <eos> of `input_ids`, (B, C), as HF pools it.
-
-    As in HF, every row must hold the same number (at least one) of <eos> tokens.
-    """
-    if not isinstance(eos_token_id, int):
-        raise ValueError(f"T5Config.eos_token_id={eos_token_id!r}: eos pooling needs one integer token id.")
-    eos = input_ids.eq(eos_token_id)
-    counts = eos.sum(1)
-    if bool((counts != counts[0]).any()):
-        raise ValueError(
-            f"All examples must have the same number of <eos> tokens (eos_token_id={eos_token_id}); "
-            f"counts per row: {counts.tolist()}."
-        )
-    if int(counts[0]) == 0:
-        raise ValueError(f"Each example must contain at least one <eos> token (eos_token_id={eos_token_id}).")
-    b, _, c = hidden.shape
-    return hidden[eos].view(b, -1, c)[:, -1]
 
 
 @register_model("seqcls")
@@ -906,10 +860,11 @@ class T5ForSequenceClassification(T5PreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
-        pooled = eos_pooled(out.last_hidden_state, input_ids, self.config.eos_token_id)
+        pooled = eos_pooled(out.last_hidden_state, input_ids, self.config)
         logits = self.classification_head(pooled)
-        loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits, **_seq2seq_fields(out))
+        return sequence_classification_output(
+            logits, labels, self.config, out, encoder_last_hidden_state=out.encoder_last_hidden_state
+        )
 
 
 @register_model("qa")
@@ -954,12 +909,13 @@ class T5ForQuestionAnswering(_EncoderDecoder):
             output_attentions,
             output_hidden_states,
         )
-        start, end = (t.squeeze(-1) for t in self.qa_outputs(out.last_hidden_state).split(1, dim=-1))
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = question_answering_loss(start, end, start_positions, end_positions)
-        return ModelOutput(
-            loss=loss, start_logits=start.contiguous(), end_logits=end.contiguous(), **_seq2seq_fields(out)
+        logits = self.qa_outputs(out.last_hidden_state)  # (B, T, 2)
+        return question_answering_output(
+            logits,
+            start_positions,
+            end_positions,
+            out,
+            encoder_last_hidden_state=out.encoder_last_hidden_state,
         )
 
 
@@ -987,7 +943,4 @@ class T5ForTokenClassification(T5PreTrainedModel):
     ) -> ModelOutput:
         out = self.transformer(input_ids, attention_mask, output_attentions, output_hidden_states)
         logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, num_labels)
-        loss = token_classification_loss(logits, labels) if labels is not None else None
-        return ModelOutput(
-            loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
-        )
+        return token_classification_output(logits, labels, out)
