@@ -1,5 +1,5 @@
 # pytest tests/test_losses.py
-"""The causal-LM loss against torch's cross-entropy: value and gradient, ignored labels, dtypes."""
+"""The causal-LM loss (factory/heads/causal_lm.py, over the kernel of factory.models.losses) against torch's cross-entropy: value and gradient, ignored labels, dtypes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from factory.models.losses import IGNORE_INDEX, _TokenCrossEntropy, causal_lm_loss
+from factory.heads.causal_lm import causal_lm_loss
+from factory.models.losses import IGNORE_INDEX, _TokenCrossEntropy
 
 
 def reference(logits: torch.Tensor, labels: torch.Tensor, shift: bool) -> torch.Tensor:

@@ -19,8 +19,8 @@ from factory.data.files import DataError, texts_for_tokenizer
 from factory.data.module import FactoryDataModule
 from factory.data.sources import load_examples
 from factory.heads.head import get_head
+from factory.heads.multiple_choice import mask_choices, multiple_choice_loss
 from factory.models.bert import BertForMultipleChoice
-from factory.models.losses import mask_choices, multiple_choice_loss
 from factory.tokenizers.training import train_tokenizer
 from tests.helpers import TINY_RUN, tiny_config
 

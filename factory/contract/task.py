@@ -144,6 +144,11 @@ class TaskTraining:
     # (`AutoModelForMaskedLM`); factory exports it. None: models are built through the registry only.
     auto_class: ClassVar[str | None] = None
 
+    # The loss its model classes compute in `forward` when given labels, as transformers' models of the
+    # task compute theirs (their `loss_function`); it lives with the task, and models find it through the
+    # registry. None: the head's models compute no loss of the head's.
+    model_loss: ClassVar[Callable[..., Any] | None] = None
+
     def config_values(self, splits: DataSplits | None) -> dict[str, Any]:
         """Values this head sets on the model config (`is_decoder`, label maps from the data)."""
         return {}

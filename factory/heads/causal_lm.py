@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
+import torch
 import torch.nn.functional as F
 
 from factory.contract.errors import InferenceError
@@ -23,13 +24,27 @@ from factory.generation import decode
 from factory.generation.options import OPTIONS as GENERATION_OPTIONS
 from factory.generation.options import from_options, search_kwargs
 from factory.heads.head import DataSplits, Encoded, Head, Option, register_head
-from factory.models.losses import IGNORE_INDEX
+from factory.models.losses import IGNORE_INDEX, token_cross_entropy
 from factory.tokenizers.tokenizer import NO_MAX_LENGTH
+
+
+# ---- the loss its model classes compute (`model_loss`) -------------------------------------------------
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, shift: bool = True) -> torch.Tensor:
+    """Next-token cross-entropy; `labels` equal to -100 are ignored.
+
+    With `shift` (HF's GPT-2 and BERT convention) `labels[i]` is the token at position i and the model
+    predicts it from position i - 1; without it (HF's `BartForCausalLM`) labels are already shifted.
+    """
+    if shift:
+        labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+    flat = logits.reshape(-1, logits.size(-1))
+    return token_cross_entropy(flat, labels.reshape(-1))
 
 
 @register_head
 class CausalLanguageModeling(Head):
     name: ClassVar[str] = "causal_lm"
+    model_loss = staticmethod(causal_lm_loss)
     auto_class = "AutoModelForCausalLM"
     metrics = ("val/loss", "val/perplexity")
     vocab_logits = True

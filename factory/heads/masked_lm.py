@@ -41,7 +41,7 @@ from factory.contract.errors import InferenceError
 from factory.data import files
 from factory.data.batching import PACKING_KEYS, check_document_positions, pack_documents
 from factory.heads.head import BatchPosition, DataSplits, Encoded, Head, Option, register_head
-from factory.models.losses import IGNORE_INDEX
+from factory.models.losses import IGNORE_INDEX, token_cross_entropy
 from factory.tokenizers.tokenizer import NO_MAX_LENGTH
 
 CONTINUATION = "##"  # WordPiece's prefix of a token that continues a word
@@ -105,9 +105,20 @@ def batch_seed(seed: int, where: BatchPosition, varying: bool = True) -> int:
     return int.from_bytes(digest.digest(), "little") & (2**63 - 1)
 
 
+# ---- the loss its model classes compute (`model_loss`) -------------------------------------------------
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy at the masked positions: `labels[i]` is the token at position i, -100 elsewhere.
+
+    Unshifted (each position predicts itself), as HF's `BertForMaskedLM`; the same memory-lean kernel
+    as the causal loss, since the logits span the vocabulary at every position.
+    """
+    return token_cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1))
+
+
 @register_head
 class MaskedLanguageModeling(Head):
     name: ClassVar[str] = "masked_lm"
+    model_loss = staticmethod(masked_lm_loss)
     auto_class = "AutoModelForMaskedLM"
     metrics = ("val/loss", "val/perplexity", "val/accuracy")
     vocab_logits = True

@@ -9,7 +9,7 @@ Batches are `(B, C, T)`, as `BertForMultipleChoice` takes them, with C the most 
 in the batch: examples with fewer get padded choices whose attention mask is all zero, and the batch's
 `choice_mask` (B, C) says which choices are real. The model class is transformers' and takes no such
 mask (its loss scores every choice), so the head computes the loss (`loss`, with
-`losses.multiple_choice_loss`) and the accuracy with the padded choices' logits at -inf: each example's
+`multiple_choice_loss` below) and the accuracy with the padded choices' logits at -inf: each example's
 loss, prediction and gradient are those it has scored on its own choices, and shuffling stays free (no
 grouping by choice count).
 
@@ -27,19 +27,41 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 
 from factory.contract.errors import InferenceError
 from factory.data import files
 from factory.heads.head import DataSplits, Encoded, Head, register_head
-from factory.models.losses import mask_choices, multiple_choice_loss
 from factory.tokenizers.training import pad_token_id
 
 PAD_TYPE = -1  # token type of in-choice padding in a flattened row: the attention mask is where it is not
 
 
+# ---- the loss its model classes compute (`model_loss`) -------------------------------------------------
+def multiple_choice_loss(
+    logits: torch.Tensor, labels: torch.Tensor, choice_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy of (B, num_choices) logits against the (B,) index of the right choice.
+
+    `choice_mask` (B, num_choices), true where a choice is real, takes padded choices (a batch of
+    examples with fewer choices than its widest) out of the softmax: each example's loss and gradient are
+    those it has scored on its own choices. None, as HF, scores every choice.
+    """
+    logits = logits.float()
+    if choice_mask is not None:
+        logits = mask_choices(logits, choice_mask)
+    return F.cross_entropy(logits, labels.view(-1).to(logits.device))
+
+
+def mask_choices(logits: torch.Tensor, choice_mask: torch.Tensor) -> torch.Tensor:
+    """(B, num_choices) logits with -inf at padded choices: probability 0, gradient 0, never the argmax."""
+    return logits.masked_fill(~choice_mask.to(device=logits.device, dtype=torch.bool), float("-inf"))
+
+
 @register_head
 class MultipleChoice(Head):
     name: ClassVar[str] = "multiple_choice"
+    model_loss = staticmethod(multiple_choice_loss)
     auto_class = "AutoModelForMultipleChoice"
     metrics = ("val/accuracy", "val/loss")
     formats = ("jsonl", "json")

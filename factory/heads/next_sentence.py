@@ -18,6 +18,9 @@ import random
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
+import torch
+import torch.nn.functional as F
+
 from factory.data import files
 from factory.heads.head import DataSplits, Encoded, Head, register_head
 from factory.heads.seqcls import classify
@@ -99,9 +102,16 @@ def pair_texts(splits: DataSplits) -> Iterator[str]:
         yield example["text_pair"]
 
 
+# ---- the loss its model classes compute (`model_loss`) -------------------------------------------------
+def next_sentence_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """BERT's next-sentence prediction: (B, 2) logits, labels 0 (B follows A) or 1 (B is random)."""
+    return F.cross_entropy(logits.float(), labels.view(-1))
+
+
 @register_head
 class NextSentencePrediction(Head):
     name: ClassVar[str] = "next_sentence"
+    model_loss = staticmethod(next_sentence_loss)
     auto_class = "AutoModelForNextSentencePrediction"
     metrics = ("val/accuracy", "val/loss")
     formats = ("text",)

@@ -16,15 +16,32 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
+import torch
+
 from factory.heads.head import BatchPosition, DataSplits, Encoded, Head, register_head
-from factory.heads.masked_lm import Masking, draw_masks, masking_for
-from factory.heads.next_sentence import encode_pairs, pair_texts, read_pairs
+from factory.heads.masked_lm import Masking, draw_masks, masked_lm_loss, masking_for
+from factory.heads.next_sentence import encode_pairs, next_sentence_loss, pair_texts, read_pairs
 from factory.models.losses import IGNORE_INDEX
+
+
+# ---- the loss its model classes compute (`model_loss`) -------------------------------------------------
+def pretraining_loss(
+    prediction_logits: torch.Tensor,
+    seq_relationship_logits: torch.Tensor,
+    labels: torch.Tensor,
+    next_sentence_label: torch.Tensor,
+) -> torch.Tensor:
+    """BERT's pretraining loss, as HF sums it: the masked-token loss (mean over targets) plus the
+    next-sentence loss (mean over pairs)."""
+    return masked_lm_loss(prediction_logits, labels) + next_sentence_loss(
+        seq_relationship_logits, next_sentence_label
+    )
 
 
 @register_head
 class Pretraining(Head):
     name: ClassVar[str] = "pretraining"
+    model_loss = staticmethod(pretraining_loss)
     auto_class = "AutoModelForPreTraining"
     metrics = ("val/loss", "val/mlm_accuracy", "val/nsp_accuracy")
     vocab_logits = True

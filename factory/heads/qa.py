@@ -30,6 +30,9 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
+import torch
+import torch.nn.functional as F
+
 from factory.data import files
 from factory.heads.head import DataSplits, Encoded, Head, Option, register_head
 
@@ -42,9 +45,30 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 QA_MAX_LENGTH, QA_STRIDE = 384, 128  # run_qa's default window and stride
 
 
+# ---- the loss its model classes compute (`model_loss`) -------------------------------------------------
+def question_answering_loss(
+    start_logits: torch.Tensor,
+    end_logits: torch.Tensor,
+    start_positions: torch.Tensor,
+    end_positions: torch.Tensor,
+) -> torch.Tensor:
+    """Mean of start and end cross-entropies; positions outside the sequence are ignored."""
+    if start_positions.dim() > 1:
+        start_positions = start_positions.squeeze(-1)
+    if end_positions.dim() > 1:
+        end_positions = end_positions.squeeze(-1)
+    ignored = start_logits.size(1)
+    start_positions = start_positions.clamp(0, ignored)
+    end_positions = end_positions.clamp(0, ignored)
+    start = F.cross_entropy(start_logits.float(), start_positions, ignore_index=ignored)
+    end = F.cross_entropy(end_logits.float(), end_positions, ignore_index=ignored)
+    return (start + end) / 2
+
+
 @register_head
 class QuestionAnswering(Head):
     name: ClassVar[str] = "qa"
+    model_loss = staticmethod(question_answering_loss)
     auto_class = "AutoModelForQuestionAnswering"
     metrics = ("val/exact_match", "val/f1", "val/loss")
     formats = ("json", "jsonl")

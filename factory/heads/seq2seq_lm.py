@@ -22,14 +22,25 @@ from factory.generation import decode
 from factory.generation.options import OPTIONS as GENERATION_OPTIONS
 from factory.generation.options import from_options, search_kwargs
 from factory.heads.head import DataSplits, Encoded, Head, Option, register_head
-from factory.models.losses import IGNORE_INDEX
+from factory.models.losses import IGNORE_INDEX, token_cross_entropy
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+# ---- the loss its model classes compute (`model_loss`) -------------------------------------------------
+def seq2seq_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of (B, T, vocab) decoder logits against (B, T) target ids; -100 labels are ignored.
+
+    Unshifted, as HF's `BartForConditionalGeneration`: the decoder inputs are the labels shifted right, so
+    `logits[:, i]` already predicts `labels[:, i]`.
+    """
+    return token_cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1))
 
 
 @register_head
 class Seq2SeqLanguageModeling(Head):
     name: ClassVar[str] = "seq2seq_lm"
+    model_loss = staticmethod(seq2seq_lm_loss)
     auto_class = "AutoModelForSeq2SeqLM"
     metrics = ("val/rougeL", "val/rouge1", "val/rouge2", "val/loss")
     vocab_logits = True

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 
 from factory.contract.errors import InferenceError
 from factory.data import files
@@ -29,9 +30,30 @@ logger = logging.getLogger(__name__)
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+# ---- the loss its model classes compute (`model_loss`) -------------------------------------------------
+def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
+    """Regression for one label, cross-entropy for integer labels, BCE for multi-hot float labels."""
+    problem = config.problem_type
+    if problem is None:
+        if config.num_labels == 1:
+            problem = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            problem = "single_label_classification"
+        else:
+            problem = "multi_label_classification"
+    if problem == "regression":
+        if config.num_labels == 1:
+            return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
+        return F.mse_loss(logits, labels.to(logits.dtype))
+    if problem == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, config.num_labels).float(), labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.to(torch.float32))
+
+
 @register_head
 class SequenceClassification(Head):
     name: ClassVar[str] = "seqcls"
+    model_loss = staticmethod(sequence_classification_loss)
     auto_class = "AutoModelForSequenceClassification"
     metrics = ("val/accuracy", "val/f1", "val/loss")
     formats = ("csv", "tsv", "jsonl", "json")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 
 from factory.data import files
 from factory.heads.head import DataSplits, Encoded, Head, register_head
@@ -38,9 +39,17 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 WORD = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]")
 
 
+# ---- the loss its model classes compute (`model_loss`) -------------------------------------------------
+def token_classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over (B, T, num_labels) logits against (B, T) labels; -100 labels are ignored."""
+    flat = logits.reshape(-1, logits.size(-1)).float()
+    return F.cross_entropy(flat, labels.reshape(-1).to(logits.device), ignore_index=IGNORE_INDEX)
+
+
 @register_head
 class TokenClassification(Head):
     name: ClassVar[str] = "token_cls"
+    model_loss = staticmethod(token_classification_loss)
     auto_class = "AutoModelForTokenClassification"
     metrics = ("val/f1", "val/precision", "val/recall", "val/accuracy", "val/loss")
     formats = ("conll", "jsonl")

@@ -24,10 +24,6 @@ from factory.models.layers import (
     keep_last,
     split_heads,
 )
-from factory.models.losses import (
-    next_sentence_loss,
-    pretraining_loss,
-)
 from factory.models.modeling import (
     PreTrainedModel,
     causal_lm_output,
@@ -38,6 +34,7 @@ from factory.models.modeling import (
     probes,
     question_answering_output,
     sequence_classification_output,
+    task_loss,
     token_classification_output,
     wanted_outputs,
 )
@@ -549,7 +546,7 @@ class BertForNextSentencePrediction(_BertHead):
             input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
         )
         logits = self.cls["seq_relationship"](out.pooler_output)  # (B, 2)
-        loss = next_sentence_loss(logits, labels) if labels is not None else None
+        loss = task_loss("next_sentence")(logits, labels) if labels is not None else None
         return ModelOutput(loss=loss, logits=logits, **probes(out))
 
 
@@ -589,7 +586,7 @@ class BertForPreTraining(_BertHead):
         relationship = self.cls["seq_relationship"](out.pooler_output)  # (B, 2)
         loss = None
         if labels is not None and next_sentence_label is not None:
-            loss = pretraining_loss(prediction, relationship, labels, next_sentence_label)
+            loss = task_loss("pretraining")(prediction, relationship, labels, next_sentence_label)
         return ModelOutput(
             loss=loss, prediction_logits=prediction, seq_relationship_logits=relationship, **probes(out)
         )

@@ -10,19 +10,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from factory import registry
 from factory.checkpoints.hub import HubOptions
 from factory.checkpoints.weights import CheckpointTable, load_into, save_state
 from factory.config import ConfigError, PretrainedConfig
 from factory.generation.model import GenerationMixin
-from factory.models.losses import (
-    causal_lm_loss,
-    masked_lm_loss,
-    multiple_choice_loss,
-    question_answering_loss,
-    seq2seq_lm_loss,
-    sequence_classification_loss,
-    token_classification_loss,
-)
 from factory.models.outputs import ModelOutput
 
 logger = logging.getLogger(__name__)
@@ -152,6 +144,17 @@ def probes(out: ModelOutput) -> dict[str, tuple[torch.Tensor, ...]]:
     return {k: getattr(out, k) for k in PROBE_FIELDS if getattr(out, k) is not None}
 
 
+def task_loss(head: str) -> Any:
+    """The loss the model classes of `head` compute when given labels: the head's `model_loss`, which
+    lives with the task (`factory/heads/<name>.py`), as transformers' `loss_function` of its models."""
+    loss = getattr(registry.get_head(head), "model_loss", None)
+    if loss is None:
+        raise ConfigError(
+            f"head {head!r} declares no model_loss for its model classes to compute.", key="head"
+        )
+    return loss
+
+
 # What the heads of every architecture compute alike from their logits; the modules that make the logits
 # (and own parameters) stay in each architecture's file, under its names.
 def sequence_classification_output(
@@ -163,7 +166,7 @@ def sequence_classification_output(
 ) -> ModelOutput:
     """A sequence-classification head's output from its (B, num_labels) logits, with `fields` (what HF's
     class of that architecture also returns) and `out`'s probes."""
-    loss = sequence_classification_loss(logits, labels, config) if labels is not None else None
+    loss = task_loss("seqcls")(logits, labels, config) if labels is not None else None
     return ModelOutput(loss=loss, logits=logits, **fields, **probes(out))
 
 
@@ -171,19 +174,19 @@ def causal_lm_output(
     logits: torch.Tensor, labels: torch.Tensor | None, out: ModelOutput, shift: bool
 ) -> ModelOutput:
     """A causal LM's output from its (B, T, vocab) logits; `shift`: whether `labels` are the input tokens."""
-    loss = causal_lm_loss(logits, labels, shift=shift) if labels is not None else None
+    loss = task_loss("causal_lm")(logits, labels, shift=shift) if labels is not None else None
     return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, **probes(out))
 
 
 def masked_lm_output(logits: torch.Tensor, labels: torch.Tensor | None, out: ModelOutput) -> ModelOutput:
     """A masked LM's output from its (B, T, vocab) logits."""
-    loss = masked_lm_loss(logits, labels) if labels is not None else None
+    loss = task_loss("masked_lm")(logits, labels) if labels is not None else None
     return ModelOutput(loss=loss, logits=logits, **probes(out))
 
 
 def seq2seq_lm_output(logits: torch.Tensor, labels: torch.Tensor | None, out: ModelOutput) -> ModelOutput:
     """An encoder-decoder LM's output from its (B, T, vocab) logits, with the cache and the encoder's state."""
-    loss = seq2seq_lm_loss(logits, labels) if labels is not None else None
+    loss = task_loss("seq2seq_lm")(logits, labels) if labels is not None else None
     return ModelOutput(
         loss=loss,
         logits=logits,
@@ -197,7 +200,7 @@ def token_classification_output(
     logits: torch.Tensor, labels: torch.Tensor | None, out: ModelOutput
 ) -> ModelOutput:
     """A token-classification head's output from its (B, T, num_labels) logits and its backbone's `out`."""
-    loss = token_classification_loss(logits, labels) if labels is not None else None
+    loss = task_loss("token_cls")(logits, labels) if labels is not None else None
     return ModelOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, **probes(out))
 
 
@@ -213,7 +216,7 @@ def question_answering_output(
     start, end = logits.unbind(-1)  # (B, T) each
     loss = None
     if start_positions is not None and end_positions is not None:
-        loss = question_answering_loss(start, end, start_positions, end_positions)
+        loss = task_loss("qa")(start, end, start_positions, end_positions)
     return ModelOutput(
         loss=loss, start_logits=start.contiguous(), end_logits=end.contiguous(), **fields, **probes(out)
     )
@@ -231,7 +234,7 @@ def multiple_choice_output(
     """A multiple-choice head's output from its (B * num_choices, 1) scores, one per row that
     `choices_as_rows` made of the (B, num_choices, T) `input_ids`; softmax over a row's choices."""
     logits = scores.view(input_ids.shape[:2])  # (B, num_choices)
-    loss = multiple_choice_loss(logits, labels) if labels is not None else None
+    loss = task_loss("multiple_choice")(logits, labels) if labels is not None else None
     return ModelOutput(loss=loss, logits=logits, **probes(out))
 
 
