@@ -550,6 +550,15 @@ class BertForNextSentencePrediction(_BertHead):
         return ModelOutput(loss=loss, logits=logits, **probes(out))
 
 
+@dataclass
+class BertForPreTrainingOutput(ModelOutput):
+    """`ModelOutput` plus the two pretraining heads' logits, as transformers names them: masked-token
+    logits (B, T, vocab) and next-sentence logits (B, 2)."""
+
+    prediction_logits: torch.Tensor | None = None
+    seq_relationship_logits: torch.Tensor | None = None
+
+
 @register_model("pretraining")
 class BertForPreTraining(_BertHead):
     """BERT's pretraining model: the masked-LM head (`cls.predictions`, decoder tied to the word
@@ -587,6 +596,6 @@ class BertForPreTraining(_BertHead):
         loss = None
         if labels is not None and next_sentence_label is not None:
             loss = task_loss("pretraining")(prediction, relationship, labels, next_sentence_label)
-        return ModelOutput(
+        return BertForPreTrainingOutput(
             loss=loss, prediction_logits=prediction, seq_relationship_logits=relationship, **probes(out)
         )

@@ -10,7 +10,9 @@ import torch
 
 @dataclass
 class ModelOutput:
-    """Fields are read by name (`out.logits`, `out["logits"]`); unset fields are None."""
+    """Fields are read by name (`out.logits`, `out["logits"]`); unset fields are None. A model whose
+    task has outputs of its own (BERT's pretraining) returns a subclass that adds them, in its own file,
+    as transformers' `BertForPreTrainingOutput` does."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
@@ -20,9 +22,6 @@ class ModelOutput:
     pooler_output: torch.Tensor | None = None
     past_key_values: Any = None
     encoder_last_hidden_state: torch.Tensor | None = None
-    # BERT's pretraining heads: masked-token logits (B, T, vocab) and next-sentence logits (B, 2).
-    prediction_logits: torch.Tensor | None = None
-    seq_relationship_logits: torch.Tensor | None = None
     # With output_hidden_states / output_attentions: the embeddings' output then one (B, T, C) per
     # layer; one (B, heads, query, key) probability tensor per layer. An encoder-decoder returns its
     # encoder's and decoder's under the encoder_/decoder_ names, and the decoder's cross-attentions.
