@@ -365,7 +365,7 @@ class ReplicaLauncher(_SubprocessScriptLauncher):
             return
         command = replica_command(write_replica(self.cfg, self.run_dir))
         # The children import the same `factory` as this process: a checkout that is not installed too.
-        root = str(Path(__file__).resolve().parents[2])
+        root = str(Path(__file__).resolve().parents[3])  # the folder that holds factory/
         installed = root in {*site.getsitepackages(), site.getusersitepackages()}
         for local_rank in range(1, self.num_processes):
             child = os.environ.copy()

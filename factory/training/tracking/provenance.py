@@ -59,7 +59,7 @@ ENVIRONMENT = (
     "PYTHONHASHSEED",
     "HF_HUB_OFFLINE",
 )
-_CODE_DIR = Path(__file__).resolve().parents[1]
+_CODE_DIR = Path(__file__).resolve().parents[2]  # factory/
 
 
 def write_provenance(
