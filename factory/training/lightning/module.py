@@ -105,8 +105,9 @@ class FactoryModule(pl.LightningModule):
         split's draw state, which the data module holds) and batch preparation, the model, then the
         head's loss."""
         batch = dict(batch)
-        data = getattr(self._trainer, "datamodule", None)
-        state = data.draw_state(train) if data is not None else None
+        # A data module that is not factory's (a user's, a test's) has no draws, so no draw state.
+        draw_state = getattr(getattr(self._trainer, "datamodule", None), "draw_state", None)
+        state = draw_state(train) if draw_state is not None else None
         self.task.draw_batch(batch, BatchPosition(self.current_epoch, batch_idx, self.global_rank), state)
         batch = self.task.prepare_batch(self.model, batch)
         out = self(**batch)
