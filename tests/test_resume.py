@@ -406,7 +406,7 @@ def test_a_failing_or_hanging_process_ends_the_whole_ddp_run(mode, tmp_path):
     assert proc.returncode != 0
     assert all((tmp_path / f"pid{r}").is_file() for r in (0, 1)), proc.stderr[-3000:]
     pids = [int((tmp_path / f"pid{r}").read_text()) for r in (0, 1)]
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 120  # polled: only a machine this slow waits that long
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not any(_alive(p) for p in pids), "a process outlived the run"
