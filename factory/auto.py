@@ -9,7 +9,9 @@ from typing import Any, ClassVar
 
 from factory import registry
 from factory.checkpoints.hub import HubOptions, resolve_file
+from factory.checkpoints.weights import override_error
 from factory.config import CONFIG_NAME, ConfigError, PretrainedConfig
+from factory.contract.errors import CheckpointError
 
 _LOAD_ARGS = ("config", "output_loading_info", "ignore_mismatched_sizes", "allow_bin", "dtype", "layers")
 _HUB_ARGS = ("revision", "cache_dir", "local_files_only")
@@ -62,11 +64,18 @@ class _AutoModel:
         load = {k: kwargs.pop(k) for k in _LOAD_ARGS if k in kwargs}
         hub = {k: kwargs.pop(k) for k in _HUB_ARGS if k in kwargs}
         config = load.pop("config", None)
+        given = config
         if config is None:
             config = AutoConfig.from_pretrained(name_or_path, **hub, **kwargs)
         elif kwargs:
             config = config.replace(**kwargs)
-        return cls.model_class(config).from_pretrained(name_or_path, config=config, **hub, **load)
+        try:
+            return cls.model_class(config).from_pretrained(name_or_path, config=config, **hub, **load)
+        except CheckpointError as e:
+            if not (kwargs and e.mismatched):
+                raise
+            saved = given if given is not None else AutoConfig.from_pretrained(name_or_path, **hub)
+            raise override_error(saved, name_or_path, kwargs, e) from None
 
 
 def auto_classes() -> dict[str, type]:

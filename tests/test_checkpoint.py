@@ -400,3 +400,15 @@ def test_saved_weights_follow_the_umask_as_every_other_file(tmp_path, bert_dir, 
         os.umask(before)
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
     assert modes == dict.fromkeys(modes, 0o666 & ~umask), modes
+
+
+def test_an_override_that_changes_weight_shapes_is_named_before_the_weights(bert_dir):
+    for load in (lambda: AutoModel.from_pretrained(bert_dir, hidden_size=64),
+                 lambda: BertModel.from_pretrained(bert_dir, hidden_size=64)):  # fmt: skip
+        with pytest.raises(CheckpointError) as caught:
+            load()
+        message = str(caught.value)
+        assert message.startswith(
+            f"hidden_size=64 (the checkpoint's: {TINY['hidden_size']}) change the shapes"
+        )
+        assert "ignore_mismatched_sizes=True" in message and len(message) < 1000  # not every tensor

@@ -356,12 +356,13 @@ def load_into(
             info.mismatched_keys.append((k, got, want))
             del state[k]
     if info.mismatched_keys and not ignore_mismatched_sizes:
-        lines = "\n".join(
-            f"  {k}: checkpoint {list(g)} vs model {list(w)}" for k, g, w in info.mismatched_keys
-        )
+        mismatched = info.mismatched_keys
+        lines = "\n".join(f"  {k}: checkpoint {list(g)} vs model {list(w)}" for k, g, w in mismatched[:10])
+        more = f"\n  ... and {len(mismatched) - 10} more" if len(mismatched) > 10 else ""
         raise CheckpointError(
-            f"Shapes in {name_or_path} do not fit {model_cls.__name__}:\n{lines}\n"
-            f"Fix the config, or pass ignore_mismatched_sizes=True to initialise these afresh."
+            f"Shapes in {name_or_path} do not fit {model_cls.__name__}:\n{lines}{more}\n"
+            f"Fix the config, or pass ignore_mismatched_sizes=True to initialise these afresh.",
+            mismatched=mismatched,
         )
 
     prefix = model.base_model_prefix + "."
@@ -558,3 +559,23 @@ def save_state(
         if _WEIGHT_FILE.match(old.name) and old.name not in written:
             old.unlink()
     return sorted(written)
+
+
+def override_error(
+    saved: Any, name_or_path: Any, overrides: dict[str, Any], error: CheckpointError
+) -> CheckpointError:
+    """The shape error of a load whose keyword overrides (`hidden_size=64`) changed weight shapes, naming
+    the overrides and `saved`'s values (the checkpoint's config) first: the weights follow from them."""
+    changed = [
+        f"{k}={v!r} (the checkpoint's: {getattr(saved, k, None)!r})"
+        for k, v in overrides.items()
+        if getattr(saved, k, None) != v
+    ]
+    shown = ", ".join(f"{k} {list(g)} -> {list(w)}" for k, g, w in error.mismatched[:3])
+    more = f" and {len(error.mismatched) - 3} more" if len(error.mismatched) > 3 else ""
+    return CheckpointError(
+        f"{', '.join(changed) or ', '.join(overrides)} change the shapes of {len(error.mismatched)} weights "
+        f"of {name_or_path} ({shown}{more}). Drop the override to load the checkpoint as it is, or pass "
+        "ignore_mismatched_sizes=True to initialise those weights afresh.",
+        mismatched=error.mismatched,
+    )

@@ -32,7 +32,14 @@ class InferenceError(ConfigError):
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be loaded as asked; the message names the keys and files involved."""
+    """A checkpoint that cannot be loaded as asked; the message names the keys and files involved.
+
+    `mismatched` holds `(key, checkpoint shape, model shape)` when weights did not fit the model.
+    """
+
+    def __init__(self, message: str, mismatched: list[tuple[str, tuple, tuple]] | None = None) -> None:
+        super().__init__(message)
+        self.mismatched = list(mismatched or [])
 
 
 class NonFiniteError(RuntimeError):

@@ -12,8 +12,9 @@ from torch import nn
 
 from factory import registry
 from factory.checkpoints.hub import HubOptions
-from factory.checkpoints.weights import CheckpointTable, load_into, save_state
+from factory.checkpoints.weights import CheckpointTable, load_into, override_error, save_state
 from factory.config import ConfigError, PretrainedConfig
+from factory.contract.errors import CheckpointError
 from factory.generation.model import GenerationMixin
 from factory.models.outputs import ModelOutput
 
@@ -349,16 +350,24 @@ class PreTrainedModel(GenerationMixin, nn.Module):
         elif config_overrides:
             config = config.replace(**config_overrides)
         check_fits_in_memory(cls, config, dtype, source=f"{name_or_path}/config.json")
-        model, info = load_into(
-            cls,
-            config,
-            name_or_path,
-            dtype=dtype,
-            ignore_mismatched_sizes=ignore_mismatched_sizes,
-            allow_bin=allow_bin,
-            hub=hub,
-            layers=layers,
-        )
+        try:
+            model, info = load_into(
+                cls,
+                config,
+                name_or_path,
+                dtype=dtype,
+                ignore_mismatched_sizes=ignore_mismatched_sizes,
+                allow_bin=allow_bin,
+                hub=hub,
+                layers=layers,
+            )
+        except CheckpointError as e:
+            if not (config_overrides and e.mismatched):
+                raise
+            saved = cls.config_class.from_pretrained(
+                name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
+            )
+            raise override_error(saved, name_or_path, config_overrides, e) from None
         model.eval()
         return (model, info.as_dict()) if output_loading_info else model
 
