@@ -231,9 +231,16 @@ def test_fewer_layers_loads_the_first_and_reports_the_rest(bert_dir):
 def test_shape_conflicts_name_every_key_unless_ignored(bert_dir):
     with pytest.raises(
         CheckpointError,
-        match=r"embeddings.word_embeddings.weight: checkpoint \[99, 32\] vs model \[120, 32\]",
+        match=r"vocab_size=120 \(the checkpoint's: 99\) change the shapes of 1 weight of .*"
+        r"\(embeddings.word_embeddings.weight \[99, 32\] -> \[120, 32\]\)",
     ):
         BertModel.from_pretrained(bert_dir, vocab_size=120)
+    config = BertConfig.from_pretrained(bert_dir).replace(vocab_size=120)  # a config, no override: every key
+    with pytest.raises(
+        CheckpointError,
+        match=r"embeddings.word_embeddings.weight: checkpoint \[99, 32\] vs model \[120, 32\]",
+    ):
+        BertModel.from_pretrained(bert_dir, config=config)
     model, info = BertModel.from_pretrained(
         bert_dir, vocab_size=120, ignore_mismatched_sizes=True, output_loading_info=True
     )

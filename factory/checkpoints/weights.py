@@ -573,8 +573,9 @@ def override_error(
     ]
     shown = ", ".join(f"{k} {list(g)} -> {list(w)}" for k, g, w in error.mismatched[:3])
     more = f" and {len(error.mismatched) - 3} more" if len(error.mismatched) > 3 else ""
+    n = len(error.mismatched)
     return CheckpointError(
-        f"{', '.join(changed) or ', '.join(overrides)} change the shapes of {len(error.mismatched)} weights "
+        f"{', '.join(changed) or ', '.join(overrides)} change the shapes of {n} weight{'s' * (n != 1)} "
         f"of {name_or_path} ({shown}{more}). Drop the override to load the checkpoint as it is, or pass "
         "ignore_mismatched_sizes=True to initialise those weights afresh.",
         mismatched=error.mismatched,
