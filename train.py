@@ -54,6 +54,10 @@ if __name__ == "__main__":
         cli.check(
             Path(__file__).parent / "conf"
         )  # key typos, with the valid keys, before Hydra's terse error
+        if cli.args.multirun and cli.overrides is not None:  # a range Optuna cannot sample: fail here
+            from factory.training.sweeps.study import search_space
+
+            search_space({}, cli.texts)
         run_dir = cli.value("hydra.run.dir")
         if run_dir is not None:  # before Hydra writes its record there: a dir a live run trains in is refused
             refuse_if_held(str(run_dir), "hydra.run.dir")

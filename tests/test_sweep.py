@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -440,3 +441,36 @@ def test_the_sweeper_tells_the_study_how_each_job_ended_and_stops_on_an_unexpect
     with pytest.raises(OSError, match="sbatch"):
         other.sweep([])
     assert [t.state.name for t in other.open_study().trials] == ["FAIL", "FAIL"]  # none left running
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "optim.lr=tag(log,interval(1e-2,1e-4))",
+        "optim.lr=tag(log,interval(0,1e-2))",
+        "data.batch_size=interval(64,8)",
+    ],
+)
+def test_a_range_optuna_cannot_sample_is_an_error_naming_the_key(line):
+    from factory.training.sweeps.study import search_space
+
+    with pytest.raises(ConfigError, match=rf"{re.escape(line)}: .*Give the low end first") as caught:
+        search_space({}, [line])
+    assert caught.value.key == line.split("=")[0]
+
+
+@pytest.mark.slow
+def test_train_py_refuses_a_reversed_range_before_the_sweep_starts(tmp_path):
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        "-m",
+        "hparams_search=optuna",
+        "optim.lr=tag(log,interval(1e-2,1e-4))",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "optim.lr=tag(log,interval(1e-2,1e-4)): `low <= high` must hold" in proc.stderr
+    assert not (tmp_path / "sweep").exists()  # no trial ran

@@ -93,7 +93,25 @@ def make_pruner(name: str, settings: Mapping[str, Any] | None = None) -> Any:
 
 # ---- the search space -----------------------------------------------------------------------------------
 def distribution(override: Any) -> Any:
-    """Optuna's distribution for a Hydra sweep override, or the value as a string for a plain one."""
+    """Optuna's distribution for a Hydra sweep override, or the value as a string for a plain one.
+
+    Raises:
+        ConfigError: a sweep Optuna cannot sample (a range whose low end is above its high end, a log
+            range that reaches 0), naming the key as typed, before any trial runs.
+    """
+    try:
+        return _distribution(override)
+    except ValueError as e:  # Optuna's checks of low, high, step and log
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(
+            f"{override.input_line}: {e} Give the low end first (interval(low, high)), and a log range "
+            "above 0.",
+            key=override.get_key_element(),
+        ) from None
+
+
+def _distribution(override: Any) -> Any:
     from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep, Transformer
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
