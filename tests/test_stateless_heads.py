@@ -15,6 +15,8 @@ import pytest
 from safetensors.torch import load_file
 
 from factory import registry
+from factory.data.files import default_data_files
+from factory.data.sources import load_examples
 from factory.heads.head import trainable_heads
 from tests.helpers import TINY_RUN
 
@@ -83,15 +85,26 @@ def test_every_head_trains_twice_on_one_data_cache(head, tmp_path):
     assert_same_runs(*runs)
 
 
+def jsonl_files(head: str, folder: Path) -> list[str]:
+    """The shipped data of `head` as JSONL files (a stream reads text or JSONL; QA ships SQuAD's JSON)."""
+    splits = load_examples(head)
+    paths = []
+    for name, examples in (("train", splits.train), ("validation", splits.validation)):
+        path = folder / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(e) + "\n" for e in examples), encoding="utf-8")
+        paths.append(f"data.{name}_file={path}")
+    return paths
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("head", [h for h in trainable_heads() if h in STREAMING])
 def test_streaming_heads_train_with_loader_workers(head, tmp_path):
     runs = [tmp_path / "first", tmp_path / "second"]
+    stream = ["data.streaming=true", "data.num_workers=2"]
+    if default_data_files(head)[0].endswith(".json"):
+        stream += jsonl_files(head, tmp_path)
     # Side by side: they share nothing (a stream is not cached).
-    procs = [
-        start_train(run, tmp_path / run.name, head, "data.streaming=true", "data.num_workers=2")
-        for run in runs
-    ]
+    procs = [start_train(run, tmp_path / run.name, head, *stream) for run in runs]
     for run, proc in zip(runs, procs):
         finish(proc, f"{run.name} streaming run of head={head}")
     assert_same_runs(*runs)
