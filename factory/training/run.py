@@ -175,10 +175,10 @@ def _tokenizer_and_model(
     return tokenizer, FactoryModule(config, head.name, plan.optim, plan.seed), None
 
 
-def what_the_user_set(cfg: DictConfig, overrides: Sequence[str] | None) -> UserSet:
-    """What the user set for this run: `overrides`, else this Hydra job's command line; a resumed run adds
-    the keys its first run's user typed (recorded in provenance.json), so it resolves to the same model."""
-    user = user_set(overrides)
+def what_the_user_set(cfg: DictConfig, typed: UserSet) -> UserSet:
+    """What the user set for this run: what this command line `typed`; a resumed run adds the keys its
+    first run's user typed (recorded in provenance.json), so it resolves to the same model."""
+    user = UserSet(set(typed.keys), dict(typed.groups))
     resume = cfg.get("resume")
     record = Path(resume) / PROVENANCE_FILE if resume else None
     if record is not None and record.is_file():
@@ -264,9 +264,10 @@ def train(
     `overrides` are the values the user typed (default: this Hydra run's record); with `init=pretrained`
     only those `arch` values apply over the checkpoint's.
     """
-    import_plugins(named_plugins(cfg, user_set(overrides)))
+    typed = user_set(overrides)  # this command line's own keys: plugins are imported only on its word
+    import_plugins(named_plugins(cfg, typed))
     quiet_known_noise()
-    user = what_the_user_set(cfg, overrides)
+    user = what_the_user_set(cfg, typed)
     if cfg.get("dry_run"):
         logger.info("Dry run:\n%s", format_description(describe(cfg, user)))
         return float("nan")
